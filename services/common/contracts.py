@@ -1,0 +1,60 @@
+"""Pydantic contracts for what the stages produce and pass on.
+
+JSON-friendly fields travel between processes as they are; large arrays (masks, label maps)
+are excluded from the JSON and stored as artifacts next to it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+Category = Literal["upper", "lower", "dress"]
+
+# BlazePose's 33 landmarks, in model order.
+BLAZEPOSE_LANDMARKS = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle", "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)
+LANDMARK_INDEX = {name: i for i, name in enumerate(BLAZEPOSE_LANDMARKS)}
+
+
+class Landmark(BaseModel):
+    """One body landmark in image pixels. z is depth relative to the hips, in the same
+    pixel scale as x (smaller is closer to the camera)."""
+
+    x: float
+    y: float
+    z: float
+    visibility: float = Field(ge=0, le=1, description="probability the point is visible (not occluded)")
+    presence: float = Field(ge=0, le=1, description="probability the point is inside the image")
+
+
+class Box(BaseModel):
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class PoseResult(BaseModel):
+    """Output of the pose stage for one person photo."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image_width: int
+    image_height: int
+    landmarks: list[Landmark] = Field(min_length=33, max_length=33)
+    box: Box = Field(description="the person: the person mask's extent, or the landmarks' when the mask is empty")
+    score: float = Field(description="detector confidence")
+    # Person mask in image space, float32 in [0, 1], HxW. Stored as its own artifact.
+    mask: np.ndarray = Field(exclude=True, repr=False)
+
+    def landmark_array(self) -> np.ndarray:
+        """The landmarks as a (33, 5) float32 array: x, y, z, visibility, presence."""
+        return np.array([[p.x, p.y, p.z, p.visibility, p.presence] for p in self.landmarks], dtype=np.float32)

@@ -1,0 +1,63 @@
+"""The Triton model repository: `triton_models/<name>/config.pbtxt` and `1/model.pt`.
+
+config.pbtxt is read and written with Triton's own protobuf schema (tritonclient ships it),
+so what the local backend checks is exactly what Triton will enforce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+MODEL_VERSION = "1"
+_TYPE_TO_NUMPY = {mc.TYPE_FP32: np.float32, mc.TYPE_FP16: np.float16, mc.TYPE_INT32: np.int32,
+                  mc.TYPE_INT64: np.int64, mc.TYPE_UINT8: np.uint8, mc.TYPE_BOOL: np.bool_}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dims: tuple[int, ...]  # without the batch dimension; -1 is variable
+    dtype: type = np.float32
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+
+
+def model_dir(repository: Path, name: str) -> Path:
+    return repository / name
+
+
+def model_file(repository: Path, name: str) -> Path:
+    return repository / name / MODEL_VERSION / "model.pt"
+
+
+def config_text(signature: ModelSignature, max_queue_delay_us: int = 2000) -> str:
+    """config.pbtxt for a TorchScript model served by Triton's pytorch_libtorch backend."""
+    numpy_to_type = {v: k for k, v in _TYPE_TO_NUMPY.items()}
+    config = mc.ModelConfig(name=signature.name, platform="pytorch_libtorch", max_batch_size=signature.max_batch_size)
+    for spec, target in [(s, config.input) for s in signature.inputs] + [(s, config.output) for s in signature.outputs]:
+        target.add(name=spec.name, data_type=numpy_to_type[spec.dtype], dims=list(spec.dims))
+    if signature.max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    return text_format.MessageToString(config)
+
+
+def read_signature(repository: Path, name: str) -> ModelSignature:
+    """Parse triton_models/<name>/config.pbtxt into the names, dims and types of the model."""
+    path = model_dir(repository, name) / "config.pbtxt"
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+
+    def specs(tensors: object) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, tuple(t.dims), _TYPE_TO_NUMPY[t.data_type]) for t in tensors)
+
+    return ModelSignature(config.name or name, specs(config.input), specs(config.output), config.max_batch_size)
