@@ -142,8 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # never a traceback for the user; the message says how to get one
         if os.environ.get("FITROOM_DEBUG"):
             traceback.print_exc()
-        print(f"fitroom: internal error: {exc.__class__.__name__}: {exc} (FITROOM_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"fitroom: internal error: {exc.__class__.__name__}: {exc} (FITROOM_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

@@ -186,13 +186,15 @@ class LocalArtifactStore:
 
     @staticmethod
     def _make_temp(path: Path) -> tuple[int, str]:
-        # A concurrent delete_prefix may remove an emptied folder between our mkdir and mkstemp.
-        for attempt in range(5):
+        # A concurrent delete_prefix may remove an emptied folder while we create it (mkdir then
+        # says FileExistsError for a folder that is gone) or before mkstemp (FileNotFoundError).
+        attempts = 10
+        for attempt in range(attempts):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            except FileNotFoundError:
-                if attempt == 4:
+            except (FileNotFoundError, FileExistsError):
+                if attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
@@ -210,7 +212,10 @@ class LocalArtifactStore:
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":
         return
-    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # a concurrent delete_prefix already removed the artifact and its folder
     try:
         os.fsync(fd)
     finally:

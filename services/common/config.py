@@ -17,7 +17,9 @@ def _env(name: str, default: str) -> str:
 
 class Settings(BaseModel):
     # Triton model repository: triton_models/<name>/config.pbtxt and 1/model.pt.
-    model_repository: Path = Field(default_factory=lambda: Path(_env("MODEL_REPOSITORY", str(PROJECT_ROOT / "triton_models"))))
+    model_repository: Path = Field(
+        default_factory=lambda: Path(_env("MODEL_REPOSITORY", str(PROJECT_ROOT / "triton_models")))
+    )
     # Downloaded wheels and other build inputs.
     cache_dir: Path = Field(default_factory=lambda: Path(_env("CACHE_DIR", str(Path.home() / ".cache" / "fitroom"))))
     # Artifacts, job state and results in embedded mode.

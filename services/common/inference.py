@@ -64,7 +64,8 @@ class LocalBackend:
                 except (OSError, RuntimeError, ValueError) as exc:
                     raise ModelUnavailable(
                         f"model {name!r} cannot be loaded from {path} ({exc.__class__.__name__}); "
-                        "run `fitroom models build`") from exc
+                        "run `fitroom models build`"
+                    ) from exc
                 if self.optimize:
                     module = torch.jit.optimize_for_inference(module)
                 self._models[name] = (signature, module)
@@ -73,7 +74,9 @@ class LocalBackend:
     def __call__(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         signature, module = self.load(model)
         check_inputs(signature, inputs)
-        args = [torch.from_numpy(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)) for spec in signature.inputs]
+        args = [
+            torch.from_numpy(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)) for spec in signature.inputs
+        ]
         with torch.inference_mode():
             outputs = module(*args)
         if isinstance(outputs, torch.Tensor):

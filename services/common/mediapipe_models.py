@@ -44,17 +44,23 @@ class MediaPipeModel:
 
 # Triton's libtorch backend binds tensors by position when names follow `<name>__<index>`.
 POSE_DETECTION = MediaPipeModel(
-    "pose_detection", "mediapipe/modules/pose_detection/pose_detection.tflite",
-    "image__0", ("boxes__0", "scores__1"))
+    "pose_detection", "mediapipe/modules/pose_detection/pose_detection.tflite", "image__0", ("boxes__0", "scores__1")
+)
 POSE_LANDMARK = MediaPipeModel(
-    "pose_landmark_full", "mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
-    "image__0", ("landmarks__0", "presence__1", "segmentation__2", "heatmap__3", "world_landmarks__4"))
+    "pose_landmark_full",
+    "mediapipe/modules/pose_landmark/pose_landmark_full.tflite",
+    "image__0",
+    ("landmarks__0", "presence__1", "segmentation__2", "heatmap__3", "world_landmarks__4"),
+)
 SELFIE_SEGMENTATION = MediaPipeModel(
-    "selfie_segmentation", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
-    "image__0", ("mask__0",))
+    "selfie_segmentation", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite", "image__0", ("mask__0",)
+)
 FACE_LANDMARK = MediaPipeModel(
-    "face_landmark", "mediapipe/modules/face_landmark/face_landmark.tflite",
-    "image__0", ("landmarks__0", "face_flag__1"))
+    "face_landmark",
+    "mediapipe/modules/face_landmark/face_landmark.tflite",
+    "image__0",
+    ("landmarks__0", "face_flag__1"),
+)
 
 MODELS = (POSE_DETECTION, POSE_LANDMARK, SELFIE_SEGMENTATION, FACE_LANDMARK)
 
@@ -72,9 +78,25 @@ def fetch_wheel(cache_dir: Path) -> Path:
     wheel = cache_dir / MEDIAPIPE_WHEEL
     if not wheel.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--platform", "manylinux_2_28_x86_64", "--python-version", "3.11",
-               "--implementation", "cp", "--abi", "cp311", "-d", str(cache_dir), MEDIAPIPE_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--python-version",
+            "3.11",
+            "--implementation",
+            "cp",
+            "--abi",
+            "cp311",
+            "-d",
+            str(cache_dir),
+            MEDIAPIPE_REQUIREMENT,
+        ]
         log.info("downloading %s", MEDIAPIPE_REQUIREMENT)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return verify_wheel(wheel)
@@ -110,14 +132,25 @@ def signature_of(model: MediaPipeModel, data: bytes) -> ModelSignature:
 def build_model(model: MediaPipeModel, wheel: Path, repository: Path, force: bool = False) -> bool:
     """Import one model into the repository. Returns False when the cached build is current."""
     data = read_tflite(wheel, model)
-    source = {"wheel": MEDIAPIPE_WHEEL, "wheel_sha256": MEDIAPIPE_WHEEL_SHA256, "tflite": model.wheel_path,
-              "tflite_sha256": hashlib.sha256(data).hexdigest(), "importer_version": IMPORTER_VERSION}
+    source = {
+        "wheel": MEDIAPIPE_WHEEL,
+        "wheel_sha256": MEDIAPIPE_WHEEL_SHA256,
+        "tflite": model.wheel_path,
+        "tflite_sha256": hashlib.sha256(data).hexdigest(),
+        "importer_version": IMPORTER_VERSION,
+    }
     target = model_file(repository, model.name)
     stamp = target.parent / "source.json"
     config_path = model_dir(repository, model.name) / "config.pbtxt"
     config = config_text(signature_of(model, data))
-    if config_path.exists() and config_path.read_text() == config and not force and target.exists() \
-            and stamp.exists() and json.loads(stamp.read_text()) == source:
+    if (
+        config_path.exists()
+        and config_path.read_text() == config
+        and not force
+        and target.exists()
+        and stamp.exists()
+        and json.loads(stamp.read_text()) == source
+    ):
         return False
     module = import_tflite(data, [model.input_name.split("__")[0]], list(model.output_names))
     tmp = target.with_suffix(".pt.tmp")

@@ -14,8 +14,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 MODEL_VERSION = "1"
-_TYPE_TO_NUMPY = {mc.TYPE_FP32: np.float32, mc.TYPE_FP16: np.float16, mc.TYPE_INT32: np.int32,
-                  mc.TYPE_INT64: np.int64, mc.TYPE_UINT8: np.uint8, mc.TYPE_BOOL: np.bool_}
+_TYPE_TO_NUMPY = {
+    mc.TYPE_FP32: np.float32,
+    mc.TYPE_FP16: np.float16,
+    mc.TYPE_INT32: np.int32,
+    mc.TYPE_INT64: np.int64,
+    mc.TYPE_UINT8: np.uint8,
+    mc.TYPE_BOOL: np.bool_,
+}
 
 
 @dataclass(frozen=True)

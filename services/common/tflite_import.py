@@ -316,8 +316,15 @@ class _Builder:
             return self.call(torch.tanh, node)
         raise UnsupportedOperator(f"fused activation {code}")
 
-    def pad_same(self, x: fx.Node, op: Operator, kernel: tuple[int, int], stride: tuple[int, int],
-                 dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> tuple[fx.Node, tuple[int, int]]:
+    def pad_same(
+        self,
+        x: fx.Node,
+        op: Operator,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        dilation: tuple[int, int] = (1, 1),
+        value: float = 0.0,
+    ) -> tuple[fx.Node, tuple[int, int]]:
         """Apply TFLite SAME padding: symmetric pads go to the layer, the asymmetric rest to F.pad."""
         _, h, w, _ = self.shape(op.inputs[0])
         top, bottom = _same_pads(h, kernel[0], stride[0], dilation[0])
@@ -338,21 +345,44 @@ class _Builder:
         o = op.options(tflite.Conv2DOptions)
         weight = self.const(op.inputs[1]).transpose(0, 3, 1, 2)  # OHWI -> OIHW
         bias = self.const(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-        return self._conv(op, weight, bias, groups=1, stride=(o.StrideH(), o.StrideW()),
-                          dilation=(o.DilationHFactor(), o.DilationWFactor()), padding=o.Padding(),
-                          act=o.FusedActivationFunction())
+        return self._conv(
+            op,
+            weight,
+            bias,
+            groups=1,
+            stride=(o.StrideH(), o.StrideW()),
+            dilation=(o.DilationHFactor(), o.DilationWFactor()),
+            padding=o.Padding(),
+            act=o.FusedActivationFunction(),
+        )
 
     def op_depthwise_conv_2d(self, op: Operator) -> fx.Node:
         o = op.options(tflite.DepthwiseConv2DOptions)
         weight = self.const(op.inputs[1])  # 1, kh, kw, in * multiplier
         weight = weight.transpose(3, 0, 1, 2)  # -> out, 1, kh, kw
         bias = self.const(op.inputs[2]) if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
-        return self._conv(op, weight, bias, groups=self.shape(op.inputs[0])[3], stride=(o.StrideH(), o.StrideW()),
-                          dilation=(o.DilationHFactor(), o.DilationWFactor()), padding=o.Padding(),
-                          act=o.FusedActivationFunction())
+        return self._conv(
+            op,
+            weight,
+            bias,
+            groups=self.shape(op.inputs[0])[3],
+            stride=(o.StrideH(), o.StrideW()),
+            dilation=(o.DilationHFactor(), o.DilationWFactor()),
+            padding=o.Padding(),
+            act=o.FusedActivationFunction(),
+        )
 
-    def _conv(self, op: Operator, weight: np.ndarray, bias: np.ndarray | None, groups: int,
-              stride: tuple[int, int], dilation: tuple[int, int], padding: int, act: int) -> fx.Node:
+    def _conv(
+        self,
+        op: Operator,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        groups: int,
+        stride: tuple[int, int],
+        dilation: tuple[int, int],
+        padding: int,
+        act: int,
+    ) -> fx.Node:
         out_ch, in_per_group, kh, kw = weight.shape
         x = self.value(op.inputs[0])
         pads = (0, 0)
@@ -395,7 +425,9 @@ class _Builder:
         elif o.Padding() == _PADDING_SAME:
             _, h, w, _ = self.shape(op.inputs[0])
             pads = [*_same_pads(w, kernel[1], stride[1]), *_same_pads(h, kernel[0], stride[0])]
-            node = self.fx.call_module(self.add_module(op, "avgpool", SameAvgPool2d(kernel, stride, pads, (h, w))), (x,))
+            node = self.fx.call_module(
+                self.add_module(op, "avgpool", SameAvgPool2d(kernel, stride, pads, (h, w))), (x,)
+            )
         else:
             node = self.fx.call_module(self.add_module(op, "avgpool", nn.AvgPool2d(kernel, stride)), (x,))
         return self.activation(node, o.FusedActivationFunction())

@@ -136,8 +136,9 @@ def letterbox_roi(width: int, height: int) -> Roi:
 def crop(image: np.ndarray, roi: Roi, size: int, border: int) -> np.ndarray:
     """Resample the ROI to a size x size image (bilinear), as ImageToTensorCalculator does."""
     to_image = roi.to_image() @ np.diag([1.0 / size, 1.0 / size, 1.0])
-    return cv2.warpAffine(image, to_image, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=border, borderValue=0)
+    return cv2.warpAffine(
+        image, to_image, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border, borderValue=0
+    )
 
 
 def to_image_pixels(points: np.ndarray, roi: Roi) -> np.ndarray:
@@ -180,5 +181,6 @@ def mask_to_image(roi_mask: np.ndarray, roi: Roi, width: int, height: int) -> np
     """Warp a mask predicted on the ROI crop back into the image; outside the ROI is 0."""
     size = roi_mask.shape[0]
     to_image = roi.to_image() @ np.diag([1.0 / size, 1.0 / size, 1.0])
-    return cv2.warpAffine(roi_mask, to_image, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        roi_mask, to_image, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )

@@ -8,15 +8,26 @@ import numpy as np
 from services.common.contracts import LANDMARK_INDEX, PoseResult
 
 _BONES = [
-    ("left_shoulder", "right_shoulder"), ("left_hip", "right_hip"),
-    ("left_shoulder", "left_hip"), ("right_shoulder", "right_hip"),
-    ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
-    ("right_shoulder", "right_elbow"), ("right_elbow", "right_wrist"),
-    ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
-    ("right_hip", "right_knee"), ("right_knee", "right_ankle"),
-    ("left_ankle", "left_heel"), ("left_heel", "left_foot_index"),
-    ("right_ankle", "right_heel"), ("right_heel", "right_foot_index"),
-    ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"), ("right_eye", "right_ear"),
+    ("left_shoulder", "right_shoulder"),
+    ("left_hip", "right_hip"),
+    ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"),
+    ("left_shoulder", "left_elbow"),
+    ("left_elbow", "left_wrist"),
+    ("right_shoulder", "right_elbow"),
+    ("right_elbow", "right_wrist"),
+    ("left_hip", "left_knee"),
+    ("left_knee", "left_ankle"),
+    ("right_hip", "right_knee"),
+    ("right_knee", "right_ankle"),
+    ("left_ankle", "left_heel"),
+    ("left_heel", "left_foot_index"),
+    ("right_ankle", "right_heel"),
+    ("right_heel", "right_foot_index"),
+    ("nose", "left_eye"),
+    ("nose", "right_eye"),
+    ("left_eye", "left_ear"),
+    ("right_eye", "right_ear"),
 ]
 LEFT, RIGHT, CENTRE = (255, 140, 0), (0, 160, 255), (60, 220, 60)  # RGB
 
@@ -33,8 +44,11 @@ def draw_pose(image: np.ndarray, pose: PoseResult, min_visibility: float = 0.5) 
         i, j = LANDMARK_INDEX[a], LANDMARK_INDEX[b]
         if min(lm[i, 3], lm[j, 3]) < min_visibility:
             continue
-        colour = LEFT if a.startswith("left") and b.startswith("left") else (
-            RIGHT if a.startswith("right") and b.startswith("right") else CENTRE)
+        colour = (
+            LEFT
+            if a.startswith("left") and b.startswith("left")
+            else (RIGHT if a.startswith("right") and b.startswith("right") else CENTRE)
+        )
         cv2.line(out, tuple(map(round, lm[i, :2])), tuple(map(round, lm[j, :2])), colour, thickness, cv2.LINE_AA)
     for x, y, _z, v, _p in lm:
         if v >= min_visibility:

@@ -373,7 +373,12 @@ def test_encode_jpeg() -> None:
 
 @pytest.mark.parametrize(
     "arr",
-    [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8), np.zeros((0, 4), np.uint8)],
+    [
+        np.zeros((4, 4, 3), np.float32),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros(4, np.uint8),
+        np.zeros((0, 4), np.uint8),
+    ],
 )
 def test_encoders_refuse_bad_arrays(arr: np.ndarray) -> None:
     for encode in (encode_png, encode_jpeg):

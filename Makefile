@@ -1,0 +1,45 @@
+# Fitroom: `make demo` installs everything and runs a try-on stage on a sample photo;
+# `make test` installs everything and runs the whole test suite.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+OUT    := out
+
+.PHONY: install models demo test lint bench clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@# The reference implementation for parity tests: its own requirements would pull
+	@# opencv-contrib, jax and a second OpenCV, so it is installed without them.
+	$(BIN)/pip install --quiet --no-deps mediapipe==0.10.21 || echo "mediapipe reference unavailable: parity tests will skip"
+	touch $@
+
+install: $(VENV)/.installed
+
+models: install
+	$(BIN)/fitroom models build
+
+demo: models
+	@mkdir -p $(OUT)
+	$(BIN)/python -c "from skimage import data; from PIL import Image; Image.fromarray(data.astronaut()).save('$(OUT)/astronaut.png')"
+	$(BIN)/fitroom pose $(OUT)/astronaut.png --format body25 --mask-dir $(OUT) --overlay-dir $(OUT) > $(OUT)/astronaut_pose.json
+	@echo "pose keypoints (OpenPose BODY_25 JSON): $(OUT)/astronaut_pose.json"
+	@echo "skeleton overlay: $(OUT)/astronaut_pose.jpg   person mask: $(OUT)/astronaut_mask.png"
+
+lint: install
+	$(BIN)/ruff check services tests bench
+
+test: models lint
+	$(BIN)/python -m pytest -q
+
+bench: models
+	$(BIN)/python bench/pose_speed.py
+	$(BIN)/python bench/pose_accuracy.py
+
+clean:
+	rm -rf $(VENV) $(OUT) triton_models/*/1
