@@ -8,6 +8,7 @@ output names, dims and types come from config.pbtxt in both cases.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -67,7 +68,9 @@ class LocalBackend:
                         "run `fitroom models build`"
                     ) from exc
                 if self.optimize:
-                    module = torch.jit.optimize_for_inference(module)
+                    with warnings.catch_warnings():  # TorchScript's deprecation notice; Triton still needs it
+                        warnings.simplefilter("ignore", category=DeprecationWarning)
+                        module = torch.jit.optimize_for_inference(module)
                 self._models[name] = (signature, module)
             return self._models[name]
 

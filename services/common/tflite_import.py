@@ -15,6 +15,7 @@ batching needs.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -545,7 +546,12 @@ def export_torchscript(module: nn.Module, path: Path) -> torch.jit.ScriptModule:
     Device-specific rewrites (torch.jit.optimize_for_inference, mkldnn) are left to the
     loader, so the same file runs on Triton's GPU and on a laptop CPU.
     """
-    scripted = torch.jit.freeze(torch.jit.script(module.eval()))
+    with warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.compile, but Triton's libtorch backend
+        # serves TorchScript; fx's generated module also trips a harmless annotation warning.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The TorchScript type system")
+        scripted = torch.jit.freeze(torch.jit.script(module.eval()))
     path.parent.mkdir(parents=True, exist_ok=True)
     scripted.save(str(path))
     return scripted

@@ -11,7 +11,6 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image, ImageChops
-from skimage import data as skdata
 
 from services.common.errors import FitroomError, ImageInvalid, ImageTooLarge, UnsupportedMediaType
 from services.common.imageio import (
@@ -21,34 +20,7 @@ from services.common.imageio import (
     encode_png,
     read_image_file,
 )
-
-ASTRONAUT = skdata.astronaut()  # 512x512x3 uint8, a real photo
-
-
-def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _png(width: int, height: int, *, bit_depth: int = 8, color_type: int = 0, idat: bytes | None = None) -> bytes:
-    """A hand-made PNG, so headers can declare anything the pixel data does not back up."""
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    body = _chunk(b"IHDR", ihdr) + (b"" if idat is None else _chunk(b"IDAT", idat))
-    return b"\x89PNG\r\n\x1a\n" + body + _chunk(b"IEND", b"")
-
-
-def _png_bomb(side: int = 20000) -> bytes:
-    """A valid side x side 1-bit PNG of zeros: tens of KB on disk, gigabytes once decoded."""
-    row = bytes(1 + (side + 7) // 8)  # filter byte + packed bits
-    z = zlib.compressobj(9)
-    rows_per_block = 1000
-    idat = b"".join(z.compress(row * rows_per_block) for _ in range(side // rows_per_block)) + z.flush()
-    return _png(side, side, bit_depth=1, color_type=0, idat=idat)
+from tests.bad_images import ASTRONAUT, png, png_bomb, save
 
 
 def _raises(exc: type[FitroomError], code: str, data: bytes, **kwargs) -> FitroomError:
@@ -65,13 +37,13 @@ def _raises(exc: type[FitroomError], code: str, data: bytes, **kwargs) -> Fitroo
 
 @pytest.mark.parametrize(("fmt", "kwargs"), [("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True})])
 def test_lossless_formats_roundtrip_exactly(fmt: str, kwargs: dict) -> None:
-    out = decode_image(_save(Image.fromarray(ASTRONAUT), fmt, **kwargs))
+    out = decode_image(save(Image.fromarray(ASTRONAUT), fmt, **kwargs))
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, ASTRONAUT)
 
 
 def test_jpeg_decodes_close_to_source() -> None:
-    out = decode_image(_save(Image.fromarray(ASTRONAUT), "JPEG", quality=95))
+    out = decode_image(save(Image.fromarray(ASTRONAUT), "JPEG", quality=95))
     assert out.shape == (512, 512, 3) and out.dtype == np.uint8
     assert np.abs(out.astype(int) - ASTRONAUT).mean() < 3
 
@@ -80,7 +52,7 @@ def test_exif_orientation_6_is_rotated_upright() -> None:
     src = ASTRONAUT[:, :384]  # not square, so a missed rotation shows in the shape
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
-    jpeg = _save(Image.fromarray(src), "JPEG", quality=95, exif=exif.tobytes())
+    jpeg = save(Image.fromarray(src), "JPEG", quality=95, exif=exif.tobytes())
 
     out = decode_image(jpeg)
 
@@ -93,7 +65,7 @@ def test_exif_orientation_6_is_rotated_upright() -> None:
 
 def test_rgba_png_is_composited_on_white_and_rgba_keeps_alpha() -> None:
     rgba = np.dstack([ASTRONAUT, np.tile(np.linspace(0, 255, 512).astype(np.uint8), (512, 1))])
-    png = _save(Image.fromarray(rgba), "PNG")
+    png = save(Image.fromarray(rgba), "PNG")
 
     np.testing.assert_array_equal(decode_image_rgba(png), rgba)
     out = decode_image(png)
@@ -105,7 +77,7 @@ def test_rgba_png_is_composited_on_white_and_rgba_keeps_alpha() -> None:
 
 
 def test_opaque_image_gets_alpha_255() -> None:
-    out = decode_image_rgba(_save(Image.fromarray(ASTRONAUT), "PNG"))
+    out = decode_image_rgba(save(Image.fromarray(ASTRONAUT), "PNG"))
     assert out.shape == (512, 512, 4)
     np.testing.assert_array_equal(out[..., :3], ASTRONAUT)
     assert (out[..., 3] == 255).all()
@@ -113,19 +85,19 @@ def test_opaque_image_gets_alpha_255() -> None:
 
 def test_grayscale_becomes_three_equal_channels() -> None:
     gray = np.asarray(Image.fromarray(ASTRONAUT).convert("L"))
-    out = decode_image(_save(Image.fromarray(gray), "PNG"))
+    out = decode_image(save(Image.fromarray(gray), "PNG"))
     assert out.shape == (512, 512, 3)
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], gray)
 
 
-def test_gray_alpha_png() -> None:
+def test_gray_alphapng() -> None:
     la = Image.fromarray(np.array([[[0, 255], [100, 0]]], dtype=np.uint8), "LA")
-    np.testing.assert_array_equal(decode_image(_save(la, "PNG")), [[[0, 0, 0], [255, 255, 255]]])
+    np.testing.assert_array_equal(decode_image(save(la, "PNG")), [[[0, 0, 0], [255, 255, 255]]])
 
 
 def test_adobe_cmyk_jpeg() -> None:
-    jpeg = _save(Image.fromarray(ASTRONAUT).convert("CMYK"), "JPEG", quality=95)
+    jpeg = save(Image.fromarray(ASTRONAUT).convert("CMYK"), "JPEG", quality=95)
     assert b"Adobe" in jpeg  # libjpeg writes Adobe's APP14 marker and inverted CMYK
     assert Image.open(io.BytesIO(jpeg)).mode == "CMYK"
     out = decode_image(jpeg)
@@ -136,7 +108,7 @@ def test_adobe_cmyk_jpeg() -> None:
 def test_plain_cmyk_jpeg_without_adobe_marker_is_not_inverted() -> None:
     cmyk = Image.fromarray(ASTRONAUT).convert("CMYK")
     # Pillow inverts on save, so pre-invert to get plain CMYK samples, then drop the APP14 marker.
-    jpeg = _save(ImageChops.invert(cmyk), "JPEG", quality=95)
+    jpeg = save(ImageChops.invert(cmyk), "JPEG", quality=95)
     at = jpeg.index(b"Adobe") - 4  # APP14 marker, 2-byte length, "Adobe"
     assert jpeg[at : at + 2] == b"\xff\xee"
     length = struct.unpack(">H", jpeg[at + 2 : at + 4])[0]
@@ -150,7 +122,7 @@ def test_16_bit_grayscale_is_scaled_not_clipped(mode: str) -> None:
     values = np.array([[0, 257, 32768, 65535]], dtype="<u2" if mode == "I;16" else ">u2")
     img = Image.frombytes(mode, (4, 1), values.tobytes())
     for fmt in ("PNG", "TIFF"):
-        encoded = _save(img, fmt)
+        encoded = save(img, fmt)
         out = decode_image(encoded)
         np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
         np.testing.assert_array_equal(out[..., 0], out[..., 2])
@@ -159,12 +131,12 @@ def test_16_bit_grayscale_is_scaled_not_clipped(mode: str) -> None:
 def test_32_bit_int_tiff_with_16_bit_values() -> None:
     img = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.int32))
     assert img.mode == "I"
-    np.testing.assert_array_equal(decode_image(_save(img, "TIFF"))[0, :, 0], [0, 128, 255])
+    np.testing.assert_array_equal(decode_image(save(img, "TIFF"))[0, :, 0], [0, 128, 255])
 
 
 def test_16_bit_photo_png_keeps_its_content() -> None:
     gray = np.asarray(Image.fromarray(ASTRONAUT).convert("L")).astype(np.uint16) * 257
-    out = decode_image(_save(Image.fromarray(gray), "PNG"))
+    out = decode_image(save(Image.fromarray(gray), "PNG"))
     np.testing.assert_array_equal(out[..., 0], gray // 257)
 
 
@@ -172,7 +144,7 @@ def test_palette_with_transparency() -> None:
     img = Image.new("P", (3, 1))
     img.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255])
     img.putdata([0, 1, 2])
-    png = _save(img, "PNG", transparency=0)
+    png = save(img, "PNG", transparency=0)
 
     np.testing.assert_array_equal(decode_image(png), [[[255, 255, 255], [255, 0, 0], [0, 0, 255]]])
     np.testing.assert_array_equal(decode_image_rgba(png)[0, :, 3], [0, 255, 255])
@@ -180,19 +152,19 @@ def test_palette_with_transparency() -> None:
 
 def test_palette_photo_without_transparency() -> None:
     pal = Image.fromarray(ASTRONAUT).quantize(64)
-    out = decode_image(_save(pal, "PNG"))
+    out = decode_image(save(pal, "PNG"))
     np.testing.assert_array_equal(out, np.asarray(pal.convert("RGB")))
 
 
 def test_rgb_png_with_trns_colour_key() -> None:
     rgb = np.array([[[10, 20, 30], [1, 2, 3]]], dtype=np.uint8)
-    png = _save(Image.fromarray(rgb), "PNG", transparency=(10, 20, 30))
+    png = save(Image.fromarray(rgb), "PNG", transparency=(10, 20, 30))
     np.testing.assert_array_equal(decode_image(png), [[[255, 255, 255], [1, 2, 3]]])
 
 
 def test_one_bit_image() -> None:
     bits = Image.fromarray(ASTRONAUT).convert("1")  # dithered, really 1-bit
-    out = decode_image(_save(bits, "PNG"))
+    out = decode_image(save(bits, "PNG"))
     assert set(np.unique(out)) <= {0, 255}
     np.testing.assert_array_equal(out[..., 0], np.asarray(bits.convert("L")))
 
@@ -222,10 +194,10 @@ SVG = b'<?xml version="1.0"?>\n<!-- logo -->\n<svg xmlns="http://www.w3.org/2000
 @pytest.mark.parametrize(
     "data",
     [
-        _save(Image.fromarray(ASTRONAUT[:64, :64]).convert("P"), "GIF"),
+        save(Image.fromarray(ASTRONAUT[:64, :64]).convert("P"), "GIF"),
         SVG,
         b"\xef\xbb\xbf  <svg viewBox='0 0 1 1'></svg>",
-        _save(Image.fromarray(ASTRONAUT[:32, :32]), "ICO"),
+        save(Image.fromarray(ASTRONAUT[:32, :32]), "ICO"),
         b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic",
     ],
     ids=["gif", "svg", "bare-svg", "ico", "heic"],
@@ -237,12 +209,12 @@ def test_real_but_unsupported_image(data: bytes) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_truncated_at_half(fmt: str) -> None:
-    encoded = _save(Image.fromarray(ASTRONAUT), fmt)
+    encoded = save(Image.fromarray(ASTRONAUT), fmt)
     _raises(ImageInvalid, "image_invalid", encoded[: len(encoded) // 2])
 
 
 def test_corrupt_png_idat() -> None:
-    png = bytearray(_save(Image.fromarray(ASTRONAUT), "PNG"))
+    png = bytearray(save(Image.fromarray(ASTRONAUT), "PNG"))
     start = png.index(b"IDAT") + 4 + 5000
     png[start : start + 64] = bytes(b ^ 0xFF for b in png[start : start + 64])
     err = _raises(ImageInvalid, "image_invalid", bytes(png))
@@ -250,27 +222,27 @@ def test_corrupt_png_idat() -> None:
 
 
 def test_corrupt_png_header_crc() -> None:
-    png = bytearray(_save(Image.fromarray(ASTRONAUT), "PNG"))
+    png = bytearray(save(Image.fromarray(ASTRONAUT), "PNG"))
     png[16] ^= 0x01  # width byte inside IHDR: CRC mismatch
     _raises(ImageInvalid, "image_invalid", bytes(png))
 
 
-def test_declared_zero_size_png() -> None:
-    _raises(ImageInvalid, "image_invalid", _png(0, 0, idat=zlib.compress(b"")))
+def test_declared_zero_sizepng() -> None:
+    _raises(ImageInvalid, "image_invalid", png(0, 0, idat=zlib.compress(b"")))
 
 
 def test_png_without_pixel_data() -> None:
-    _raises(ImageInvalid, "image_invalid", _png(100, 100))
-    _raises(ImageInvalid, "image_invalid", _png(100, 100, idat=b""))
+    _raises(ImageInvalid, "image_invalid", png(100, 100))
+    _raises(ImageInvalid, "image_invalid", png(100, 100, idat=b""))
 
 
 def test_huge_declared_png_without_data() -> None:
-    _raises(ImageTooLarge, "image_too_large", _png(20000, 20000))
-    _raises(ImageTooLarge, "image_too_large", _png(2**31 - 1, 2**31 - 1))
+    _raises(ImageTooLarge, "image_too_large", png(20000, 20000))
+    _raises(ImageTooLarge, "image_too_large", png(2**31 - 1, 2**31 - 1))
 
 
 def test_png_bomb_is_refused_from_the_header() -> None:
-    bomb = _png_bomb()
+    bomb = png_bomb()
     assert len(bomb) < 100_000
     start = time.perf_counter()
     err = _raises(ImageTooLarge, "image_too_large", bomb)
@@ -279,7 +251,7 @@ def test_png_bomb_is_refused_from_the_header() -> None:
 
 
 def test_pixel_limit_is_exact() -> None:
-    png = _save(Image.fromarray(ASTRONAUT), "PNG")
+    png = save(Image.fromarray(ASTRONAUT), "PNG")
     assert decode_image(png, max_pixels=512 * 512).shape == (512, 512, 3)
     _raises(ImageTooLarge, "image_too_large", png, max_pixels=512 * 512 - 1)
 
@@ -288,14 +260,14 @@ def test_pillow_bomb_limits_map_to_image_too_large_and_do_not_leak() -> None:
     filters_before = list(warnings.filters)
     limit_before = Image.MAX_IMAGE_PIXELS
     # Our own limit out of the way: Pillow's error (> 2x its limit) and warning (> its limit).
-    _raises(ImageTooLarge, "image_too_large", _png_bomb(), max_pixels=10**12)
-    _raises(ImageTooLarge, "image_too_large", _png(10000, 10000), max_pixels=10**12)
+    _raises(ImageTooLarge, "image_too_large", png_bomb(), max_pixels=10**12)
+    _raises(ImageTooLarge, "image_too_large", png(10000, 10000), max_pixels=10**12)
     assert warnings.filters == filters_before
     assert limit_before == Image.MAX_IMAGE_PIXELS
 
 
 def test_byte_limit_is_checked_before_anything_else() -> None:
-    png = _save(Image.fromarray(ASTRONAUT), "PNG")
+    png = save(Image.fromarray(ASTRONAUT), "PNG")
     assert decode_image(png, max_bytes=len(png)).shape == (512, 512, 3)
     _raises(ImageTooLarge, "image_too_large", png, max_bytes=len(png) - 1)
     _raises(ImageTooLarge, "image_too_large", b"not an image" * 10, max_bytes=100)
@@ -307,7 +279,7 @@ def test_limits_default_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FITROOM_MAX_IMAGE_PIXELS", "1000")
     config.get_settings.cache_clear()
     try:
-        _raises(ImageTooLarge, "image_too_large", _save(Image.fromarray(ASTRONAUT), "PNG"))
+        _raises(ImageTooLarge, "image_too_large", save(Image.fromarray(ASTRONAUT), "PNG"))
     finally:
         monkeypatch.undo()
         config.get_settings.cache_clear()
@@ -317,7 +289,7 @@ def test_limits_default_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
 def test_fuzzed_inputs_raise_only_typed_errors(fmt: str) -> None:
     """Random byte damage must give a clean decode or a FitroomError, never a raw exception."""
-    encoded = _save(Image.fromarray(ASTRONAUT[:48, :64]), fmt)
+    encoded = save(Image.fromarray(ASTRONAUT[:48, :64]), fmt)
     rng = np.random.default_rng(1234)
     for _ in range(150):
         damaged = bytearray(encoded)
@@ -337,7 +309,7 @@ def test_fuzzed_inputs_raise_only_typed_errors(fmt: str) -> None:
 
 def test_read_image_file(tmp_path) -> None:
     path = tmp_path / "photo.png"
-    path.write_bytes(_save(Image.fromarray(ASTRONAUT), "PNG"))
+    path.write_bytes(save(Image.fromarray(ASTRONAUT), "PNG"))
     np.testing.assert_array_equal(read_image_file(path), ASTRONAUT)
     with pytest.raises(ImageTooLarge) as info:
         read_image_file(path, max_bytes=1000)
