@@ -22,14 +22,9 @@ from services.common.config import get_settings
 from services.common.contracts import PoseResult
 from services.common.errors import FitroomError, ModelUnavailable, NoPersonDetected
 from services.common.imageio import encode_jpeg, encode_png, read_image_file
-from services.common.inference import LocalBackend
+from services.common.inference import embedded_backend
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NO_PERSON, EXIT_NO_MODELS = 0, 1, 2, 3, 4
-
-
-def local_backend() -> LocalBackend:
-    settings = get_settings()
-    return LocalBackend(settings.model_repository, threads=settings.torch_threads)
 
 
 def _fail(error: FitroomError) -> None:
@@ -72,7 +67,7 @@ def cmd_pose(args: argparse.Namespace) -> int:
     from services.pose import stage
     from services.pose.overlay import draw_pose
 
-    infer = local_backend()
+    infer = embedded_backend()
     unreadable = no_person = False
     for out_dir in (args.mask_dir, args.overlay_dir):
         if out_dir:

@@ -28,6 +28,8 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(default_factory=lambda: int(_env("MAX_IMAGE_PIXELS", str(40_000_000))))
     # Intra-op threads for the local TorchScript backend; 0 leaves torch's default.
     torch_threads: int = Field(default_factory=lambda: int(_env("TORCH_THREADS", "0")))
+    # OpenCV's own thread pool; 1 keeps it from contending with torch for the cores.
+    opencv_threads: int = Field(default_factory=lambda: int(_env("OPENCV_THREADS", "1")))
 
 
 @lru_cache(maxsize=1)

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 
+from services.common.config import Settings, get_settings
 from services.common.errors import ModelUnavailable
 from services.common.model_repository import ModelSignature, model_file, read_signature
 
@@ -42,12 +44,13 @@ def check_inputs(signature: ModelSignature, inputs: Mapping[str, np.ndarray]) ->
 class LocalBackend:
     """In-process TorchScript execution of the model repository, models loaded once and shared.
 
-    On the CPU the frozen graph is further rewritten by torch.jit.optimize_for_inference
-    (conv + bias + activation fusion, MKLDNN layouts); that rewrite happens here at load time
-    and not in model.pt, which must stay device-neutral for Triton.
+    `optimize=True` rewrites the frozen graph with torch.jit.optimize_for_inference (MKLDNN
+    layouts, conv + activation fusion) at load time, never in model.pt, which must stay
+    device-neutral for Triton. It is off by default: on these small depthwise networks the
+    layout conversions it inserts cost more than the fusion saves (bench/pose_speed.py).
     """
 
-    def __init__(self, repository: Path, threads: int = 0, optimize: bool = True) -> None:
+    def __init__(self, repository: Path, threads: int = 0, optimize: bool = False) -> None:
         self.repository = Path(repository)
         self.optimize = optimize
         self._models: dict[str, tuple[ModelSignature, torch.jit.ScriptModule]] = {}
@@ -85,3 +88,14 @@ class LocalBackend:
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
         return {spec.name: out.numpy() for spec, out in zip(signature.outputs, outputs, strict=True)}
+
+
+def embedded_backend(settings: Settings | None = None) -> LocalBackend:
+    """The embedded mode's backend, with the process's CPU threads set from the settings.
+
+    OpenCV gets its own thread count (default 1): its pool and torch's OpenMP threads
+    otherwise contend for the same cores between the crops and the model calls.
+    """
+    settings = settings or get_settings()
+    cv2.setNumThreads(settings.opencv_threads)
+    return LocalBackend(settings.model_repository, threads=settings.torch_threads)

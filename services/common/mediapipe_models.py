@@ -30,7 +30,7 @@ MEDIAPIPE_REQUIREMENT = "mediapipe==0.10.21"
 MEDIAPIPE_WHEEL = "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl"
 MEDIAPIPE_WHEEL_SHA256 = "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3"
 # Bump when the importer's output changes, so that cached models are rebuilt.
-IMPORTER_VERSION = 1
+IMPORTER_VERSION = 2
 MAX_BATCH_SIZE = 8
 
 

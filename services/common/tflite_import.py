@@ -305,16 +305,18 @@ class _Builder:
         return self.fx.call_function(fn, args, kwargs)
 
     def activation(self, node: fx.Node, code: int) -> fx.Node:
+        """A fused activation. `node` is always the fresh output of the op that fused it, so
+        the activation may overwrite it in place (one allocation less per layer)."""
         if code == _ACT_NONE:
             return node
         if code == _ACT_RELU:
-            return self.call(F.relu, node)
+            return self.call(torch.relu_, node)
         if code == _ACT_RELU6:
-            return self.call(F.relu6, node)
+            return self.call(torch.clamp_, node, 0.0, 6.0)
         if code == _ACT_RELU_N1_TO_1:
-            return self.call(torch.clamp, node, -1.0, 1.0)
+            return self.call(torch.clamp_, node, -1.0, 1.0)
         if code == _ACT_TANH:
-            return self.call(torch.tanh, node)
+            return self.call(torch.tanh_, node)
         raise UnsupportedOperator(f"fused activation {code}")
 
     def pad_same(

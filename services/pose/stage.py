@@ -50,9 +50,10 @@ def landmarks_in_roi(image: np.ndarray, roi: bp.Roi, infer: Infer) -> tuple[np.n
 
 
 def person_box(mask: np.ndarray, points: np.ndarray, width: int, height: int) -> Box:
-    ys, xs = np.nonzero(mask > MASK_THRESHOLD)
-    if len(xs):
-        return Box(x0=float(xs.min()), y0=float(ys.min()), x1=float(xs.max() + 1), y1=float(ys.max() + 1))
+    person = mask > MASK_THRESHOLD
+    rows, cols = np.flatnonzero(person.any(axis=1)), np.flatnonzero(person.any(axis=0))
+    if len(rows):
+        return Box(x0=float(cols[0]), y0=float(rows[0]), x1=float(cols[-1] + 1), y1=float(rows[-1] + 1))
     lo = np.clip(points.min(axis=0), 0, [width, height])
     hi = np.clip(points.max(axis=0), 0, [width, height])
     return Box(x0=float(lo[0]), y0=float(lo[1]), x1=float(hi[0]), y1=float(hi[1]))
