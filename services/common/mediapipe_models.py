@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.artifacts import sha256_hex
 from services.common.model_repository import ModelSignature, TensorSpec, config_text, model_dir, model_file
 from services.common.tflite_import import TFLiteGraph, export_torchscript, import_tflite
 
@@ -136,7 +137,7 @@ def build_model(model: MediaPipeModel, wheel: Path, repository: Path, force: boo
         "wheel": MEDIAPIPE_WHEEL,
         "wheel_sha256": MEDIAPIPE_WHEEL_SHA256,
         "tflite": model.wheel_path,
-        "tflite_sha256": hashlib.sha256(data).hexdigest(),
+        "tflite_sha256": sha256_hex(data),
         "importer_version": IMPORTER_VERSION,
     }
     target = model_file(repository, model.name)
