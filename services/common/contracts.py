@@ -86,3 +86,43 @@ class PoseResult(BaseModel):
     def landmark_array(self) -> np.ndarray:
         """The landmarks as a (33, 5) float32 array: x, y, z, visibility, presence."""
         return np.array([[p.x, p.y, p.z, p.visibility, p.presence] for p in self.landmarks], dtype=np.float32)
+
+
+# The LIP label set (VITON, VITON-HD and CP-VTON data use it).
+LIP_LABELS = (
+    "background",
+    "hat",
+    "hair",
+    "glove",
+    "sunglasses",
+    "upper_clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "torso_skin",
+    "scarf",
+    "skirt",
+    "face",
+    "left_arm",
+    "right_arm",
+    "left_leg",
+    "right_leg",
+    "left_shoe",
+    "right_shoe",
+)
+LIP = {name: i for i, name in enumerate(LIP_LABELS)}
+
+
+class ParseResult(BaseModel):
+    """Output of the parser stage for one person photo."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image_width: int
+    image_height: int
+    # HxW uint8 LIP label ids at the photo's resolution. Stored as its own artifact (palette PNG).
+    labels: np.ndarray = Field(exclude=True, repr=False)
+    category: Category | None = None
+    # HxW bool: where a garment of `category` may repaint; None when no category was asked for.
+    agnostic: np.ndarray | None = Field(default=None, exclude=True, repr=False)

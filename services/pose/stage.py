@@ -15,17 +15,18 @@ from services.common.contracts import Box, Landmark, PoseResult
 from services.common.errors import NoPersonDetected
 from services.common.inference import Infer
 from services.common.mediapipe_models import POSE_DETECTION, POSE_LANDMARK
+from services.common.roi import Roi, crop, to_image_pixels, warp_to_image
 from services.pose import blazepose as bp
 
 MASK_THRESHOLD = 0.5
 
 
-def detect(image: np.ndarray, infer: Infer) -> tuple[bp.Detection, bp.Roi] | None:
+def detect(image: np.ndarray, infer: Infer) -> tuple[bp.Detection, Roi] | None:
     """Best person detection and the landmark ROI derived from it, or None."""
     height, width = image.shape[:2]
     letterbox = bp.letterbox_roi(width, height)
-    crop = bp.crop(image, letterbox, bp.DETECTOR_SIZE, cv2.BORDER_CONSTANT)
-    tensor = crop.astype(np.float32) * (2.0 / 255.0) - 1.0  # the detector wants [-1, 1]
+    pixels = crop(image, letterbox, bp.DETECTOR_SIZE, cv2.BORDER_CONSTANT)
+    tensor = pixels.astype(np.float32) * (2.0 / 255.0) - 1.0  # the detector wants [-1, 1]
     out = infer(POSE_DETECTION.name, {POSE_DETECTION.input_name: tensor[None]})
     boxes, scores = (out[name][0] for name in POSE_DETECTION.output_names)
     detections = bp.weighted_nms(bp.decode_detections(boxes, scores))
@@ -34,12 +35,12 @@ def detect(image: np.ndarray, infer: Infer) -> tuple[bp.Detection, bp.Roi] | Non
     return detections[0], bp.detection_roi(detections[0], letterbox)
 
 
-def landmarks_in_roi(image: np.ndarray, roi: bp.Roi, infer: Infer) -> tuple[np.ndarray, float, np.ndarray]:
+def landmarks_in_roi(image: np.ndarray, roi: Roi, infer: Infer) -> tuple[np.ndarray, float, np.ndarray]:
     """Run the landmark model on the ROI. Returns (39, 5) landmarks in ROI-normalised
     coordinates (x, y, z, visibility, presence), the presence score and the ROI's mask
     logits (256x256)."""
-    crop = bp.crop(image, roi, bp.LANDMARK_SIZE, cv2.BORDER_REPLICATE)
-    tensor = crop.astype(np.float32) * (1.0 / 255.0)
+    pixels = crop(image, roi, bp.LANDMARK_SIZE, cv2.BORDER_REPLICATE)
+    tensor = pixels.astype(np.float32) * (1.0 / 255.0)
     out = infer(POSE_LANDMARK.name, {POSE_LANDMARK.input_name: tensor[None]})
     raw, presence, segmentation, heatmap, _world = (out[name][0] for name in POSE_LANDMARK.output_names)
     landmarks = raw.reshape(bp.NUM_LANDMARKS, 5).astype(np.float64)
@@ -70,9 +71,9 @@ def run(image: np.ndarray, infer: Infer) -> PoseResult:
     if presence < bp.MIN_PRESENCE:
         raise NoPersonDetected(f"no person found in the image (pose presence {presence:.2f})")
 
-    points = bp.to_image_pixels(landmarks[:33, :2], roi)
+    points = to_image_pixels(landmarks[:33, :2], roi)
     depth = landmarks[:33, 2] * roi.size  # z shares x's scale, as MediaPipe projects it
-    mask = bp.mask_to_image(bp.sigmoid(mask_logits).astype(np.float32), roi, width, height)
+    mask = warp_to_image(bp.sigmoid(mask_logits).astype(np.float32), roi, width, height)
     return PoseResult(
         image_width=width,
         image_height=height,

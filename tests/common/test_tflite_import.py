@@ -13,6 +13,7 @@ from torch import nn
 
 from services.common.config import get_settings
 from services.common.mediapipe_models import MODELS, MediaPipeModel, fetch_wheel, read_tflite
+from services.common.roi import crop
 from services.common.tflite_import import (
     DepthToSpace,
     LegacyResizeBilinear,
@@ -94,8 +95,8 @@ def _real_input(model: MediaPipeModel, image: np.ndarray) -> np.ndarray:
     """A real photo prepared as each model's own pipeline prepares it."""
     height, width = image.shape[:2]
     if model.name == "pose_detection":
-        crop = bp.crop(image, bp.letterbox_roi(width, height), 224, cv2.BORDER_CONSTANT)
-        return crop.astype(np.float32) * (2 / 255) - 1
+        pixels = crop(image, bp.letterbox_roi(width, height), 224, cv2.BORDER_CONSTANT)
+        return pixels.astype(np.float32) * (2 / 255) - 1
     if model.name == "face_landmark":
         return cv2.resize(image[30:200, 130:300], (192, 192)).astype(np.float32) / 255
     return cv2.resize(image, (256, 256)).astype(np.float32) / 255

@@ -13,6 +13,7 @@ from services.common.contracts import LANDMARK_INDEX, PoseResult
 from services.common.errors import NoPersonDetected
 from services.common.imageio import read_image_file
 from services.common.inference import LocalBackend
+from services.common.roi import Roi, to_image_pixels
 from services.pose import blazepose as bp
 from services.pose.openpose import BODY25, COCO18, to_openpose
 from services.pose.stage import run
@@ -133,7 +134,7 @@ def test_weighted_nms_merges_overlaps_by_score() -> None:
 
 
 def test_roi_maps_its_corners_and_centre() -> None:
-    roi = bp.Roi(cx=100, cy=50, size=40, rotation=np.pi / 2)
-    pts = bp.to_image_pixels(np.array([[0.5, 0.5], [0.5, 0.0], [1.0, 0.5]]), roi)
+    roi = Roi(cx=100, cy=50, size=40, rotation=np.pi / 2)
+    pts = to_image_pixels(np.array([[0.5, 0.5], [0.5, 0.0], [1.0, 0.5]]), roi)
     # A quarter turn clockwise on screen: the ROI's "up" points to the image's right.
     np.testing.assert_allclose(pts, [[100, 50], [120, 50], [100, 70]], atol=1e-9)
