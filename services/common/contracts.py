@@ -112,6 +112,12 @@ LIP_LABELS = (
     "right_shoe",
 )
 LIP = {name: i for i, name in enumerate(LIP_LABELS)}
+# The colours LIP label maps are drawn in (JPPNet's palette, as VITON's palette PNGs carry it).
+LIP_PALETTE = (
+    (0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (255, 85, 0), (0, 0, 85), (0, 119, 221),
+    (85, 85, 0), (0, 85, 85), (85, 51, 0), (52, 86, 128), (0, 128, 0), (0, 0, 255), (51, 170, 221),
+    (0, 255, 255), (85, 255, 170), (170, 255, 85), (255, 255, 0), (255, 170, 0),
+)  # fmt: skip
 
 
 class ParseResult(BaseModel):

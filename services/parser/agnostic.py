@@ -1,0 +1,65 @@
+"""The agnostic mask: where a new garment of a category may repaint the person.
+
+It covers the old garment of that category and the body it sits on (a new garment may be
+longer, wider or have other sleeves), grown by a margin, and keeps out what must survive:
+face, hair, hands, and the garment of the other category.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from services.common.contracts import LANDMARK_INDEX, LIP, Category, PoseResult
+
+UPPER_LABELS = (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
+LOWER_LABELS = (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])
+KEEP_ALWAYS = (LIP["face"], LIP["hair"], LIP["hat"], LIP["sunglasses"])
+MARGIN = 0.06  # growth of the repaint region, in torso lengths
+
+
+def _px(points: np.ndarray, *names: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in np.round(points[LANDMARK_INDEX[n]])) for n in names]
+
+
+def _hands(labels: np.ndarray, pts: np.ndarray, torso: float) -> np.ndarray:
+    """Arm pixels around each hand: hands in front of a garment stay in front of the new one."""
+    discs = np.zeros(labels.shape, np.uint8)
+    for side in ("left", "right"):
+        wrist = pts[LANDMARK_INDEX[f"{side}_wrist"]]
+        tips = np.mean([pts[LANDMARK_INDEX[f"{side}_{j}"]] for j in ("pinky", "index", "thumb")], axis=0)
+        centre = wrist + (tips - wrist) * 0.8
+        radius = max(2, round(max(np.linalg.norm(tips - wrist) * 1.3, 0.12 * torso)))
+        cv2.circle(discs, tuple(int(v) for v in np.round(centre)), radius, 1, -1)
+    return discs.astype(bool) & np.isin(labels, (LIP["left_arm"], LIP["right_arm"]))
+
+
+def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> np.ndarray:
+    """HxW bool mask of the region to repaint for `category` (upper | lower | dress)."""
+    pts = pose.landmark_array()[:, :2]
+    shoulders = (pts[LANDMARK_INDEX["left_shoulder"]] + pts[LANDMARK_INDEX["right_shoulder"]]) / 2
+    hips = (pts[LANDMARK_INDEX["left_hip"]] + pts[LANDMARK_INDEX["right_hip"]]) / 2
+    torso = max(float(np.linalg.norm(hips - shoulders)), 1.0)
+    body = np.zeros(labels.shape, np.uint8)
+    limb = max(1, round(0.22 * torso))
+    if category in ("upper", "dress"):
+        cv2.fillPoly(body, [np.array(_px(pts, "left_shoulder", "right_shoulder", "right_hip", "left_hip"))], 1)
+        for side in ("left", "right"):
+            shoulder, elbow = _px(pts, f"{side}_shoulder", f"{side}_elbow")
+            cv2.line(body, shoulder, elbow, 1, limb)
+    if category in ("lower", "dress"):
+        for side in ("left", "right"):
+            hip, knee = _px(pts, f"{side}_hip", f"{side}_knee")
+            cv2.line(body, hip, knee, 1, limb)
+        cv2.fillPoly(body, [np.array(_px(pts, "left_hip", "right_hip", "right_knee", "left_knee"))], 1)
+    own = {"upper": UPPER_LABELS, "lower": LOWER_LABELS, "dress": UPPER_LABELS + LOWER_LABELS}[category]
+    repaint = (np.isin(labels, own) | body.astype(bool)).astype(np.uint8)
+    grow = max(1, round(MARGIN * torso))
+    repaint = cv2.dilate(repaint, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    shoes = np.isin(labels, (LIP["left_shoe"], LIP["right_shoe"]))
+    keep = np.isin(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes
+    if category == "upper":
+        keep |= np.isin(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"]))
+    elif category == "lower":
+        keep |= np.isin(labels, (LIP["upper_clothes"], LIP["coat"], LIP["left_arm"], LIP["right_arm"]))
+    return repaint.astype(bool) & ~keep

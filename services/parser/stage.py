@@ -1,0 +1,258 @@
+"""The parser stage: person photo + pose -> LIP label map and the agnostic mask.
+
+No learned human parser: the licensed ones are research-only. The labels come from the
+models we may ship (the pose's person mask and landmarks, the face mesh) plus geometry and
+colour, all on the photo at hand:
+
+1. The person mask separates person from background; the face mesh's outline is the face.
+2. Body geometry proposes where each part may be: a body frame (shoulders to hips) says what
+   is above or below the waist, capsules along the arm bones hold arms or sleeves, a zone
+   around the head holds hair.
+3. Colour decides within those zones: skin is learned from the face, the upper garment from
+   the torso core, the lower garment from below the hips, hair from above the face. Each
+   pixel takes the most likely class its zone allows.
+4. Boundaries follow the photo: the class maps are guided-filtered with the image as guide,
+   then upsampled to full resolution and cut by the full-resolution person mask.
+
+Work happens at a reduced height (WORK_HEIGHT) for speed; only the last step is full size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from services.common.contracts import LANDMARK_INDEX, LIP, Category, ParseResult, PoseResult
+from services.common.inference import Infer
+from services.parser import colour
+from services.parser.agnostic import agnostic_mask
+from services.parser.face import face_mesh, face_oval
+
+WORK_HEIGHT = 320
+PERSON_THRESHOLD = 0.5
+SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
+FACE_GROWTH = 0.03  # of the face width
+LANDMARK_VISIBLE = 0.5
+# Colour-model spread floors in Lab units: below this, shading alone would look like another class.
+# Lightness varies with shading far more than hue does, so its floor is higher.
+SKIN_MIN_STD = np.array([8.0, 3.0, 3.0])
+GARMENT_MIN_STD = np.array([6.0, 4.0, 4.0])
+HAIR_MIN_STD = np.array([6.0, 4.0, 4.0])
+BACKGROUND_MIN_STD = np.array([3.0, 2.0, 2.0])
+# Geometric priors, in nats added to a class's colour cost where the geometry argues against it.
+PENALTY_TORSO_SKIN = 2.0  # bare skin on the torso is rarer than garment there
+PENALTY_HAIR_ON_NECK = 2.0  # the neck below the chin is usually skin, even in shadow
+PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above them, per torso length
+GUIDED_RADIUS_FRACTION = 0.008  # of the working height
+GUIDED_EPS = 1e-3
+UNREACHABLE = 1e4  # the cost of a class its zone rules out
+
+
+def _lm(points: np.ndarray, name: str) -> np.ndarray:
+    return points[LANDMARK_INDEX[name]]
+
+
+@dataclass(frozen=True)
+class BodyFrame:
+    """Pixel coordinates relative to the torso: t runs from the shoulder line (0) to the hip
+    line (1) along the body axis; `across` is the signed sideways distance in torso lengths."""
+
+    origin: np.ndarray
+    axis: np.ndarray
+    normal: np.ndarray
+    length: float
+    shoulder_width: float
+
+    @classmethod
+    def from_points(cls, pts: np.ndarray) -> BodyFrame:
+        shoulders = (_lm(pts, "left_shoulder") + _lm(pts, "right_shoulder")) / 2
+        hips = (_lm(pts, "left_hip") + _lm(pts, "right_hip")) / 2
+        length = max(float(np.linalg.norm(hips - shoulders)), 1.0)
+        axis = (hips - shoulders) / length
+        width = float(np.linalg.norm(_lm(pts, "left_shoulder") - _lm(pts, "right_shoulder")))
+        return cls(shoulders, axis, np.array([-axis[1], axis[0]]), length, max(width, 1.0))
+
+    def coords(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx, dy = xs - self.origin[0], ys - self.origin[1]
+        t = (dx * self.axis[0] + dy * self.axis[1]) / self.length
+        across = (dx * self.normal[0] + dy * self.normal[1]) / self.length
+        return t, across
+
+
+def segment_distance(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance of every pixel to the segment a-b."""
+    ab = b - a
+    denom = max(float(ab @ ab), 1e-9)
+    u = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / denom, 0.0, 1.0)
+    return np.hypot(xs - (a[0] + u * ab[0]), ys - (a[1] + u * ab[1]))
+
+
+def limb_distance(xs: np.ndarray, ys: np.ndarray, pts: np.ndarray, side: str, scale: np.ndarray) -> np.ndarray:
+    """Distance to one arm's bones (upper arm, forearm, hand), each bone's distance divided by
+    its radius, so that < 1 means inside that arm's capsule."""
+    shoulder, elbow, wrist = (_lm(pts, f"{side}_{j}") for j in ("shoulder", "elbow", "wrist"))
+    hand = np.mean([_lm(pts, f"{side}_{j}") for j in ("pinky", "index", "thumb")], axis=0)
+    bones = ((shoulder, elbow, scale[0]), (elbow, wrist, scale[1]), (wrist, hand + (hand - wrist) * 0.6, scale[2]))
+    return np.min([segment_distance(xs, ys, a, b) / r for a, b, r in bones], axis=0)
+
+
+def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter with a grey guide, applied to each channel of `maps` (H, W, C):
+    the output follows the guide's edges, so label boundaries snap to the photo's."""
+    size = (2 * radius + 1, 2 * radius + 1)
+    box = lambda x: cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mean_i = box(guide)
+    var_i = box(guide * guide) - mean_i * mean_i
+    out = np.empty_like(maps)
+    for c in range(maps.shape[2]):
+        p = np.ascontiguousarray(maps[..., c])
+        mean_p = box(p)
+        a = (box(guide * p) - mean_i * mean_p) / (var_i + eps)
+        b = mean_p - a * mean_i
+        out[..., c] = box(a) * guide + box(b)
+    return out
+
+
+def _face_mask(
+    shape: tuple[int, int], pts: np.ndarray, visible: np.ndarray, oval: np.ndarray | None, shoulder_width: float
+) -> np.ndarray:
+    """The face: the mesh outline grown a little (the mesh stops short of the ears and the
+    hairline), or an ellipse around the nose when there is no mesh."""
+    face = np.zeros(shape, np.uint8)
+    if oval is not None:
+        cv2.fillPoly(face, [np.round(oval).astype(np.int32)], 1)
+        grow = max(1, round(FACE_GROWTH * (oval[:, 0].max() - oval[:, 0].min())))
+        face = cv2.dilate(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    elif visible[LANDMARK_INDEX["nose"]] > LANDMARK_VISIBLE:
+        nose = _lm(pts, "nose")
+        axes = (max(1, round(0.22 * shoulder_width)), max(1, round(0.3 * shoulder_width)))
+        cv2.ellipse(face, (round(nose[0]), round(nose[1])), axes, 0, 0, 360, 1, -1)
+    return face.astype(bool)
+
+
+def label_pixels(
+    rgb: np.ndarray, person_prob: np.ndarray, pts: np.ndarray, visible: np.ndarray, oval: np.ndarray | None
+) -> np.ndarray:
+    """LIP labels at working resolution from an RGB image, the pose's person probability and
+    the landmarks (both in working-resolution pixels)."""
+    h, w = person_prob.shape
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    body = BodyFrame.from_points(pts)
+    t, across = body.coords(xs, ys)
+    sw = body.shoulder_width
+    person = person_prob > PERSON_THRESHOLD
+    sure = person_prob > SURE_PERSON
+
+    face = _face_mask((h, w), pts, visible, oval, sw) & person
+    face_ys, face_xs = np.nonzero(face)
+    if len(face_xs):
+        chin_t = float(body.coords(face_xs.astype(np.float32), face_ys.astype(np.float32))[0].max())
+        face_width = float(face_xs.max() - face_xs.min() + 1)
+        face_centre = np.array([face_xs.mean(), face_ys.mean()])
+    else:
+        chin_t, face_width, face_centre = -0.15, 0.45 * sw, _lm(pts, "nose")
+    face_across = body.coords(face_centre[:1], face_centre[1:])[1][0]
+
+    # Zones from the geometry.
+    head_zone = (np.abs(across - face_across) * body.length < 1.25 * face_width) & (t < chin_t + 0.45)
+    above_chin = head_zone & (t < chin_t) & ~face  # hair or background, nothing else
+    neck_zone = (np.abs(across - face_across) * body.length < 0.45 * face_width) & (t >= chin_t) & (t < 0.1)
+    radii = np.array([0.2, 0.17, 0.2]) * sw
+    left_arm = limb_distance(xs, ys, pts, "left", radii)
+    right_arm = limb_distance(xs, ys, pts, "right", radii)
+    arm_zone = np.minimum(left_arm, right_arm) < 1.0
+
+    # Colour models from pixels the geometry vouches for.
+    near = cv2.dilate(person.astype(np.uint8), np.ones((2 * max(2, h // 20) + 1,) * 2, np.uint8)).astype(bool)
+    background_model = colour.fit(lab[near & (person_prob < SURE_BACKGROUND)], 3, BACKGROUND_MIN_STD)
+    core = sure & ~face & ~arm_zone & (t > 0.2) & (t < 0.8) & (np.abs(across) * body.length < 0.3 * sw)
+    face_core = cv2.erode(face.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    skin_model = colour.fit(lab[face_core & (ys > face_centre[1] - 0.1 * face_width)], 2, SKIN_MIN_STD)
+    upper_model = colour.fit(lab[core], 3, GARMENT_MIN_STD)
+    below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
+    lower_model = colour.fit(lab[below], 2, GARMENT_MIN_STD)
+    hair_model = colour.fit(lab[sure & above_chin], 2, HAIR_MIN_STD)
+
+    # Every pixel near the person takes its cheapest class: colour cost, plus the pose's person
+    # probability as a prior for person against background, plus the zones' geometric priors.
+    log_p = -np.log(np.clip(person_prob, 1e-3, 1.0))
+    log_not_p = -np.log(np.clip(1.0 - person_prob, 1e-3, 1.0))
+    garment_zone = np.where(above_chin, UNREACHABLE, 0.0)
+    priors = {
+        "background": log_not_p,
+        "upper": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(t - 1.1, 0, None),
+        "skin": log_p + garment_zone + PENALTY_TORSO_SKIN * (~arm_zone & ~neck_zone & (t < 1.0)),
+        "lower": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None),
+        "hair": log_p + np.where(head_zone, 0.0, UNREACHABLE) + PENALTY_HAIR_ON_NECK * neck_zone,
+    }
+    models = {
+        "background": background_model,
+        "upper": upper_model,
+        "skin": skin_model,
+        "lower": lower_model,
+        "hair": hair_model,
+    }
+    names = list(priors)
+    pix = lab[near]
+    costs = np.stack(
+        [
+            (np.minimum(models[n].nll(pix), UNREACHABLE) if models[n] else np.full(len(pix), UNREACHABLE))
+            + priors[n][near]
+            for n in names
+        ]
+    )
+    choice = np.full((h, w), names.index("background"))
+    choice[near] = np.argmin(costs, axis=0)
+    is_ = lambda n: (choice == names.index(n)) & ~face  # noqa: E731
+
+    labels = np.zeros((h, w), np.uint8)
+    labels[is_("upper")] = LIP["upper_clothes"]
+    labels[is_("hair")] = LIP["hair"]
+    labels[is_("lower")] = LIP["pants"]
+    skin = is_("skin")
+    closer_left = left_arm < right_arm
+    labels[skin & arm_zone & closer_left] = LIP["left_arm"]
+    labels[skin & arm_zone & ~closer_left] = LIP["right_arm"]
+    torso_skin = skin & ~arm_zone
+    leg_skin = torso_skin & (t > 1.0)  # a photo cut above the hips has no such pixel
+    left_side = across * np.sign(_body_side(body, pts)) > 0
+    labels[leg_skin & left_side] = LIP["left_leg"]
+    labels[leg_skin & ~left_side] = LIP["right_leg"]
+    labels[torso_skin & ~leg_skin] = LIP["torso_skin"]
+    labels[face] = LIP["face"]
+    return labels
+
+
+def _body_side(body: BodyFrame, pts: np.ndarray) -> float:
+    """+1 if the person's left lies on the positive `across` side of the body frame."""
+    left = _lm(pts, "left_hip")
+    return float((left - body.origin) @ body.normal)
+
+
+def run(image: np.ndarray, pose: PoseResult, infer: Infer, category: Category | None = None) -> ParseResult:
+    """LIP label map of `image` (RGB uint8) at full resolution; with `category`, its agnostic mask."""
+    height, width = image.shape[:2]
+    scale = min(1.0, WORK_HEIGHT / height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    person_small = cv2.resize(pose.mask, size, interpolation=cv2.INTER_AREA)
+    landmarks = pose.landmark_array()
+    pts = landmarks[:, :2] * scale
+    mesh = face_mesh(image, pose, infer)
+    oval = face_oval(mesh) * scale if mesh is not None else None
+    labels_small = label_pixels(small, person_small, pts, landmarks[:, 3], oval)
+
+    # Snap boundaries to the photo, then bring the class maps (background included) to full size.
+    present = np.unique(labels_small)
+    onehot = (labels_small[..., None] == present[None, None, :]).astype(np.float32)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    radius = max(1, round(GUIDED_RADIUS_FRACTION * size[1]))
+    smooth = guided_filter(grey, onehot, radius, GUIDED_EPS)
+    if scale < 1:
+        smooth = cv2.resize(smooth, (width, height), interpolation=cv2.INTER_LINEAR)
+    labels = present[np.argmax(smooth.reshape(height, width, -1), axis=2)].astype(np.uint8)
+    agnostic = agnostic_mask(labels, pose, category) if category else None
+    return ParseResult(image_width=width, image_height=height, labels=labels, category=category, agnostic=agnostic)
