@@ -11,11 +11,14 @@ import cv2
 import numpy as np
 
 from services.common.contracts import LANDMARK_INDEX, LIP, Category, PoseResult
+from services.parser.geometry import BodyFrame
 
 UPPER_LABELS = (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
 LOWER_LABELS = (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])
 KEEP_ALWAYS = (LIP["face"], LIP["hair"], LIP["hat"], LIP["sunglasses"])
 MARGIN = 0.06  # growth of the repaint region, in torso lengths
+NECK_KEPT_ABOVE = 0.0  # torso-skin above this body-frame line (the shoulder line) is kept
+LOWER_KEPT_BELOW = 1.15  # for "upper", the lower garment is kept below this line (hips: 1)
 
 
 def _px(points: np.ndarray, *names: str) -> list[tuple[int, int]]:
@@ -37,9 +40,10 @@ def _hands(labels: np.ndarray, pts: np.ndarray, torso: float) -> np.ndarray:
 def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> np.ndarray:
     """HxW bool mask of the region to repaint for `category` (upper | lower | dress)."""
     pts = pose.landmark_array()[:, :2]
-    shoulders = (pts[LANDMARK_INDEX["left_shoulder"]] + pts[LANDMARK_INDEX["right_shoulder"]]) / 2
-    hips = (pts[LANDMARK_INDEX["left_hip"]] + pts[LANDMARK_INDEX["right_hip"]]) / 2
-    torso = max(float(np.linalg.norm(hips - shoulders)), 1.0)
+    frame = BodyFrame.from_points(pts)
+    torso = frame.length
+    height, width = labels.shape
+    t = frame.coords(np.arange(width, dtype=np.float32)[None, :], np.arange(height, dtype=np.float32)[:, None])[0]
     body = np.zeros(labels.shape, np.uint8)
     limb = max(1, round(0.22 * torso))
     if category in ("upper", "dress"):
@@ -53,13 +57,20 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
             cv2.line(body, hip, knee, 1, limb)
         cv2.fillPoly(body, [np.array(_px(pts, "left_hip", "right_hip", "right_knee", "left_knee"))], 1)
     own = {"upper": UPPER_LABELS, "lower": LOWER_LABELS, "dress": UPPER_LABELS + LOWER_LABELS}[category]
-    repaint = (np.isin(labels, own) | body.astype(bool)).astype(np.uint8)
+    repaint = np.isin(labels, own) | body.astype(bool)
+    # The neck above the shoulders stays: collars end around the shoulder line, and hair often
+    # hangs beside the neck.
+    repaint &= ~((labels == LIP["torso_skin"]) & (t < NECK_KEPT_ABOVE))
+    repaint = repaint.astype(np.uint8)
     grow = max(1, round(MARGIN * torso))
     repaint = cv2.dilate(repaint, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     shoes = np.isin(labels, (LIP["left_shoe"], LIP["right_shoe"]))
     keep = np.isin(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes
     if category == "upper":
-        keep |= np.isin(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"]))
+        # The lower garment stays below the hips; above them it is more likely the old top.
+        keep |= np.isin(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (
+            t > LOWER_KEPT_BELOW
+        )
     elif category == "lower":
         keep |= np.isin(labels, (LIP["upper_clothes"], LIP["coat"], LIP["left_arm"], LIP["right_arm"]))
     return repaint.astype(bool) & ~keep

@@ -19,8 +19,6 @@ Work happens at a reduced height (WORK_HEIGHT) for speed; only the last step is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
@@ -29,6 +27,7 @@ from services.common.inference import Infer
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask
 from services.parser.face import face_mesh, face_oval
+from services.parser.geometry import BodyFrame, body_side, landmark, limb_distance
 
 WORK_HEIGHT = 320
 PERSON_THRESHOLD = 0.5
@@ -43,59 +42,12 @@ HAIR_MIN_STD = np.array([6.0, 4.0, 4.0])
 BACKGROUND_MIN_STD = np.array([3.0, 2.0, 2.0])
 # Geometric priors, in nats added to a class's colour cost where the geometry argues against it.
 PENALTY_TORSO_SKIN = 2.0  # bare skin on the torso is rarer than garment there
-PENALTY_HAIR_ON_NECK = 2.0  # the neck below the chin is usually skin, even in shadow
+PENALTY_HAIR_ON_NECK = 4.0  # the neck below the chin is usually skin, even in shadow
 PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above them, per torso length
 GUIDED_RADIUS_FRACTION = 0.008  # of the working height
 GUIDED_EPS = 1e-3
 UNREACHABLE = 1e4  # the cost of a class its zone rules out
-
-
-def _lm(points: np.ndarray, name: str) -> np.ndarray:
-    return points[LANDMARK_INDEX[name]]
-
-
-@dataclass(frozen=True)
-class BodyFrame:
-    """Pixel coordinates relative to the torso: t runs from the shoulder line (0) to the hip
-    line (1) along the body axis; `across` is the signed sideways distance in torso lengths."""
-
-    origin: np.ndarray
-    axis: np.ndarray
-    normal: np.ndarray
-    length: float
-    shoulder_width: float
-
-    @classmethod
-    def from_points(cls, pts: np.ndarray) -> BodyFrame:
-        shoulders = (_lm(pts, "left_shoulder") + _lm(pts, "right_shoulder")) / 2
-        hips = (_lm(pts, "left_hip") + _lm(pts, "right_hip")) / 2
-        length = max(float(np.linalg.norm(hips - shoulders)), 1.0)
-        axis = (hips - shoulders) / length
-        width = float(np.linalg.norm(_lm(pts, "left_shoulder") - _lm(pts, "right_shoulder")))
-        return cls(shoulders, axis, np.array([-axis[1], axis[0]]), length, max(width, 1.0))
-
-    def coords(self, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dx, dy = xs - self.origin[0], ys - self.origin[1]
-        t = (dx * self.axis[0] + dy * self.axis[1]) / self.length
-        across = (dx * self.normal[0] + dy * self.normal[1]) / self.length
-        return t, across
-
-
-def segment_distance(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance of every pixel to the segment a-b."""
-    ab = b - a
-    denom = max(float(ab @ ab), 1e-9)
-    u = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / denom, 0.0, 1.0)
-    return np.hypot(xs - (a[0] + u * ab[0]), ys - (a[1] + u * ab[1]))
-
-
-def limb_distance(xs: np.ndarray, ys: np.ndarray, pts: np.ndarray, side: str, scale: np.ndarray) -> np.ndarray:
-    """Distance to one arm's bones (upper arm, forearm, hand), each bone's distance divided by
-    its radius, so that < 1 means inside that arm's capsule."""
-    shoulder, elbow, wrist = (_lm(pts, f"{side}_{j}") for j in ("shoulder", "elbow", "wrist"))
-    hand = np.mean([_lm(pts, f"{side}_{j}") for j in ("pinky", "index", "thumb")], axis=0)
-    bones = ((shoulder, elbow, scale[0]), (elbow, wrist, scale[1]), (wrist, hand + (hand - wrist) * 0.6, scale[2]))
-    return np.min([segment_distance(xs, ys, a, b) / r for a, b, r in bones], axis=0)
+MAX_COLOUR_COST = 40.0
 
 
 def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -126,7 +78,7 @@ def _face_mask(
         grow = max(1, round(FACE_GROWTH * (oval[:, 0].max() - oval[:, 0].min())))
         face = cv2.dilate(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
     elif visible[LANDMARK_INDEX["nose"]] > LANDMARK_VISIBLE:
-        nose = _lm(pts, "nose")
+        nose = landmark(pts, "nose")
         axes = (max(1, round(0.22 * shoulder_width)), max(1, round(0.3 * shoulder_width)))
         cv2.ellipse(face, (round(nose[0]), round(nose[1])), axes, 0, 0, 360, 1, -1)
     return face.astype(bool)
@@ -153,13 +105,14 @@ def label_pixels(
         face_width = float(face_xs.max() - face_xs.min() + 1)
         face_centre = np.array([face_xs.mean(), face_ys.mean()])
     else:
-        chin_t, face_width, face_centre = -0.15, 0.45 * sw, _lm(pts, "nose")
+        chin_t, face_width, face_centre = -0.15, 0.45 * sw, landmark(pts, "nose")
     face_across = body.coords(face_centre[:1], face_centre[1:])[1][0]
 
     # Zones from the geometry.
     head_zone = (np.abs(across - face_across) * body.length < 1.25 * face_width) & (t < chin_t + 0.45)
     above_chin = head_zone & (t < chin_t) & ~face  # hair or background, nothing else
-    neck_zone = (np.abs(across - face_across) * body.length < 0.45 * face_width) & (t >= chin_t) & (t < 0.1)
+    # The neck runs from the chin to the shoulder line along the body's centre, wherever the face turns.
+    neck_zone = (np.abs(across) * body.length < 0.25 * sw) & (t >= chin_t - 0.1) & (t < 0.15)
     radii = np.array([0.2, 0.17, 0.2]) * sw
     left_arm = limb_distance(xs, ys, pts, "left", radii)
     right_arm = limb_distance(xs, ys, pts, "right", radii)
@@ -171,10 +124,21 @@ def label_pixels(
     core = sure & ~face & ~arm_zone & (t > 0.2) & (t < 0.8) & (np.abs(across) * body.length < 0.3 * sw)
     face_core = cv2.erode(face.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     skin_model = colour.fit(lab[face_core & (ys > face_centre[1] - 0.1 * face_width)], 2, SKIN_MIN_STD)
-    upper_model = colour.fit(lab[core], 3, GARMENT_MIN_STD)
+    typical_skin = np.percentile(skin_model.nll(lab[face_core]), 90) if skin_model is not None else np.inf
+
+    def not_skin(seed: np.ndarray) -> np.ndarray:
+        """The seed without its skin-like pixels (a neckline, bare legs, ears), so garment
+        and hair models do not learn skin."""
+        if skin_model is None or not seed.any():
+            return seed
+        kept = seed.copy()
+        kept[seed] = skin_model.nll(lab[seed]) > typical_skin
+        return kept
+
+    upper_model = colour.fit(lab[not_skin(core)], 3, GARMENT_MIN_STD)
     below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
-    lower_model = colour.fit(lab[below], 2, GARMENT_MIN_STD)
-    hair_model = colour.fit(lab[sure & above_chin], 2, HAIR_MIN_STD)
+    lower_model = colour.fit(lab[not_skin(below)], 2, GARMENT_MIN_STD)
+    hair_model = colour.fit(lab[not_skin(sure & above_chin)], 2, HAIR_MIN_STD)
 
     # Every pixel near the person takes its cheapest class: colour cost, plus the pose's person
     # probability as a prior for person against background, plus the zones' geometric priors.
@@ -196,16 +160,14 @@ def label_pixels(
         "hair": hair_model,
     }
     names = list(priors)
-    pix = lab[near]
-    costs = np.stack(
-        [
-            (np.minimum(models[n].nll(pix), UNREACHABLE) if models[n] else np.full(len(pix), UNREACHABLE))
-            + priors[n][near]
-            for n in names
-        ]
-    )
-    choice = np.full((h, w), names.index("background"))
-    choice[near] = np.argmin(costs, axis=0)
+    # Colour costs are clipped: past a point, "very unlike" should not outweigh the priors.
+    pix = lab.reshape(-1, 3)
+    costs = np.full((len(names), h, w), UNREACHABLE, np.float32)
+    for k, name in enumerate(names):
+        if models[name] is not None:
+            colour_cost = np.minimum(models[name].nll(pix), MAX_COLOUR_COST).reshape(h, w).astype(np.float32)
+            costs[k] = colour_cost + priors[name]
+    choice = np.where(near, np.argmin(costs, axis=0), names.index("background"))
     is_ = lambda n: (choice == names.index(n)) & ~face  # noqa: E731
 
     labels = np.zeros((h, w), np.uint8)
@@ -218,18 +180,12 @@ def label_pixels(
     labels[skin & arm_zone & ~closer_left] = LIP["right_arm"]
     torso_skin = skin & ~arm_zone
     leg_skin = torso_skin & (t > 1.0)  # a photo cut above the hips has no such pixel
-    left_side = across * np.sign(_body_side(body, pts)) > 0
+    left_side = across * np.sign(body_side(body, pts)) > 0
     labels[leg_skin & left_side] = LIP["left_leg"]
     labels[leg_skin & ~left_side] = LIP["right_leg"]
     labels[torso_skin & ~leg_skin] = LIP["torso_skin"]
     labels[face] = LIP["face"]
     return labels
-
-
-def _body_side(body: BodyFrame, pts: np.ndarray) -> float:
-    """+1 if the person's left lies on the positive `across` side of the body frame."""
-    left = _lm(pts, "left_hip")
-    return float((left - body.origin) @ body.normal)
 
 
 def run(image: np.ndarray, pose: PoseResult, infer: Infer, category: Category | None = None) -> ParseResult:
