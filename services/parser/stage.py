@@ -33,6 +33,7 @@ WORK_HEIGHT = 320
 PERSON_THRESHOLD = 0.5
 SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
 FACE_GROWTH = 0.03  # of the face width
+FACE_MARGIN = 0.12  # skin this close to the face outline (face widths) is face
 LANDMARK_VISIBLE = 0.5
 # Colour-model spread floors in Lab units: below this, shading alone would look like another class.
 # Lightness varies with shading far more than hue does, so its floor is higher.
@@ -42,7 +43,8 @@ HAIR_MIN_STD = np.array([6.0, 4.0, 4.0])
 BACKGROUND_MIN_STD = np.array([3.0, 2.0, 2.0])
 # Geometric priors, in nats added to a class's colour cost where the geometry argues against it.
 PENALTY_TORSO_SKIN = 2.0  # bare skin on the torso is rarer than garment there
-PENALTY_HAIR_ON_NECK = 4.0  # the neck below the chin is usually skin, even in shadow
+PENALTY_HAIR_ON_NECK = 1.5
+PENALTY_HAIR_ON_ARMS = 2.0  # hands raised to the head are still hands  # the neck below the chin is usually skin, even in shadow
 PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above them, per torso length
 GUIDED_RADIUS_FRACTION = 0.008  # of the working height
 GUIDED_EPS = 1e-3
@@ -110,7 +112,9 @@ def label_pixels(
 
     # Zones from the geometry.
     head_zone = (np.abs(across - face_across) * body.length < 1.25 * face_width) & (t < chin_t + 0.45)
-    above_chin = head_zone & (t < chin_t) & ~face  # hair or background, nothing else
+    above_chin = head_zone & (t < chin_t) & ~face  # hair or background, or face the mesh missed
+    grow = max(1, round(FACE_MARGIN * face_width))
+    face_margin = cv2.dilate(face.astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8)).astype(bool) & above_chin
     # The neck runs from the chin to the shoulder line along the body's centre, wherever the face turns.
     neck_zone = (np.abs(across) * body.length < 0.25 * sw) & (t >= chin_t - 0.1) & (t < 0.15)
     radii = np.array([0.2, 0.17, 0.2]) * sw
@@ -148,9 +152,12 @@ def label_pixels(
     priors = {
         "background": log_not_p,
         "upper": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(t - 1.1, 0, None),
-        "skin": log_p + garment_zone + PENALTY_TORSO_SKIN * (~arm_zone & ~neck_zone & (t < 1.0)),
+        # Above the chin, skin just around the outline is forehead or ears the mesh missed.
+        "skin": log_p + np.where(above_chin & ~face_margin, UNREACHABLE, 0.0)
+        + PENALTY_TORSO_SKIN * (~arm_zone & ~neck_zone & ~above_chin & (t < 1.0)),
         "lower": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None),
-        "hair": log_p + np.where(head_zone, 0.0, UNREACHABLE) + PENALTY_HAIR_ON_NECK * neck_zone,
+        "hair": log_p + np.where(head_zone, 0.0, UNREACHABLE) + PENALTY_HAIR_ON_NECK * neck_zone
+        + PENALTY_HAIR_ON_ARMS * arm_zone,
     }
     models = {
         "background": background_model,
@@ -184,7 +191,7 @@ def label_pixels(
     labels[leg_skin & left_side] = LIP["left_leg"]
     labels[leg_skin & ~left_side] = LIP["right_leg"]
     labels[torso_skin & ~leg_skin] = LIP["torso_skin"]
-    labels[face] = LIP["face"]
+    labels[face | (skin & above_chin)] = LIP["face"]
     return labels
 
 
