@@ -18,7 +18,7 @@ LOWER_LABELS = (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])
 KEEP_ALWAYS = (LIP["face"], LIP["hair"], LIP["hat"], LIP["sunglasses"])
 MARGIN = 0.06  # growth of the repaint region, in torso lengths
 NECK_KEPT_ABOVE = 0.0  # torso-skin above this body-frame line (the shoulder line) is kept
-LOWER_KEPT_BELOW = 1.15  # for "upper", the lower garment is kept below this line (hips: 1)
+LOWER_KEPT_BELOW = 1.3  # for "upper", the lower garment is kept below this line (hips: 1)
 
 
 def _px(points: np.ndarray, *names: str) -> list[tuple[int, int]]:
