@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from services.common.config import get_settings
-from services.common.contracts import PoseResult
+from services.common.contracts import LIP_LABELS, LIP_PALETTE, PoseResult
 from services.common.errors import FitroomError, ModelUnavailable, NoPersonDetected
-from services.common.imageio import encode_jpeg, encode_png, read_image_file
+from services.common.imageio import encode_jpeg, encode_label_png, encode_png, read_image_file
 from services.common.inference import embedded_backend
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NO_PERSON, EXIT_NO_MODELS = 0, 1, 2, 3, 4
@@ -68,31 +68,92 @@ def cmd_pose(args: argparse.Namespace) -> int:
     from services.pose.overlay import draw_pose
 
     infer = embedded_backend()
-    unreadable = no_person = False
     for out_dir in (args.mask_dir, args.overlay_dir):
         if out_dir:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for path in args.images:
-        try:
-            image = read_image_file(Path(path))
-            pose = stage.run(image, infer)
-        except NoPersonDetected as exc:
-            print(json.dumps({"image": path, "error": exc.to_dict()}), flush=True)
-            no_person = True
-            continue
-        except ModelUnavailable:
-            raise
-        except FitroomError as exc:
-            print(json.dumps({"image": path, "error": exc.to_dict()}), flush=True)
-            unreadable = True
-            continue
+
+    def pose_one(path: str, image: np.ndarray) -> dict:
+        pose = stage.run(image, infer)
         stem = Path(path).stem
         if args.mask_dir:
             mask = np.round(pose.mask * 255).astype(np.uint8)
             (Path(args.mask_dir) / f"{stem}_mask.png").write_bytes(encode_png(mask))
         if args.overlay_dir:
             (Path(args.overlay_dir) / f"{stem}_pose.jpg").write_bytes(encode_jpeg(draw_pose(image, pose)))
-        print(json.dumps(_pose_record(path, pose, args.format)), flush=True)
+        return _pose_record(path, pose, args.format)
+
+    return _each_image(args.images, pose_one)
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def _output_conflict(images: Sequence[str], out_dir: Path, agnostic: bool) -> str | None:
+    """Why the batch's outputs cannot be written, or None: an output must never overwrite an
+    input image, nor two inputs with the same stem each other's outputs."""
+    inputs = {Path(p).resolve() for p in images}
+    owner: dict[Path, Path] = {}
+    for path in map(Path, images):
+        for out in [out_dir / f"{path.stem}.png"] + ([out_dir / f"{path.stem}_agnostic.png"] if agnostic else []):
+            target = out.resolve()
+            if target in inputs:
+                return f"{out} would overwrite the input image {target}; choose another -o folder"
+            if owner.setdefault(target, path.resolve()) != path.resolve():
+                return f"{owner[target]} and {path} would both be written to {out}; rename one"
+    return None
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from services.parser import stage as parser_stage
+    from services.pose import stage as pose_stage
+
+    out_dir = Path(args.output)
+    problem = _output_conflict(args.images, out_dir, agnostic=args.agnostic is not None)
+    if problem:
+        print(f"fitroom: error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    infer = embedded_backend()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def parse_one(path: str, image: np.ndarray) -> dict:
+        pose = pose_stage.run(image, infer)
+        parse = parser_stage.run(image, pose, infer, category=args.agnostic)
+        stem = Path(path).stem
+        labels_path = out_dir / f"{stem}.png"
+        labels_path.write_bytes(encode_label_png(parse.labels, LIP_PALETTE))
+        agnostic_path = None
+        if parse.agnostic is not None:
+            agnostic_path = out_dir / f"{stem}_agnostic.png"
+            agnostic_path.write_bytes(encode_png(np.where(parse.agnostic, 255, 0).astype(np.uint8)))
+        return {
+            "image": path,
+            "labels": str(labels_path),
+            "agnostic": None if agnostic_path is None else str(agnostic_path),
+            "size": [parse.image_width, parse.image_height],
+            "labels_present": [LIP_LABELS[i] for i in np.unique(parse.labels)],
+        }
+
+    return _each_image(args.images, parse_one)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _each_image(paths: Sequence[str], process: Callable[[str, np.ndarray], dict]) -> int:
+    """Decode each image and `process` it, printing one JSON line per image in order: its
+    record, or {"image", "error"} when the image is unreadable or has no person (the batch
+    goes on). Missing models stop the batch (main exits 4). Returns the exit status."""
+    unreadable = no_person = False
+    for path in paths:
+        try:
+            record = process(path, read_image_file(Path(path)))
+        except NoPersonDetected as exc:
+            record, no_person = {"image": path, "error": exc.to_dict()}, True
+        except ModelUnavailable:
+            raise
+        except FitroomError as exc:
+            record, unreadable = {"image": path, "error": exc.to_dict()}, True
+        print(json.dumps(record), flush=True)
     # An unreadable input outranks a photo without a person: the caller has a file to fix.
     return EXIT_BAD_INPUT if unreadable else EXIT_NO_PERSON if no_person else EXIT_OK
 
@@ -117,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--mask-dir", help="write each person mask as DIR/<stem>_mask.png")
     pose.add_argument("--overlay-dir", help="write each pose drawn over its photo as DIR/<stem>_pose.jpg")
     pose.set_defaults(func=cmd_pose)
+
+    parse = commands.add_parser("parse", help="LIP label map of each image as DIR/<stem>.png, one JSON object per line")
+    parse.add_argument("images", nargs="+", metavar="IMAGE")
+    parse.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the label maps (created)")
+    parse.add_argument(
+        "--agnostic",
+        choices=["upper", "lower", "dress"],
+        help="also write the region a garment of this category may repaint as DIR/<stem>_agnostic.png",
+    )
+    parse.set_defaults(func=cmd_parse)
     return parser
 
 

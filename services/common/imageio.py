@@ -16,6 +16,7 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps
@@ -91,9 +92,21 @@ def read_image_file(
 
 def encode_png(arr: np.ndarray) -> bytes:
     """Lossless PNG of an HxW, HxWx3 or HxWx4 uint8 array (masks, RGBA garments, debug output)."""
-    buf = io.BytesIO()
-    _to_pil(arr).save(buf, "PNG")
-    return buf.getvalue()
+    return _png_bytes(_to_pil(arr))
+
+
+def encode_label_png(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> bytes:
+    """Palette ("P" mode) PNG of an HxW uint8 label map: each pixel value is its label id and
+    `palette[id]` its (r, g, b) colour, padded with black to 256 entries (VITON's parse maps)."""
+    if labels.ndim != 2:
+        raise ValueError(f"expected an HxW label map, got shape {labels.shape}")
+    if not 0 < len(palette) <= 256:
+        raise ValueError(f"a PNG palette has 1 to 256 entries, got {len(palette)}")
+    if labels.size and int(labels.max()) >= len(palette):
+        raise ValueError(f"label {int(labels.max())} has no palette entry (palette of {len(palette)})")
+    img = _to_pil(labels)  # mode L; putpalette makes it P with the same pixel values
+    img.putpalette([int(v) for colour in palette for v in colour] + [0] * 3 * (256 - len(palette)))
+    return _png_bytes(img)
 
 
 def encode_jpeg(arr: np.ndarray, quality: int = 92) -> bytes:
@@ -204,6 +217,12 @@ def _flatten_on_white(img: Image.Image) -> Image.Image:
     if img.mode != "RGBA":
         return img.convert("RGB") if img.mode != "RGB" else img
     return Image.alpha_composite(Image.new("RGBA", img.size, (*_WHITE, 255)), img).convert("RGB")
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _to_pil(arr: np.ndarray) -> Image.Image:

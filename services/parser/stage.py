@@ -43,8 +43,8 @@ HAIR_MIN_STD = np.array([6.0, 4.0, 4.0])
 BACKGROUND_MIN_STD = np.array([3.0, 2.0, 2.0])
 # Geometric priors, in nats added to a class's colour cost where the geometry argues against it.
 PENALTY_TORSO_SKIN = 2.0  # bare skin on the torso is rarer than garment there
-PENALTY_HAIR_ON_NECK = 1.5
-PENALTY_HAIR_ON_ARMS = 2.0  # hands raised to the head are still hands  # the neck below the chin is usually skin, even in shadow
+PENALTY_HAIR_ON_NECK = 1.5  # the neck below the chin is usually skin, even in shadow
+PENALTY_HAIR_ON_ARMS = 2.0  # hands raised to the head are still hands
 PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above them, per torso length
 GUIDED_RADIUS_FRACTION = 0.008  # of the working height
 GUIDED_EPS = 1e-3

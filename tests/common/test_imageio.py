@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageChops
 
+from services.common.contracts import LIP_PALETTE
 from services.common.errors import FitroomError, ImageInvalid, ImageTooLarge, UnsupportedMediaType
 from services.common.imageio import (
     decode_image,
     decode_image_rgba,
     encode_jpeg,
+    encode_label_png,
     encode_png,
     read_image_file,
 )
@@ -332,6 +334,32 @@ def test_encode_png_roundtrips_rgb_rgba_gray() -> None:
     gray = ASTRONAUT[..., 0]
     np.testing.assert_array_equal(decode_image(encode_png(gray))[..., 1], gray)
     np.testing.assert_array_equal(decode_image(encode_png(gray[..., None]))[..., 2], gray)
+
+
+def test_encode_label_png_keeps_the_ids_and_the_palette() -> None:
+    labels = np.arange(20, dtype=np.uint8).repeat(30).reshape(24, 25)
+    img = Image.open(io.BytesIO(encode_label_png(labels, LIP_PALETTE)))
+    assert img.mode == "P" and img.size == (25, 24)
+    np.testing.assert_array_equal(np.asarray(img), labels)
+    palette = img.getpalette()
+    assert palette[:60] == [v for colour in LIP_PALETTE for v in colour] and palette[60:] == [0] * (768 - 60)
+    colours = decode_image(encode_label_png(labels, LIP_PALETTE))  # any viewer shows it in colour
+    np.testing.assert_array_equal(colours, np.array(LIP_PALETTE, np.uint8)[labels])
+
+
+@pytest.mark.parametrize(
+    ("labels", "palette"),
+    [
+        (np.full((4, 4), 20, np.uint8), LIP_PALETTE),  # an id without a colour
+        (np.zeros((4, 4, 3), np.uint8), LIP_PALETTE),
+        (np.zeros((4, 4), np.float32), LIP_PALETTE),
+        (np.zeros((4, 4), np.uint8), [(0, 0, 0)] * 257),
+        (np.zeros((4, 4), np.uint8), []),
+    ],
+)
+def test_encode_label_png_refuses_bad_input(labels: np.ndarray, palette: list) -> None:
+    with pytest.raises(ValueError):
+        encode_label_png(labels, palette)
 
 
 def test_encode_jpeg() -> None:

@@ -1,0 +1,238 @@
+"""The parser stage on real photos through the real models: what lands where, at any size.
+
+The algorithm is being tuned, so these assert properties with margins (most pixels of a box
+around the nose are face), never pixel counts. Boxes come from the pose's landmarks, so the
+same checks hold at every resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.common.contracts import LANDMARK_INDEX, LIP, LIP_LABELS, Category, ParseResult, PoseResult
+from services.common.imageio import read_image_file
+from services.common.inference import LocalBackend
+from services.parser import stage as parser_stage
+from services.pose import stage as pose_stage
+
+SIZES = [(192, 256), (768, 1024), (1500, 2000)]  # (width, height): VITON, VITON-HD, a phone photo
+HALF_BODY_PHOTO = "vitonhd_03191_00.jpg"  # in ../shared/data/photos/person
+FULL_BODY_PHOTO = "catvton_Simon_1.png"
+NOT_ON_A_WAIST_UP_PHOTO = ("left_leg", "right_leg", "left_shoe", "right_shoe", "socks")
+LOWER_BODY = ("pants", "skirt", "dress", "left_leg", "right_leg", "socks", "left_shoe", "right_shoe")
+
+Parse = Callable[..., tuple[PoseResult, ParseResult]]
+
+
+@pytest.fixture(scope="module")
+def parse(infer: LocalBackend) -> Parse:
+    """parse(key, image, category=None) -> (pose, result), each pose and parse computed once."""
+    poses: dict[str, PoseResult] = {}
+    results: dict[tuple[str, Category | None], ParseResult] = {}
+
+    def run(key: str, image: np.ndarray, category: Category | None = None) -> tuple[PoseResult, ParseResult]:
+        if key not in poses:
+            poses[key] = pose_stage.run(image, infer)
+        if (key, category) not in results:
+            results[key, category] = parser_stage.run(image, poses[key], infer, category)
+        return poses[key], results[key, category]
+
+    return run
+
+
+def shared_photo(photos: list[Path], name: str) -> np.ndarray:
+    path = next((p for p in photos if p.name == name), None)
+    if path is None:
+        pytest.skip(f"{name} is not in ../shared/data/photos/person")
+    return read_image_file(path)
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    shrink = size[0] < image.shape[1]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def point(pose: PoseResult, *names: str) -> np.ndarray:
+    """The mean of the named landmarks, in pixels."""
+    return pose.landmark_array()[[LANDMARK_INDEX[n] for n in names], :2].mean(axis=0)
+
+
+def box(shape: tuple[int, ...], x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+    """HxW bool mask of a box, clipped to the image."""
+    mask = np.zeros(shape[:2], bool)
+    h, w = shape[:2]
+    mask[max(0, round(y0)) : min(h, round(y1)), max(0, round(x0)) : min(w, round(x1))] = True
+    assert mask.any(), f"box ({x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) lies outside the {w}x{h} image"
+    return mask
+
+
+def nose_box(pose: PoseResult, shape: tuple[int, ...]) -> np.ndarray:
+    """A square around the nose, as wide as the eyes are apart: all face on any frontal photo."""
+    eyes = float(np.linalg.norm(point(pose, "left_eye") - point(pose, "right_eye")))
+    (x, y), r = point(pose, "nose"), max(eyes / 2, 2.0)
+    return box(shape, x - r, y - r, x + r + 1, y + r + 1)
+
+
+def torso_box(pose: PoseResult, shape: tuple[int, ...]) -> np.ndarray:
+    """The middle of the torso: between the shoulders (inset a fifth each side), from a quarter
+    of the way down from the shoulder line to just above the hips or the bottom of the photo."""
+    (x_right, _), (x_left, _) = point(pose, "right_shoulder"), point(pose, "left_shoulder")
+    x0, x1 = sorted((x_right, x_left))
+    top, hips = point(pose, "left_shoulder", "right_shoulder")[1], point(pose, "left_hip", "right_hip")[1]
+    torso = hips - top
+    return box(shape, x0 + 0.2 * (x1 - x0), top + 0.25 * torso, x1 - 0.2 * (x1 - x0), min(hips - 0.1 * torso, shape[0]))
+
+
+def thigh_box(pose: PoseResult, shape: tuple[int, ...]) -> np.ndarray:
+    """Between the hip joints, from just below the hip line down to the knees."""
+    x0, x1 = sorted((point(pose, "right_hip")[0], point(pose, "left_hip")[0]))
+    hips, knees = point(pose, "left_hip", "right_hip")[1], point(pose, "left_knee", "right_knee")[1]
+    return box(shape, x0, hips + 0.15 * (knees - hips), x1, knees)
+
+
+def share(labels: np.ndarray, where: np.ndarray, *names: str) -> float:
+    """The fraction of the pixels in `where` whose label is one of `names`."""
+    return float(np.isin(labels[where], [LIP[n] for n in names]).mean())
+
+
+def present(labels: np.ndarray) -> set[str]:
+    return {LIP_LABELS[i] for i in np.unique(labels)}
+
+
+def check_label_map(result: ParseResult, image: np.ndarray) -> None:
+    height, width = image.shape[:2]
+    assert (result.image_width, result.image_height) == (width, height)
+    assert result.labels.shape == (height, width) and result.labels.dtype == np.uint8
+    assert int(result.labels.max()) < len(LIP_LABELS)  # LIP ids only
+
+
+def check_face_at_nose(result: ParseResult, pose: PoseResult) -> None:
+    face_share = share(result.labels, nose_box(pose, result.labels.shape), "face")
+    assert face_share >= 0.7, f"only {face_share:.0%} of the box around the nose is face"
+
+
+# --------------------------------------------------------------------------- half body (astronaut)
+
+
+def test_astronaut_parts_are_where_the_body_is(astronaut: np.ndarray, parse: Parse) -> None:
+    pose, result = parse("astronaut", astronaut)
+    labels = result.labels
+    check_label_map(result, astronaut)
+    assert result.category is None and result.agnostic is None
+
+    # The face around the nose, and it contains the eyes and the mouth.
+    check_face_at_nose(result, pose)
+    face_ys, face_xs = np.nonzero(labels == LIP["face"])
+    for name in ("left_eye", "right_eye", "mouth_left", "mouth_right"):
+        x, y = point(pose, name)
+        assert face_xs.min() <= x <= face_xs.max() and face_ys.min() <= y <= face_ys.max(), name
+    # Hair above the face: a band over its middle half, a third of the face's height tall.
+    top, height, width = face_ys.min(), np.ptp(face_ys), np.ptp(face_xs)
+    above = box(labels.shape, face_xs.min() + width / 4, top - height / 3, face_xs.max() - width / 4, top)
+    assert share(labels, above, "hair") >= 0.6
+    # The orange suit is upper clothes.
+    assert share(labels, torso_box(pose, labels.shape), "upper_clothes") >= 0.7
+
+    # Cut off above the hips: no legs or shoes anywhere, and at most a sliver of trousers.
+    assert not present(labels) & set(NOT_ON_A_WAIST_UP_PHOTO), present(labels)
+    assert share(labels, np.ones(labels.shape, bool), "pants", "skirt") < 0.01
+    # Background in the corners (the bottom-left one is her sleeve).
+    for corner in (np.s_[:32, :32], np.s_[:32, -32:], np.s_[-32:, -32:]):
+        assert (labels[corner] == LIP["background"]).mean() >= 0.95, corner
+
+
+def test_astronaut_agnostic_masks(astronaut: np.ndarray, parse: Parse) -> None:
+    pose, plain = parse("astronaut", astronaut)
+    masks = {category: parse("astronaut", astronaut, category)[1].agnostic for category in ("upper", "lower", "dress")}
+    face, nose, torso = plain.labels == LIP["face"], nose_box(pose, astronaut.shape), torso_box(pose, astronaut.shape)
+    for category, mask in masks.items():
+        assert mask is not None and mask.shape == plain.labels.shape and mask.dtype == bool, category
+        assert not (mask & face).any(), f"{category} repaints the face"
+        assert mask[nose].mean() <= 0.05, category
+    # The agnostic category does not change the labels.
+    np.testing.assert_array_equal(parse("astronaut", astronaut, "upper")[1].labels, plain.labels)
+
+    # Upper: the whole torso between the shoulders and the hips.
+    assert masks["upper"][torso].mean() >= 0.9
+    # Lower: nothing of the upper body on a photo that ends above the hips.
+    assert masks["lower"][torso].mean() <= 0.25
+    assert masks["lower"].sum() < 0.5 * masks["upper"].sum()
+    # Dress: both (its region holds the upper's and the lower's).
+    for category in ("upper", "lower"):
+        if masks[category].any():
+            assert masks["dress"][masks[category]].mean() >= 0.99, category
+
+
+# --------------------------------------------------------------------------- sizes and shapes
+
+
+def astronaut_3x4(astronaut: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The astronaut cropped to 3:4 around her (384x512), then resized."""
+    return resize(astronaut[:, 40:424], size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("source", ["astronaut", HALF_BODY_PHOTO, FULL_BODY_PHOTO])
+def test_any_size(
+    source: str, size: tuple[int, int], astronaut: np.ndarray, parse: Parse, request: pytest.FixtureRequest
+) -> None:
+    if source == "astronaut":
+        image = astronaut_3x4(astronaut, size)
+    else:
+        image = resize(shared_photo(request.getfixturevalue("shared_person_photos"), source), size)
+    pose, result = parse(f"{source}@{size}", image)
+    check_label_map(result, image)
+    check_face_at_nose(result, pose)
+    assert share(result.labels, torso_box(pose, image.shape), "upper_clothes") >= 0.5
+    top = max(4, size[1] // 16)  # the top corners are backdrop in all three
+    for corner in (np.s_[:top, :top], np.s_[:top, -top:]):
+        assert (result.labels[corner] == LIP["background"]).mean() >= 0.9, corner
+
+
+def test_landscape_photo(astronaut: np.ndarray, parse: Parse) -> None:
+    """The astronaut padded left and right to 2:1 gets the labels of the unpadded photo."""
+    wide = cv2.copyMakeBorder(astronaut, 0, 0, 256, 256, cv2.BORDER_CONSTANT, value=(200, 200, 200))
+    pose, result = parse("astronaut_wide", wide)
+    check_label_map(result, wide)
+    check_face_at_nose(result, pose)
+    assert (result.labels[:, :200] == LIP["background"]).mean() >= 0.95
+    assert (result.labels[:, -200:] == LIP["background"]).mean() >= 0.95
+    inside, original = result.labels[:, 256:-256], parse("astronaut", astronaut)[1].labels
+    for name in ("face", "upper_clothes"):
+        a, b = inside == LIP[name], original == LIP[name]
+        iou = (a & b).sum() / max((a | b).sum(), 1)
+        assert iou >= 0.8, f"{name}: IoU {iou:.2f} with the unpadded photo"
+
+
+# --------------------------------------------------------------------------- full body
+
+
+def test_full_body_photo_has_its_lower_body(shared_person_photos: list[Path], parse: Parse) -> None:
+    image = shared_photo(shared_person_photos, FULL_BODY_PHOTO)
+    pose, result = parse(FULL_BODY_PHOTO, image, "lower")
+    labels, height = result.labels, image.shape[0]
+    check_label_map(result, image)
+    ankles = point(pose, "left_ankle", "right_ankle")[1]
+    assert ankles < height, "the pose should see this photo's ankles"
+
+    # Below the hips, the person is legs and lower garments.
+    hips, knees = point(pose, "left_hip", "right_hip")[1], point(pose, "left_knee", "right_knee")[1]
+    below = box(labels.shape, 0, hips + 0.15 * (knees - hips), image.shape[1], ankles) & (labels != LIP["background"])
+    assert share(labels, below, *LOWER_BODY) >= 0.7
+    assert share(labels, torso_box(pose, image.shape), "upper_clothes") >= 0.5
+
+    # The lower-body mask repaints the thighs, not the torso; the dress mask repaints both.
+    lower = result.agnostic
+    upper = parse(FULL_BODY_PHOTO, image, "upper")[1].agnostic
+    dress = parse(FULL_BODY_PHOTO, image, "dress")[1].agnostic
+    assert lower is not None and upper is not None and dress is not None
+    thighs, torso = thigh_box(pose, image.shape), torso_box(pose, image.shape)
+    assert lower[thighs].mean() >= 0.8 and lower[torso].mean() <= 0.3
+    assert upper[torso].mean() >= 0.8 and upper[thighs].mean() <= 0.2
+    assert dress[thighs].mean() >= 0.8 and dress[torso].mean() >= 0.8
+    assert not (dress & (labels == LIP["face"])).any()
