@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 MIN_SAMPLES = 12
+MAX_SAMPLES = 1500
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,13 @@ class ColourModel:
     log_norm: np.ndarray  # (K,): 0.5 * sum(log var) - log(weight)
 
     def nll(self, pixels: np.ndarray) -> np.ndarray:
-        """Negative log-likelihood of (N, 3) pixels under the best-fitting cluster."""
-        diff = pixels[:, None, :] - self.means[None]
-        return (0.5 * (diff * diff * self.inv_var[None]).sum(axis=2) + self.log_norm[None]).min(axis=1)
+        """Negative log-likelihood of (N, 3) pixels under the best-fitting cluster.
+
+        0.5 * sum_c (x_c - m_c)^2 / v_c, expanded into two small matrix products so that
+        no (N, K, 3) temporary is built."""
+        quadratic = (pixels * pixels) @ (0.5 * self.inv_var.T) - pixels @ (self.means * self.inv_var).T
+        constant = 0.5 * (self.means * self.means * self.inv_var).sum(axis=1) + self.log_norm
+        return (quadratic + constant[None]).min(axis=1)
 
 
 def fit(samples: np.ndarray, clusters: int, min_std: np.ndarray) -> ColourModel | None:
@@ -30,8 +35,8 @@ def fit(samples: np.ndarray, clusters: int, min_std: np.ndarray) -> ColourModel 
     if len(samples) < MIN_SAMPLES:
         return None
     clusters = max(1, min(clusters, len(samples) // MIN_SAMPLES))
-    if len(samples) > 4000:  # k-means on a subsample: the colours, not the count, matter
-        samples = samples[np.random.default_rng(0).choice(len(samples), 4000, replace=False)]
+    if len(samples) > MAX_SAMPLES:  # k-means on a subsample: the colours, not the count, matter
+        samples = samples[np.linspace(0, len(samples) - 1, MAX_SAMPLES).astype(np.intp)]
     # Deterministic start (lightness quantiles) rather than k-means++, whose draws come from
     # OpenCV's process-wide generator and would make a photo's parse depend on the ones before.
     start = (np.argsort(np.argsort(samples[:, 0])) * clusters // len(samples)).astype(np.int32)[:, None]

@@ -29,7 +29,7 @@ from services.parser.agnostic import agnostic_mask
 from services.parser.face import face_mesh, face_oval
 from services.parser.geometry import BodyFrame, body_side, landmark, limb_distance
 
-WORK_HEIGHT = 320
+WORK_HEIGHT = 256
 PERSON_THRESHOLD = 0.5
 SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
 FACE_GROWTH = 0.03  # of the face width
@@ -168,13 +168,13 @@ def label_pixels(
     }
     names = list(priors)
     # Colour costs are clipped: past a point, "very unlike" should not outweigh the priors.
-    pix = lab.reshape(-1, 3)
-    costs = np.full((len(names), h, w), UNREACHABLE, np.float32)
+    pix = lab[near]
+    costs = np.full((len(names), len(pix)), UNREACHABLE, np.float32)
     for k, name in enumerate(names):
         if models[name] is not None:
-            colour_cost = np.minimum(models[name].nll(pix), MAX_COLOUR_COST).reshape(h, w).astype(np.float32)
-            costs[k] = colour_cost + priors[name]
-    choice = np.where(near, np.argmin(costs, axis=0), names.index("background"))
+            costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST) + priors[name][near]
+    choice = np.full((h, w), names.index("background"))
+    choice[near] = np.argmin(costs, axis=0)
     is_ = lambda n: (choice == names.index(n)) & ~face  # noqa: E731
 
     labels = np.zeros((h, w), np.uint8)
