@@ -27,12 +27,14 @@ from services.common.inference import Infer
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask
 from services.parser.face import face_mesh, face_oval
-from services.parser.geometry import BodyFrame, body_side, landmark, limb_distance
+from services.parser.geometry import BodyFrame, body_side, landmark, limb_distance, segment_distance
 
 WORK_HEIGHT = 256
 PERSON_THRESHOLD = 0.5
 SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
 FACE_GROWTH = 0.03  # of the face width
+SKIN_COLOURED_GARMENT = 0.4  # a garment seed keeps its skin-like pixels when they are over 60% of it
+SHOE_RADIUS = 0.12  # of the shoulder width, around the heel-toe and ankle-toe lines
 FACE_MARGIN = 0.12  # skin this close to the face outline (face widths) is face
 LANDMARK_VISIBLE = 0.5
 # Colour-model spread floors in Lab units: below this, shading alone would look like another class.
@@ -132,12 +134,13 @@ def label_pixels(
 
     def not_skin(seed: np.ndarray) -> np.ndarray:
         """The seed without its skin-like pixels (a neckline, bare legs, ears), so garment
-        and hair models do not learn skin."""
+        and hair models do not learn skin. When most of the seed looks like skin, it is a
+        skin-coloured garment (beige, tan), and the seed is kept whole."""
         if skin_model is None or not seed.any():
             return seed
         kept = seed.copy()
         kept[seed] = skin_model.nll(lab[seed]) > typical_skin
-        return kept
+        return kept if kept.sum() >= SKIN_COLOURED_GARMENT * seed.sum() else seed
 
     upper_model = colour.fit(lab[not_skin(core)], 3, GARMENT_MIN_STD)
     below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
@@ -181,6 +184,15 @@ def label_pixels(
     labels[is_("upper")] = LIP["upper_clothes"]
     labels[is_("hair")] = LIP["hair"]
     labels[is_("lower")] = LIP["pants"]
+    # Shoes: what is not skin around each visible foot.
+    for side in ("left", "right"):
+        ankle, heel, toe = (landmark(pts, f"{side}_{j}") for j in ("ankle", "heel", "foot_index"))
+        if visible[LANDMARK_INDEX[f"{side}_ankle"]] < LANDMARK_VISIBLE or not (0 <= ankle[1] < h):
+            continue
+        radius = max(2.0, SHOE_RADIUS * sw)
+        near_foot = np.minimum(segment_distance(xs, ys, heel, toe), segment_distance(xs, ys, ankle, toe)) < radius
+        shoe = near_foot & (t > 1.5) & (is_("lower") | is_("upper"))
+        labels[shoe] = LIP[f"{side}_shoe"]
     skin = is_("skin")
     closer_left = left_arm < right_arm
     labels[skin & arm_zone & closer_left] = LIP["left_arm"]
