@@ -30,6 +30,8 @@ demo: models
 	$(BIN)/fitroom pose $(OUT)/astronaut.png --format body25 --mask-dir $(OUT) --overlay-dir $(OUT) > $(OUT)/astronaut_pose.json
 	@echo "pose keypoints (OpenPose BODY_25 JSON): $(OUT)/astronaut_pose.json"
 	@echo "skeleton overlay: $(OUT)/astronaut_pose.jpg   person mask: $(OUT)/astronaut_mask.png"
+	$(BIN)/fitroom parse $(OUT)/astronaut.png -o $(OUT)/parse --agnostic upper > /dev/null
+	@echo "LIP label map: $(OUT)/parse/astronaut.png   agnostic mask (upper): $(OUT)/parse/astronaut_agnostic.png"
 
 lint: install
 	$(BIN)/ruff check services tests bench

@@ -28,6 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from shared_data import SHARED_DATA, select_ids
 
 from services.common.config import get_settings
 from services.common.contracts import LANDMARK_INDEX, LIP, LIP_LABELS, LIP_PALETTE, PoseResult
@@ -36,7 +37,7 @@ from services.common.imageio import encode_png, read_image_file
 from services.common.inference import Infer, embedded_backend
 from services.pose import stage as pose_stage
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 GROUPS: dict[str, tuple[int, ...]] = {"background": (0,), "hair": (2,), "face": (13,), "upper-clothes": (5, 6, 7),
                                       "arms": (14, 15), "lower garment": (9, 12), "legs": (16, 17)}  # fmt: skip
 UPPER, FACE_HAIR = GROUPS["upper-clothes"], (13, 2)
@@ -149,14 +150,6 @@ def read_labels(path: Path, mapping: dict[int, int] | None = None) -> np.ndarray
 
 def fmt(x: float) -> str:
     return "—" if np.isnan(x) else f"{x:.3f}"
-
-
-def select_ids(data: Path, limit: int) -> tuple[list[str], int]:
-    """The person ids, sorted, every k-th so that `limit` of them spread over the sample; and k."""
-    lines = (data / "train_pairs.txt").read_text().split()
-    ids = sorted({name.removesuffix("_0.jpg") for name in lines if name.endswith("_0.jpg")})
-    step = max(1, len(ids) // limit)
-    return ids[::step][:limit], step
 
 
 @dataclass

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import cv2
 import numpy as np
+from shared_data import PERSON_PHOTOS
 from skimage import data
 
 from services.common.config import get_settings
@@ -26,7 +26,7 @@ from services.parser.agnostic import agnostic_mask
 from services.parser.face import face_mesh
 from services.pose import stage as pose_stage
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "person"
+PHOTOS = PERSON_PHOTOS
 SIZE = (768, 1024)
 BUDGET_MS = 60.0
 

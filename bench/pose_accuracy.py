@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mediapipe as mp
 import numpy as np
+from shared_data import VITON, select_ids
 
 from services.common.config import get_settings
 from services.common.contracts import Box, Landmark, PoseResult
@@ -33,7 +34,7 @@ from services.common.inference import LocalBackend, embedded_backend
 from services.pose import stage
 from services.pose.openpose import to_openpose
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "viton"
+DEFAULT_DATA = VITON
 GROUPS: dict[str, tuple[int, ...]] = {
     "shoulders": (2, 5),
     "elbows": (3, 6),
@@ -63,14 +64,6 @@ class Tally:
                 self.missing += 1
                 continue
             self.hits[j] = self.hits.get(j, 0) + int(np.hypot(*(pred[j, :2] - gt[j, :2])) <= threshold)
-
-
-def select_ids(data: Path, limit: int) -> tuple[list[str], int]:
-    """The person ids, sorted, every k-th so that `limit` of them spread over the sample; and k."""
-    lines = (data / "train_pairs.txt").read_text().split()
-    ids = sorted({name.removesuffix("_0.jpg") for name in lines if name.endswith("_0.jpg")})
-    step = max(1, len(ids) // limit)
-    return ids[::step][:limit], step
 
 
 def read_gt(data: Path, image_id: str) -> np.ndarray:

@@ -19,11 +19,11 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from pathlib import Path
 
 import cv2
 import mediapipe as mp
 import numpy as np
+from shared_data import PERSON_PHOTOS
 
 from services.common.config import get_settings
 from services.common.errors import NoPersonDetected
@@ -32,7 +32,7 @@ from services.common.inference import LocalBackend, embedded_backend
 from services.common.mediapipe_models import POSE_DETECTION, POSE_LANDMARK
 from services.pose import stage
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "person"
+PHOTOS = PERSON_PHOTOS
 MODELS = (POSE_DETECTION.name, POSE_LANDMARK.name)
 
 
