@@ -48,16 +48,20 @@ def segment_distance(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarra
     return np.hypot(xs - (a[0] + u * ab[0]), ys - (a[1] + u * ab[1]))
 
 
-def limb_distance(xs: np.ndarray, ys: np.ndarray, pts: np.ndarray, side: str, scale: np.ndarray) -> np.ndarray:
-    """Distance to one arm's bones (upper arm, forearm, hand), each bone's distance divided by
-    its radius, so that < 1 means inside that arm's capsule."""
+def limb_distance(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray], radii: list[float]) -> np.ndarray:
+    """Distance to a limb's bones (consecutive points of `chain`), each divided by that bone's
+    radius, so that < 1 means inside the limb's capsule."""
+    bones = zip(chain[:-1], chain[1:], radii, strict=True)
+    return np.min([segment_distance(xs, ys, a, b) / max(r, 1e-6) for a, b, r in bones], axis=0)
+
+
+def arm_chain(pts: np.ndarray, side: str) -> list[np.ndarray]:
+    """Shoulder, elbow, wrist and a point past the fingers."""
     shoulder, elbow, wrist = (landmark(pts, f"{side}_{j}") for j in ("shoulder", "elbow", "wrist"))
     hand = np.mean([landmark(pts, f"{side}_{j}") for j in ("pinky", "index", "thumb")], axis=0)
-    bones = ((shoulder, elbow, scale[0]), (elbow, wrist, scale[1]), (wrist, hand + (hand - wrist) * 0.6, scale[2]))
-    return np.min([segment_distance(xs, ys, a, b) / r for a, b, r in bones], axis=0)
+    return [shoulder, elbow, wrist, hand + (hand - wrist) * 0.6]
 
 
-def body_side(body: BodyFrame, pts: np.ndarray) -> float:
-    """+1 if the person's left lies on the positive `across` side of the body frame."""
-    left = landmark(pts, "left_hip")
-    return float((left - body.origin) @ body.normal)
+def leg_chain(pts: np.ndarray, side: str) -> list[np.ndarray]:
+    """Hip, knee, ankle and toe."""
+    return [landmark(pts, f"{side}_{j}") for j in ("hip", "knee", "ankle", "foot_index")]

@@ -27,7 +27,7 @@ from services.common.inference import Infer
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask
 from services.parser.face import face_mesh, face_oval
-from services.parser.geometry import BodyFrame, body_side, landmark, limb_distance, segment_distance
+from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain, limb_distance, segment_distance
 
 WORK_HEIGHT = 256
 PERSON_THRESHOLD = 0.5
@@ -119,9 +119,9 @@ def label_pixels(
     face_margin = cv2.dilate(face.astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8)).astype(bool) & above_chin
     # The neck runs from the chin to the shoulder line along the body's centre, wherever the face turns.
     neck_zone = (np.abs(across) * body.length < 0.25 * sw) & (t >= chin_t - 0.1) & (t < 0.15)
-    radii = np.array([0.2, 0.17, 0.2]) * sw
-    left_arm = limb_distance(xs, ys, pts, "left", radii)
-    right_arm = limb_distance(xs, ys, pts, "right", radii)
+    arm_radii = [0.2 * sw, 0.17 * sw, 0.2 * sw]
+    left_arm = limb_distance(xs, ys, arm_chain(pts, "left"), arm_radii)
+    right_arm = limb_distance(xs, ys, arm_chain(pts, "right"), arm_radii)
     arm_zone = np.minimum(left_arm, right_arm) < 1.0
 
     # Colour models from pixels the geometry vouches for.
@@ -198,11 +198,16 @@ def label_pixels(
     labels[skin & arm_zone & closer_left] = LIP["left_arm"]
     labels[skin & arm_zone & ~closer_left] = LIP["right_arm"]
     torso_skin = skin & ~arm_zone
-    leg_skin = torso_skin & (t > 1.0)  # a photo cut above the hips has no such pixel
-    left_side = across * np.sign(body_side(body, pts)) > 0
-    labels[leg_skin & left_side] = LIP["left_leg"]
-    labels[leg_skin & ~left_side] = LIP["right_leg"]
-    labels[torso_skin & ~leg_skin] = LIP["torso_skin"]
+    # Legs: skin below the hips and inside a leg's capsule. Skin-coloured things below the
+    # hips elsewhere (a held object, a photo cut at the waist) are not legs.
+    leg_radii = [0.3 * sw, 0.22 * sw, 0.18 * sw]
+    left_leg = limb_distance(xs, ys, leg_chain(pts, "left"), leg_radii)
+    right_leg = limb_distance(xs, ys, leg_chain(pts, "right"), leg_radii)
+    below_hips = torso_skin & (t > 1.0)
+    leg_skin = below_hips & (np.minimum(left_leg, right_leg) < 1.0)
+    labels[leg_skin & (left_leg < right_leg)] = LIP["left_leg"]
+    labels[leg_skin & (left_leg >= right_leg)] = LIP["right_leg"]
+    labels[torso_skin & ~below_hips] = LIP["torso_skin"]
     labels[face | (skin & above_chin)] = LIP["face"]
     return labels
 
