@@ -4,17 +4,18 @@ No learned human parser: the licensed ones are research-only. The labels come fr
 models we may ship (the pose's person mask and landmarks, the face mesh) plus geometry and
 colour, all on the photo at hand:
 
-1. The person mask separates person from background; the face mesh's outline is the face.
-2. Body geometry proposes where each part may be: a body frame (shoulders to hips) says what
-   is above or below the waist, capsules along the arm bones hold arms or sleeves, a zone
-   around the head holds hair.
-3. Colour decides within those zones: skin is learned from the face, the upper garment from
-   the torso core, the lower garment from below the hips, hair from above the face. Each
-   pixel takes the most likely class its zone allows.
+1. The face mesh's outline is the face; the pose's person probability is the prior for
+   person against background.
+2. Body geometry says which classes a pixel may take: a body frame (t = 0 on the shoulder
+   line, 1 on the hip line) says what is above or below the waist; capsules along the arm
+   and leg bones hold arms, sleeves and legs; a head zone holds hair; a neck zone, skin.
+3. Colour decides within those zones, from models fitted on this photo: skin from the face,
+   upper garment from the torso core, lower garment from below the hips, hair from around
+   the head, background from around the person. Each pixel takes its cheapest class.
 4. Boundaries follow the photo: the class maps are guided-filtered with the image as guide,
-   then upsampled to full resolution and cut by the full-resolution person mask.
+   then brought to full resolution, where each pixel takes its most likely class.
 
-Work happens at a reduced height (WORK_HEIGHT) for speed; only the last step is full size.
+Steps 1 to 3 run at a reduced height (WORK_HEIGHT) for speed.
 """
 
 from __future__ import annotations
