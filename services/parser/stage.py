@@ -35,7 +35,7 @@ PERSON_THRESHOLD = 0.5
 SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
 FACE_GROWTH = 0.03  # of the face width
 SKIN_COLOURED_GARMENT = 0.4  # a garment seed keeps its skin-like pixels when they are over 60% of it
-SHOE_RADIUS = 0.12  # of the shoulder width, around the heel-toe and ankle-toe lines
+SHOE_RADIUS = 0.2  # of the shoulder width, around the heel-toe and ankle-toe lines
 FACE_MARGIN = 0.12  # skin this close to the face outline (face widths) is face
 LANDMARK_VISIBLE = 0.5
 # Colour-model spread floors in Lab units: below this, shading alone would look like another class.
@@ -199,13 +199,14 @@ def label_pixels(
     labels[skin & arm_zone & closer_left] = LIP["left_arm"]
     labels[skin & arm_zone & ~closer_left] = LIP["right_arm"]
     torso_skin = skin & ~arm_zone
-    # Legs: skin below the hips and inside a leg's capsule. Skin-coloured things below the
-    # hips elsewhere (a held object, a photo cut at the waist) are not legs.
-    leg_radii = [0.3 * sw, 0.22 * sw, 0.18 * sw]
+    # Legs: skin below the hips. When the knees are not seen, only inside a leg's capsule:
+    # skin-coloured things there (a held object, a photo cut at the waist) are not legs.
+    leg_radii = [0.4 * sw, 0.32 * sw, 0.25 * sw]
     left_leg = limb_distance(xs, ys, leg_chain(pts, "left"), leg_radii)
     right_leg = limb_distance(xs, ys, leg_chain(pts, "right"), leg_radii)
     below_hips = torso_skin & (t > 1.0)
-    leg_skin = below_hips & (np.minimum(left_leg, right_leg) < 1.0)
+    knees_seen = visible[[LANDMARK_INDEX["left_knee"], LANDMARK_INDEX["right_knee"]]].min() > LANDMARK_VISIBLE
+    leg_skin = below_hips & (knees_seen | (np.minimum(left_leg, right_leg) < 1.0))
     labels[leg_skin & (left_leg < right_leg)] = LIP["left_leg"]
     labels[leg_skin & (left_leg >= right_leg)] = LIP["right_leg"]
     labels[torso_skin & ~below_hips] = LIP["torso_skin"]
