@@ -16,7 +16,7 @@ from services.parser.geometry import BodyFrame
 UPPER_LABELS = (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
 LOWER_LABELS = (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])
 KEEP_ALWAYS = (LIP["face"], LIP["hair"], LIP["hat"], LIP["sunglasses"])
-MARGIN = 0.06  # growth of the repaint region, in torso lengths
+MARGIN = 0.09  # growth of the repaint region, in torso lengths
 NECK_KEPT_ABOVE = 0.0  # torso-skin above this body-frame line (the shoulder line) is kept
 LOWER_KEPT_BELOW = 1.3  # for "upper", the lower garment is kept below this line (hips: 1)
 
@@ -64,16 +64,15 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
             cv2.line(body, hip, knee, 1, limb)
         cv2.fillPoly(body, [np.array(_px(pts, "left_hip", "right_hip", "right_knee", "left_knee"))], 1)
     own = {"upper": UPPER_LABELS, "lower": LOWER_LABELS, "dress": UPPER_LABELS + LOWER_LABELS}[category]
-    repaint = any_of(labels, own) | body.astype(bool)
-    # The neck above the shoulders stays: collars end around the shoulder line, and hair often
-    # hangs beside the neck.
-    repaint &= ~((labels == LIP["torso_skin"]) & (t < NECK_KEPT_ABOVE))
-    repaint = repaint.astype(np.uint8)
+    repaint = (any_of(labels, own) | body.astype(bool)).astype(np.uint8)
     # Grow by MARGIN with a distance transform: linear time, where a large elliptic dilation
     # at full resolution costs tens of milliseconds.
     repaint = cv2.distanceTransform(1 - repaint, cv2.DIST_L2, 3) <= MARGIN * torso
     shoes = any_of(labels, (LIP["left_shoe"], LIP["right_shoe"]))
-    keep = any_of(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes
+    # The neck above the shoulders stays too: collars end around the shoulder line, and hair
+    # often hangs beside the neck.
+    neck = (labels == LIP["torso_skin"]) & (t < NECK_KEPT_ABOVE)
+    keep = any_of(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes | neck
     if category == "upper":
         # The lower garment stays below the hips; above them it is more likely the old top.
         keep |= any_of(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (
