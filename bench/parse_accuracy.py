@@ -207,7 +207,7 @@ def viton_tables(tally: Tally) -> str:
               ("leak: face 13 + hair 2", share[1] <= 0.05, "≤ 5%"))  # fmt: skip
     for k, (label, ok, target) in enumerate(checks):
         verdict = "pass" if ok else "FAIL"
-        rows.append(f"| {label} | {tally.agnostic[1, k]} | {100 * share[k]:.1f}% | {target} | {verdict} |")
+        rows.append(f"| {label} | {tally.agnostic[1, k]} | {100 * share[k]:.2f}% | {target} | {verdict} |")
     return "\n".join(rows)
 
 
