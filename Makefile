@@ -41,7 +41,9 @@ test: models lint
 
 bench: models
 	$(BIN)/python bench/pose_speed.py
+	$(BIN)/python bench/parse_speed.py
 	$(BIN)/python bench/pose_accuracy.py
+	$(BIN)/python bench/parse_accuracy.py
 
 clean:
 	rm -rf $(VENV) $(OUT) triton_models/*/1
