@@ -183,7 +183,14 @@ def label_pixels(
 
     labels = np.zeros((h, w), np.uint8)
     labels[is_("upper")] = LIP["upper_clothes"]
-    labels[is_("hair")] = LIP["hair"]
+    # Hair grows from the head: hair-coloured patches below the chin that do not join the hair
+    # above it (a dark collar, a scarf) are garment.
+    hair = is_("hair")
+    _, parts = cv2.connectedComponents(hair.astype(np.uint8), connectivity=8)
+    on_head = np.unique(parts[hair & above_chin])
+    attached = np.isin(parts, on_head[on_head > 0])
+    labels[hair & attached] = LIP["hair"]
+    labels[hair & ~attached] = LIP["upper_clothes"]
     labels[is_("lower")] = LIP["pants"]
     # Shoes: what is not skin around each visible foot.
     for side in ("left", "right"):
