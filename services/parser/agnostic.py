@@ -75,9 +75,7 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
     keep = any_of(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes | neck
     if category == "upper":
         # The lower garment stays below the hips; above them it is more likely the old top.
-        keep |= any_of(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (
-            t > LOWER_KEPT_BELOW
-        )
+        keep |= any_of(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (t > LOWER_KEPT_BELOW)
     elif category == "lower":
         keep |= any_of(labels, (LIP["upper_clothes"], LIP["coat"], LIP["left_arm"], LIP["right_arm"]))
     return repaint & ~keep

@@ -16,6 +16,7 @@ from services.common.contracts import LANDMARK_INDEX, PoseResult
 from services.common.inference import Infer
 from services.common.mediapipe_models import FACE_LANDMARK
 from services.common.roi import Roi, crop, to_image_pixels
+from services.pose.blazepose import sigmoid
 
 MESH_SIZE = 192
 MIN_FACE_SCORE = 0.5
@@ -55,7 +56,7 @@ def face_mesh(image: np.ndarray, pose: PoseResult, infer: Infer) -> np.ndarray |
     pixels = crop(image, roi, MESH_SIZE, cv2.BORDER_REPLICATE).astype(np.float32) / 255.0
     out = infer(FACE_LANDMARK.name, {FACE_LANDMARK.input_name: pixels[None]})
     mesh, flag = (out[name][0] for name in FACE_LANDMARK.output_names)
-    if 1.0 / (1.0 + math.exp(-float(np.clip(flag.ravel()[0], -80, 80)))) < MIN_FACE_SCORE:
+    if float(sigmoid(flag.ravel()[0])) < MIN_FACE_SCORE:
         return None
     points = mesh.reshape(-1, 3)[:, :2] / MESH_SIZE
     return to_image_pixels(points.astype(np.float64), roi)

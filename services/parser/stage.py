@@ -157,10 +157,13 @@ def label_pixels(
         "background": log_not_p,
         "upper": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(t - 1.1, 0, None),
         # Above the chin, skin just around the outline is forehead or ears the mesh missed.
-        "skin": log_p + np.where(above_chin & ~face_margin, UNREACHABLE, 0.0)
+        "skin": log_p
+        + np.where(above_chin & ~face_margin, UNREACHABLE, 0.0)
         + PENALTY_TORSO_SKIN * (~arm_zone & ~neck_zone & ~above_chin & (t < 1.0)),
         "lower": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None),
-        "hair": log_p + np.where(head_zone, 0.0, UNREACHABLE) + PENALTY_HAIR_ON_NECK * neck_zone
+        "hair": log_p
+        + np.where(head_zone, 0.0, UNREACHABLE)
+        + PENALTY_HAIR_ON_NECK * neck_zone
         + PENALTY_HAIR_ON_ARMS * arm_zone,
     }
     models = {

@@ -15,26 +15,6 @@ OpenPoseFormat = Literal["COCO18", "BODY25"]
 MIN_VISIBILITY = 0.3
 
 # Joint names per format; "neck" and "mid_hip" are synthesised, None has no BlazePose source.
-COCO18 = (
-    "nose",
-    "neck",
-    "right_shoulder",
-    "right_elbow",
-    "right_wrist",
-    "left_shoulder",
-    "left_elbow",
-    "left_wrist",
-    "right_hip",
-    "right_knee",
-    "right_ankle",
-    "left_hip",
-    "left_knee",
-    "left_ankle",
-    "right_eye",
-    "left_eye",
-    "right_ear",
-    "left_ear",
-)
 BODY25 = (
     "nose",
     "neck",
@@ -62,6 +42,8 @@ BODY25 = (
     None,
     "right_heel",
 )
+# COCO-18 is BODY_25's first 19 joints without the mid-hip, in the same order.
+COCO18 = tuple(name for name in BODY25[:19] if name != "mid_hip")
 _MIDPOINTS = {"neck": ("left_shoulder", "right_shoulder"), "mid_hip": ("left_hip", "right_hip")}
 
 
