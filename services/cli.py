@@ -35,13 +35,17 @@ def _fail(error: FitroomError) -> None:
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
+    """The imported MediaPipe models, then the models built from our own code (no weights)."""
     from services.common.mediapipe_models import MODELS, build_all
+    from services.warp import model as warp_model
 
     settings = get_settings()
-    built = build_all(settings.model_repository, settings.cache_dir, wheel=args.wheel, force=args.force)
-    for model in MODELS:
-        state = "built" if model.name in built else "up to date"
-        print(f"{model.name:22s} {state}  {settings.model_repository / model.name}")
+    repository = settings.model_repository
+    built = build_all(repository, settings.cache_dir, wheel=args.wheel, force=args.force)
+    states = {model.name: model.name in built for model in MODELS}
+    states[warp_model.NAME] = warp_model.build(repository, force=args.force)
+    for name, rebuilt in states.items():
+        print(f"{name:22s} {'built' if rebuilt else 'up to date'}  {repository / name}")
     return EXIT_OK
 
 

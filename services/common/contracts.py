@@ -132,3 +132,30 @@ class ParseResult(BaseModel):
     category: Category | None = None
     # HxW bool: where a garment of `category` may repaint; None when no category was asked for.
     agnostic: np.ndarray | None = Field(default=None, exclude=True, repr=False)
+
+
+class GarmentAnalysis(BaseModel):
+    """Output of garment analysis for one product image (cached under the image's hash)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image_width: int
+    image_height: int
+    category: Category
+    # Named outline points in image pixels (see services/warp/garment.py for names and order);
+    # a garment without a part (sleeves, a crotch) has no points for it.
+    landmarks: dict[str, tuple[float, float]]
+    # HxW bool garment mask at the image's resolution. Stored as its own artifact.
+    mask: np.ndarray = Field(exclude=True, repr=False)
+
+
+class WarpResult(BaseModel):
+    """Output of the warp stage: the garment on the person's canvas."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    image_width: int
+    image_height: int
+    category: Category
+    # HxWx4 float32 RGBA in [0, 1] at the person photo's resolution. Stored as its own artifact.
+    rgba: np.ndarray = Field(exclude=True, repr=False)

@@ -59,3 +59,10 @@ class InferenceUnavailable(FitroomError):
 
     code = "inference_unavailable"
     http_status = 503
+
+
+class GarmentNotDetected(FitroomError):
+    """The garment image holds no garment we can cut out: blank, noise, or not a product shot."""
+
+    code = "garment_not_detected"
+    http_status = 422

@@ -78,16 +78,18 @@ def decode_image_rgba(data: bytes, *, max_bytes: int | None = None, max_pixels: 
 
 
 def read_image_file(
-    path: str | os.PathLike[str], *, max_bytes: int | None = None, max_pixels: int | None = None
+    path: str | os.PathLike[str], *, max_bytes: int | None = None, max_pixels: int | None = None, rgba: bool = False
 ) -> np.ndarray:
-    """Decode an image file with exactly the limits and errors of an upload (CLI, fixtures)."""
+    """Decode an image file with exactly the limits and errors of an upload (CLI, fixtures);
+    `rgba` keeps the alpha channel (decode_image_rgba), as garment cut-outs need."""
     limit = get_settings().max_image_bytes if max_bytes is None else max_bytes
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)  # enough to know it is too big, without slurping a huge file
     except OSError as e:
         raise ImageInvalid(f"cannot read image file {os.fspath(path)}: {e.strerror or e}") from e
-    return decode_image(data, max_bytes=limit, max_pixels=max_pixels)
+    decode = decode_image_rgba if rgba else decode_image
+    return decode(data, max_bytes=limit, max_pixels=max_pixels)
 
 
 def encode_png(arr: np.ndarray) -> bytes:

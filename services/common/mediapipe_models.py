@@ -9,7 +9,6 @@ changed, as recorded in 1/source.json next to model.pt.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.artifacts import sha256_hex
-from services.common.model_repository import ModelSignature, TensorSpec, config_text, model_dir, model_file
+from services.common.model_repository import ModelSignature, TensorSpec, install_model
 from services.common.tflite_import import TFLiteGraph, export_torchscript, import_tflite
 
 log = logging.getLogger(__name__)
@@ -140,26 +139,11 @@ def build_model(model: MediaPipeModel, wheel: Path, repository: Path, force: boo
         "tflite_sha256": sha256_hex(data),
         "importer_version": IMPORTER_VERSION,
     }
-    target = model_file(repository, model.name)
-    stamp = target.parent / "source.json"
-    config_path = model_dir(repository, model.name) / "config.pbtxt"
-    config = config_text(signature_of(model, data))
-    if (
-        config_path.exists()
-        and config_path.read_text() == config
-        and not force
-        and target.exists()
-        and stamp.exists()
-        and json.loads(stamp.read_text()) == source
-    ):
-        return False
-    module = import_tflite(data, [model.input_name.split("__")[0]], list(model.output_names))
-    tmp = target.with_suffix(".pt.tmp")
-    export_torchscript(module, tmp)
-    tmp.replace(target)  # never a half-written model.pt
-    config_path.write_text(config)
-    stamp.write_text(json.dumps(source, indent=2) + "\n")
-    return True
+    def export(path: Path) -> None:
+        module = import_tflite(data, [model.input_name.split("__")[0]], list(model.output_names))
+        export_torchscript(module, path)
+
+    return install_model(repository, signature_of(model, data), source, export, force)
 
 
 def build_all(repository: Path, cache_dir: Path, wheel: Path | None = None, force: bool = False) -> list[str]:

@@ -6,6 +6,8 @@ so what the local backend checks is exactly what Triton will enforce.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,3 +69,30 @@ def read_signature(repository: Path, name: str) -> ModelSignature:
         return tuple(TensorSpec(t.name, tuple(t.dims), _TYPE_TO_NUMPY[t.data_type]) for t in tensors)
 
     return ModelSignature(config.name or name, specs(config.input), specs(config.output), config.max_batch_size)
+
+
+def install_model(
+    repository: Path, signature: ModelSignature, source: dict, export: Callable[[Path], object], force: bool = False
+) -> bool:
+    """Write config.pbtxt and 1/model.pt (via `export(path)`) unless the installed model was
+    built from the same `source` (recorded in 1/source.json). Returns True when it (re)built.
+    model.pt is written to a temporary file and renamed: never a half-written model."""
+    target = model_file(repository, signature.name)
+    stamp = target.parent / "source.json"
+    config_path = model_dir(repository, signature.name) / "config.pbtxt"
+    config = config_text(signature)
+    current = (
+        config_path.exists()
+        and config_path.read_text() == config
+        and target.exists()
+        and stamp.exists()
+        and json.loads(stamp.read_text()) == source
+    )
+    if current and not force:
+        return False
+    tmp = target.with_suffix(".pt.tmp")
+    export(tmp)
+    tmp.replace(target)
+    config_path.write_text(config)
+    stamp.write_text(json.dumps(source, indent=2) + "\n")
+    return True

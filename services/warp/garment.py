@@ -1,0 +1,259 @@
+"""Garment analysis: mask, category and contour landmarks of a product image.
+
+The landmarks are points of the garment's outline, found from its shape alone (the garment
+is photographed front-on and upright). The outline is simplified to a polygon; its convex
+hull's deepest dents are the armpits (between sleeve and torso), the neckline (between the
+collar points) and, on trousers, the crotch. Hull corners next to those dents are cuff and
+hem corners. "left" and "right" are the wearer's, as in the pose: the wearer's right is on
+the image's left.
+
+Landmarks, in the order they are met along the outline (counter-clockwise on screen, from
+the neckline): see UPPER_ORDER and LOWER_ORDER. Points that a garment has no part for
+(sleeves of a tank top, the crotch of a skirt) are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+from services.common.contracts import Category, GarmentAnalysis
+from services.common.errors import GarmentNotDetected
+from services.warp.segment import garment_mask
+
+UPPER_ORDER = (
+    "neckline",
+    "collar_right",
+    "shoulder_right",
+    "sleeve_right_outer",
+    "sleeve_right_inner",
+    "armpit_right",
+    "hem_right",
+    "hem_left",
+    "armpit_left",
+    "sleeve_left_inner",
+    "sleeve_left_outer",
+    "shoulder_left",
+    "collar_left",
+)
+LOWER_ORDER = (
+    "waist_right",
+    "hem_right_outer",
+    "hem_right_inner",
+    "crotch",
+    "hem_left_inner",
+    "hem_left_outer",
+    "waist_left",
+)
+POLYGON_TOLERANCE = 0.005  # of the garment's width
+MIN_ARMPIT_DEPTH = 0.03  # of the width: shallower side dents are seams, not armpits
+MIN_CROTCH_DEPTH = 0.2  # of the height
+DRESS_ASPECT = 1.8  # height / width beyond which a top is a dress
+
+
+Dent = tuple[int, int, int, float]  # a convexity defect: start, end and deepest polygon index, depth
+
+
+class Outline:
+    """The garment's outer contour as a simplified polygon, oriented counter-clockwise on
+    screen and starting at the top-centre, with its convex hull's dents."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not contours:
+            raise GarmentNotDetected("no garment outline found")
+        contour = max(contours, key=cv2.contourArea)
+        self.dense = contour[:, 0, :].astype(np.float64)  # every outline pixel
+        x, y, w, h = cv2.boundingRect(contour)
+        self.x0, self.y0, self.width, self.height = x, y, w, h
+        poly = cv2.approxPolyDP(contour, max(1.0, POLYGON_TOLERANCE * w), closed=True)[:, 0, :].astype(np.float64)
+        if len(poly) < 4:
+            raise GarmentNotDetected("the garment outline is too simple to be a garment")
+        # Shoelace area < 0 with y pointing down is counter-clockwise on screen.
+        area = np.sum(poly[:, 0] * np.roll(poly[:, 1], -1) - np.roll(poly[:, 0], -1) * poly[:, 1])
+        if area > 0:
+            poly = poly[::-1]
+        self.cx = float(np.nonzero(mask)[1].mean())
+        # Start at the top point nearest the centre line: the neckline on a top, the waist on trousers.
+        top = np.argmin(poly[:, 1] + 2.0 * np.abs(poly[:, 0] - self.cx))
+        self.points = np.roll(poly, -top, axis=0)
+        self.dents = self._dents()
+
+    def _dents(self) -> list[Dent]:
+        """Convexity defects as (start, end, far, depth) polygon indices, start < end."""
+        hull = np.sort(cv2.convexHull(self.points.astype(np.int32), returnPoints=False).ravel())
+        if len(hull) < 3:
+            return []
+        try:
+            defects = cv2.convexityDefects(self.points.astype(np.int32), hull.reshape(-1, 1).astype(np.int32))
+        except cv2.error:  # a self-touching outline; no dents is the safe answer
+            return []
+        if defects is None:
+            return []
+        return [(int(s), int(e), int(f), d / 256.0) for s, e, f, d in defects[:, 0]]
+
+    def point(self, index: int) -> np.ndarray:
+        return self.points[index % len(self.points)]
+
+    def side(self, index: int) -> float:
+        """Signed offset from the centre line, in widths: < 0 is the image's left (wearer's right)."""
+        return (self.point(index)[0] - self.cx) / self.width
+
+    def level(self, index: int) -> float:
+        """Height below the top, in heights."""
+        return (self.point(index)[1] - self.y0) / self.height
+
+
+def _deepest(outline: Outline, accept: Callable[[Dent], bool]) -> Dent | None:
+    candidates = [d for d in outline.dents if accept(d)]
+    return max(candidates, key=lambda d: d[3]) if candidates else None
+
+
+def _crotch(outline: Outline) -> Dent | None:
+    def accept(d: Dent) -> bool:
+        return abs(outline.side(d[2])) < 0.2 and outline.level(d[2]) > 0.2 and d[3] > MIN_CROTCH_DEPTH * outline.height
+
+    return _deepest(outline, accept)
+
+
+def _armpits(outline: Outline) -> dict[str, Dent]:
+    found = {}
+    for name, sign in (("right", -1), ("left", 1)):
+
+        def accept(d: Dent, sign: int = sign) -> bool:
+            s = outline.side(d[2]) * sign
+            return s > 0.12 and 0.1 < outline.level(d[2]) < 0.8 and d[3] > MIN_ARMPIT_DEPTH * outline.width
+
+        dent = _deepest(outline, accept)
+        if dent is not None:
+            found[name] = dent
+    return found
+
+
+def detect_category(outline: Outline) -> Category:
+    if _crotch(outline) is not None:
+        return "lower"
+    if outline.height / outline.width >= DRESS_ASPECT:
+        # A tall garment with armpits is a dress; one without (and no neckline) is a skirt.
+        return "dress" if _armpits(outline) else "lower"
+    return "upper"
+
+
+def _range(n: int, start: int, end: int) -> np.ndarray:
+    """Polygon indices from start to end inclusive, walking forward."""
+    return np.arange(start, start + (end - start) % n + 1) % n
+
+
+def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
+    n = len(outline.points)
+    pts = outline.points
+    bottom = int(np.argmax(pts[:, 1] - 0.5 * np.abs(pts[:, 0] - outline.cx)))  # the hem's middle
+    marks: dict[str, np.ndarray] = {"neckline": pts[0]}
+    armpits = _armpits(outline)
+    for name, sign in (("right", -1), ("left", 1)):
+        # Walk from the neckline outwards: forward on the right side, backward on the left.
+        def walk(start: int, end: int, sign: int = sign) -> np.ndarray:
+            return _range(n, start, end) if sign < 0 else _range(n, end, start)[::-1]
+
+        dent = armpits.get(name)
+        if dent is not None:
+            armpit = dent[2]
+            cuff_inner = dent[0] if sign < 0 else dent[1]  # the dent's end on the sleeve side
+            hem_start = dent[1] if sign < 0 else dent[0]
+        else:  # no dent: the outline's side at a third of the height
+            side = walk(0, bottom)
+            armpit = int(side[np.argmin(np.abs(pts[side, 1] - (outline.y0 + 0.35 * outline.height)))])
+            cuff_inner, hem_start = armpit, armpit
+        upper = walk(0, armpit)
+        near_centre = upper[np.abs(pts[upper, 0] - outline.cx) < 0.3 * outline.width]
+        collar = int(near_centre[np.argmin(pts[near_centre, 1])]) if len(near_centre) else int(upper[0])
+        armpit_pt = pts[armpit]
+        cuff = pts[cuff_inner]
+        has_sleeve = dent is not None and (
+            (cuff[1] - pts[collar][1]) > 0.25 * outline.height or sign * (cuff[0] - armpit_pt[0]) > 0.08 * outline.width
+        )
+        top_edge = walk(collar, cuff_inner)
+        if has_sleeve:
+            # The sleeve runs from the armpit to the cuff and the cuff lies across it: the outer
+            # cuff corner is, of the points reaching as far along the sleeve as the cuff, the
+            # one farthest from the inner corner.
+            before = top_edge[:-1]
+            axis = (cuff - armpit_pt) / max(float(np.linalg.norm(cuff - armpit_pt)), 1.0)
+            length = float(np.linalg.norm(cuff - armpit_pt))
+            near = before[np.linalg.norm(pts[before] - cuff, axis=1) <= 0.9 * length]
+            before = near if len(near) else before
+            reach = (pts[before] - armpit_pt) @ axis
+            at_cuff = before[reach >= reach.max() - 0.1 * length]
+            outer = int(at_cuff[np.argmax(np.linalg.norm(pts[at_cuff] - cuff, axis=1))])
+            marks[f"sleeve_{name}_outer"] = pts[outer]
+            marks[f"sleeve_{name}_inner"] = cuff
+            shoulder_range = walk(collar, outer)
+        else:
+            shoulder_range = walk(collar, armpit)
+        # The shoulder seam ends a little outside the armpit's line.
+        target_x = outline.cx + 1.08 * (armpit_pt[0] - outline.cx)
+        shoulder = int(shoulder_range[np.argmin(np.abs(pts[shoulder_range, 0] - target_x))])
+        lower = _range(n, hem_start, bottom) if sign < 0 else _range(n, bottom, hem_start)
+        hem = int(lower[np.argmax(pts[lower, 1] + 0.3 * np.abs(pts[lower, 0] - outline.cx))])
+        marks[f"collar_{name}"] = pts[collar]
+        marks[f"shoulder_{name}"] = pts[shoulder]
+        marks[f"armpit_{name}"] = armpit_pt
+        marks[f"hem_{name}"] = pts[hem]
+    if len(armpits) == 1:
+        # Garments are symmetric: a side whose armpit is hidden (a sleeve lying against the
+        # torso) takes the mirror image of the other side, put back on the outline.
+        found = next(iter(armpits))
+        missing = "left" if found == "right" else "right"
+        contour = outline.dense
+        for key in [k for k in marks if found in k]:
+            mirrored = np.array([2 * outline.cx - marks[key][0], marks[key][1]])
+            marks.pop(key.replace(found, missing), None)
+            snap = contour[np.argmin(np.linalg.norm(contour - mirrored, axis=1))]
+            marks[key.replace(found, missing)] = snap if "armpit" not in key else mirrored
+    return marks
+
+
+def _lower_landmarks(outline: Outline) -> dict[str, np.ndarray]:
+    pts = outline.points
+    n = len(pts)
+    marks: dict[str, np.ndarray] = {}
+    top_band = outline.y0 + 0.08 * outline.height
+    for name, sign in (("right", -1), ("left", 1)):
+        side = np.nonzero((pts[:, 1] <= top_band) & (np.sign(pts[:, 0] - outline.cx) == sign))[0]
+        if len(side) == 0:
+            side = np.nonzero(np.sign(pts[:, 0] - outline.cx) == sign)[0]
+        marks[f"waist_{name}"] = pts[side[np.argmax(np.abs(pts[side, 0] - outline.cx))]]
+    crotch = _crotch(outline)
+    if crotch is None:  # a skirt: the hem corners are the lowest outermost points
+        for name, sign in (("right", -1), ("left", 1)):
+            side = np.nonzero(np.sign(pts[:, 0] - outline.cx) == sign)[0]
+            marks[f"hem_{name}_outer"] = pts[side[np.argmax(pts[side, 1] + 0.3 * np.abs(pts[side, 0] - outline.cx))]]
+        return marks
+    start, end, far, _ = crotch
+    marks["crotch"] = pts[far]
+    marks["hem_right_inner"], marks["hem_left_inner"] = pts[start], pts[end]
+    for name, span in (("right", _range(n, 0, start)), ("left", _range(n, end, n - 1))):
+        legs = span[pts[span, 1] > pts[far, 1]]
+        inner = pts[start] if name == "right" else pts[end]
+        if len(legs) == 0:
+            legs = span
+        marks[f"hem_{name}_outer"] = pts[legs[np.argmax(np.linalg.norm(pts[legs] - inner, axis=1) + pts[legs, 1])]]
+    return marks
+
+
+def analyse_garment(image: np.ndarray, category: Category | None = None) -> GarmentAnalysis:
+    """Mask, category (detected when None) and landmarks of an RGB or RGBA product image."""
+    mask, small = garment_mask(image)
+    outline = Outline(small)
+    category = category or detect_category(outline)
+    marks = _lower_landmarks(outline) if category == "lower" else _upper_landmarks(outline)
+    scale = np.array([image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]])
+    return GarmentAnalysis(
+        image_width=image.shape[1],
+        image_height=image.shape[0],
+        category=category,
+        landmarks={name: (float(p[0] * scale[0]), float(p[1] * scale[1])) for name, p in marks.items()},
+        mask=mask,
+    )

@@ -1,0 +1,98 @@
+"""The `garment_warp` model: dense thin-plate-spline warp of a garment onto the person's canvas.
+
+The splines are fitted on the CPU (a few dozen points, services/warp/tps.py); this model does
+the per-pixel work, which is what a GPU is for: each part's spline is evaluated on a grid at a
+quarter of the canvas resolution (a spline is smooth, so bilinear upsampling of its grid loses
+nothing visible), the garment is sampled through every part's grid at full resolution, and
+the parts are composited in order (torso, then sleeves or legs over it).
+
+It has no weights, so it is built from this file by `fitroom models build`, like the imported
+models, and served by Triton the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.common.model_repository import ModelSignature, TensorSpec, install_model
+from services.warp.tps import MAX_POINTS
+
+NAME = "garment_warp"
+PARTS = 3  # torso + two limbs (sleeves or trouser legs); absent parts have zero alpha
+GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
+VERSION = 1  # bump when the module changes, so that installed copies are rebuilt
+
+SIGNATURE = ModelSignature(
+    NAME,
+    inputs=(
+        TensorSpec("rgb__0", (1, 3, -1, -1), np.float32),  # garment colours in [0, 1]
+        TensorSpec("part_alpha__1", (1, PARTS, -1, -1), np.float32),  # each part's alpha, garment space
+        TensorSpec("control_points__2", (1, PARTS, MAX_POINTS, 2), np.float32),  # canvas units
+        TensorSpec("weights__3", (1, PARTS, MAX_POINTS + 3, 2), np.float32),
+        TensorSpec("canvas_size__4", (1, 2), np.int32),  # output height, width
+    ),
+    outputs=(TensorSpec("warped__0", (1, 4, -1, -1), np.float32),),  # RGBA on the canvas
+    max_batch_size=0,  # every request has its own canvas size
+)
+
+
+class GarmentWarp(nn.Module):
+    __constants__ = ["stride", "parts"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stride = GRID_STRIDE
+        self.parts = PARTS
+
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        part_alpha: torch.Tensor,
+        control_points: torch.Tensor,
+        weights: torch.Tensor,
+        canvas_size: torch.Tensor,
+    ) -> torch.Tensor:
+        height, width = int(canvas_size[0, 0]), int(canvas_size[0, 1])
+        grid_h, grid_w = (height - 1) // self.stride + 2, (width - 1) // self.stride + 2
+        unit = float(max(height, width))
+        ys = torch.linspace(0.0, float(height - 1), grid_h) / unit
+        xs = torch.linspace(0.0, float(width - 1), grid_w) / unit
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)  # (M, 2)
+
+        source = control_points[0]  # (P, N, 2)
+        r2 = ((points[None, :, None, :] - source[:, None, :, :]) ** 2).sum(-1)  # (P, M, N)
+        kernel = r2 * torch.log(r2.clamp_min(1e-12))
+        w = weights[0]
+        n = source.shape[1]
+        mapped = kernel @ w[:, :n] + w[:, n : n + 1] + points[None] @ w[:, n + 1 :]  # (P, M, 2)
+        coarse = mapped.reshape(self.parts, grid_h, grid_w, 2).permute(0, 3, 1, 2)
+        grid = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+
+        source_image = torch.cat([rgb.expand(self.parts, -1, -1, -1), part_alpha[0].unsqueeze(1)], dim=1)
+        parts = F.grid_sample(source_image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        colour = parts[0, :3] * parts[0, 3:4]  # premultiplied "over" compositing, part 0 at the back
+        alpha = parts[0, 3:4]
+        for p in range(1, self.parts):
+            a = parts[p, 3:4]
+            colour = parts[p, :3] * a + colour * (1.0 - a)
+            alpha = a + alpha * (1.0 - a)
+        colour = colour / alpha.clamp_min(1e-6)
+        return torch.cat([colour.clamp(0.0, 1.0), alpha], dim=0).unsqueeze(0)
+
+
+def export(path: Path) -> None:
+    scripted = torch.jit.script(GarmentWarp().eval())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path))
+
+
+def build(repository: Path, force: bool = False) -> bool:
+    """Install garment_warp into the repository; False when the installed copy is current."""
+    source = {"module": "services.warp.model.GarmentWarp", "version": VERSION, "grid_stride": GRID_STRIDE}
+    return install_model(repository, SIGNATURE, source, export, force)
