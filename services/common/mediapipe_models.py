@@ -139,6 +139,7 @@ def build_model(model: MediaPipeModel, wheel: Path, repository: Path, force: boo
         "tflite_sha256": sha256_hex(data),
         "importer_version": IMPORTER_VERSION,
     }
+
     def export(path: Path) -> None:
         module = import_tflite(data, [model.input_name.split("__")[0]], list(model.output_names))
         export_torchscript(module, path)

@@ -66,6 +66,7 @@ class Outline:
             raise GarmentNotDetected("no garment outline found")
         contour = max(contours, key=cv2.contourArea)
         self.dense = contour[:, 0, :].astype(np.float64)  # every outline pixel
+        self.mask = mask.astype(bool)
         x, y, w, h = cv2.boundingRect(contour)
         self.x0, self.y0, self.width, self.height = x, y, w, h
         poly = cv2.approxPolyDP(contour, max(1.0, POLYGON_TOLERANCE * w), closed=True)[:, 0, :].astype(np.float64)
@@ -152,6 +153,13 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
     bottom = int(np.argmax(pts[:, 1] - 0.5 * np.abs(pts[:, 0] - outline.cx)))  # the hem's middle
     marks: dict[str, np.ndarray] = {"neckline": pts[0]}
     armpits = _armpits(outline)
+    # The torso's half width just above the hem: the run of garment through the centre line.
+    row = outline.mask[int(pts[bottom, 1] - 0.04 * outline.height)]
+    centre = round(outline.cx)
+    gaps = np.nonzero(~row)[0]
+    left_end = gaps[gaps < centre].max(initial=-1) + 1
+    right_end = gaps[gaps > centre].min(initial=len(row)) - 1
+    hem_half_width = max(centre - left_end, right_end - centre, 1)
     for name, sign in (("right", -1), ("left", 1)):
         # Walk from the neckline outwards: forward on the right side, backward on the left.
         def walk(start: int, end: int, sign: int = sign) -> np.ndarray:
@@ -196,6 +204,9 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         target_x = outline.cx + 1.08 * (armpit_pt[0] - outline.cx)
         shoulder = int(shoulder_range[np.argmin(np.abs(pts[shoulder_range, 0] - target_x))])
         lower = _range(n, hem_start, bottom) if sign < 0 else _range(n, bottom, hem_start)
+        # Not a cuff: long sleeves often hang down to the hem, beside it.
+        within = lower[np.abs(pts[lower, 0] - outline.cx) <= 1.1 * hem_half_width]
+        lower = within if len(within) else lower
         hem = int(lower[np.argmax(pts[lower, 1] + 0.3 * np.abs(pts[lower, 0] - outline.cx))])
         marks[f"collar_{name}"] = pts[collar]
         marks[f"shoulder_{name}"] = pts[shoulder]

@@ -42,7 +42,7 @@ SIGNATURE = ModelSignature(
 
 
 class GarmentWarp(nn.Module):
-    __constants__ = ["stride", "parts"]
+    __constants__ = ("stride", "parts")  # TorchScript treats these attributes as constants
 
     def __init__(self) -> None:
         super().__init__()
