@@ -1,7 +1,8 @@
 """The `fitroom` command line: a thin shell over the stages; no try-on logic lives here.
 
 Exit status: 0 success; 1 unexpected internal error; 2 an input could not be read
-(image_invalid, image_too_large, ...); 3 no person in at least one image; 4 models missing.
+(image_invalid, image_too_large, ...); 3 no person (or no garment) found in at least one
+image; 4 models missing.
 Expected failures never print a traceback (set FITROOM_DEBUG=1 to see one anyway).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from services.common.config import get_settings
 from services.common.contracts import LIP_LABELS, LIP_PALETTE, PoseResult
-from services.common.errors import FitroomError, ModelUnavailable, NoPersonDetected
+from services.common.errors import FitroomError, GarmentNotDetected, ModelUnavailable, NoPersonDetected
 from services.common.imageio import encode_jpeg, encode_label_png, encode_png, read_image_file
 from services.common.inference import embedded_backend
 
@@ -140,18 +141,112 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return _each_image(args.images, parse_one)
 
 
+# --------------------------------------------------------------------------- garment and warp
+
+
+def cmd_garment(args: argparse.Namespace) -> int:
+    from services.warp.garment import analyse_garment
+
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def analyse_one(path: str, image: np.ndarray) -> dict:
+        analysis = analyse_garment(image, args.category)
+        stem = Path(path).stem
+        mask_path, json_path = out_dir / f"{stem}_mask.png", out_dir / f"{stem}.json"
+        mask_path.write_bytes(encode_png(np.where(analysis.mask, 255, 0).astype(np.uint8)))
+        record = {"image": path, "mask": str(mask_path), **analysis.model_dump()}
+        json_path.write_text(json.dumps(record, indent=2) + "\n")
+        return {**record, "landmarks_file": str(json_path)}
+
+    return _each_image(args.images, analyse_one, rgba=True)
+
+
+def _read_pairs(path: Path) -> list[tuple[str, str]]:
+    """`<person file> <garment file>` per line, as VITON's test_pairs.txt; blank lines and # comments skipped."""
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{number}: expected '<person file> <garment file>', got {line!r}")
+        pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def cmd_warp(args: argparse.Namespace) -> int:
+    from services.parser import stage as parser_stage
+    from services.pose import stage as pose_stage
+    from services.warp import stage as warp_stage
+    from services.warp.garment import analyse_garment
+
+    if args.pairs:
+        if not (args.person_dir and args.garment_dir):
+            print("fitroom: error: --pairs needs --person-dir and --garment-dir", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        try:
+            pairs = _read_pairs(Path(args.pairs))
+        except (OSError, ValueError) as exc:
+            print(f"fitroom: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        out_dir = Path(args.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        jobs = [
+            (
+                str(Path(args.person_dir) / p),
+                str(Path(args.garment_dir) / g),
+                out_dir / f"{Path(p).stem}__{Path(g).stem}.png",
+            )
+            for p, g in pairs
+        ]
+    elif args.person and args.garment:
+        jobs = [(args.person, args.garment, Path(args.output))]
+    else:
+        print(
+            "fitroom: error: give --person and --garment, or --pairs with --person-dir and --garment-dir",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    infer = embedded_backend()
+
+    def warp_one(person_path: str, garment_path: str, out: Path) -> dict:
+        person = read_image_file(person_path)
+        garment_image = read_image_file(garment_path, rgba=True)
+        garment = analyse_garment(garment_image, args.category)
+        pose = pose_stage.run(person, infer)
+        parse = parser_stage.run(person, pose, infer)
+        warped = warp_stage.run(garment_image, garment, pose, parse, infer)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(encode_png(np.round(warped.rgba * 255).astype(np.uint8)))
+        return {"person": person_path, "garment": garment_path, "category": garment.category, "output": str(out)}
+
+    status = EXIT_OK
+    for person_path, garment_path, out in jobs:
+        try:
+            record = warp_one(person_path, garment_path, out)
+        except ModelUnavailable:
+            raise
+        except FitroomError as exc:
+            record = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}
+            nothing_found = isinstance(exc, NoPersonDetected | GarmentNotDetected)
+            status = max(status, EXIT_NO_PERSON if nothing_found else EXIT_BAD_INPUT)
+        print(json.dumps(record), flush=True)
+    return status
+
+
 # --------------------------------------------------------------------------- batches
 
 
-def _each_image(paths: Sequence[str], process: Callable[[str, np.ndarray], dict]) -> int:
+def _each_image(paths: Sequence[str], process: Callable[[str, np.ndarray], dict], rgba: bool = False) -> int:
     """Decode each image and `process` it, printing one JSON line per image in order: its
     record, or {"image", "error"} when the image is unreadable or has no person (the batch
     goes on). Missing models stop the batch (main exits 4). Returns the exit status."""
     unreadable = no_person = False
     for path in paths:
         try:
-            record = process(path, read_image_file(Path(path)))
-        except NoPersonDetected as exc:
+            record = process(path, read_image_file(Path(path), rgba=rgba))
+        except (NoPersonDetected, GarmentNotDetected) as exc:
             record, no_person = {"image": path, "error": exc.to_dict()}, True
         except ModelUnavailable:
             raise
@@ -192,11 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the region a garment of this category may repaint as DIR/<stem>_agnostic.png",
     )
     parse.set_defaults(func=cmd_parse)
+
+    garment = commands.add_parser(
+        "garment", help="garment mask (DIR/<stem>_mask.png) and landmarks (DIR/<stem>.json) of product images"
+    )
+    garment.add_argument("images", nargs="+", metavar="IMAGE")
+    garment.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="folder for masks and landmarks (created)"
+    )
+    garment.add_argument("--category", choices=["upper", "lower", "dress"], help="skip detection: the garment is this")
+    garment.set_defaults(func=cmd_garment)
+
+    warp = commands.add_parser("warp", help="the garment warped onto the person: RGBA PNG on the person's canvas")
+    warp.add_argument("--person", help="person photo")
+    warp.add_argument("--garment", help="product image of the garment")
+    warp.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
+    warp.add_argument("--person-dir", help="with --pairs: folder of the person photos")
+    warp.add_argument("--garment-dir", help="with --pairs: folder of the garment images")
+    warp.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    warp.add_argument(
+        "-o", "--output", required=True, help="OUT.png; with --pairs a folder of <person stem>__<garment stem>.png"
+    )
+    warp.set_defaults(func=cmd_warp)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "category", None) == "auto":
+        args.category = None  # detect it
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -25,7 +25,7 @@ from services.warp.tps import MAX_POINTS
 NAME = "garment_warp"
 PARTS = 3  # torso + two limbs (sleeves or trouser legs); absent parts have zero alpha
 GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
-VERSION = 1  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 2  # bump when the module changes, so that installed copies are rebuilt
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -74,13 +74,15 @@ class GarmentWarp(nn.Module):
         coarse = mapped.reshape(self.parts, grid_h, grid_w, 2).permute(0, 3, 1, 2)
         grid = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
 
-        source_image = torch.cat([rgb.expand(self.parts, -1, -1, -1), part_alpha[0].unsqueeze(1)], dim=1)
+        # Premultiplied: the backdrop's colour outside the mask never bleeds into the edge.
+        part_alpha_first = part_alpha[0].unsqueeze(1)  # (P, 1, Hg, Wg)
+        source_image = torch.cat([rgb * part_alpha_first, part_alpha_first], dim=1)
         parts = F.grid_sample(source_image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        colour = parts[0, :3] * parts[0, 3:4]  # premultiplied "over" compositing, part 0 at the back
+        colour = parts[0, :3]  # "over" compositing, part 0 at the back
         alpha = parts[0, 3:4]
         for p in range(1, self.parts):
             a = parts[p, 3:4]
-            colour = parts[p, :3] * a + colour * (1.0 - a)
+            colour = parts[p, :3] + colour * (1.0 - a)
             alpha = a + alpha * (1.0 - a)
         colour = colour / alpha.clamp_min(1e-6)
         return torch.cat([colour.clamp(0.0, 1.0), alpha], dim=0).unsqueeze(0)

@@ -50,7 +50,8 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 SLEEVE_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
 UPPER_ARM_RADIUS = 0.17  # of the shoulder width: the arm's half-width, for the silhouette
-GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
+GARMENT_MAX_SIDE = 1024
+EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge  # the garment is sampled from at most this resolution
 
 
 @dataclass(frozen=True)
@@ -328,11 +329,15 @@ def run(
     weights = np.zeros((1, PARTS, tps.MAX_POINTS + 3, 2), np.float32)
     alpha = np.zeros((1, PARTS, size[1], size[0]), np.float32)
     to_unit = np.array([2.0 / (g_w - 1), 2.0 / (g_h - 1)])
+    trim = round(EDGE_TRIM * max(g_h, g_w))
     for p, part in enumerate(parts[:PARTS]):
         source = part.canvas / unit
         target = part.garment * to_unit - 1.0
         control[0, p], weights[0, p] = tps.padded(source, tps.fit(source, target, REGULARISATION))
-        part_alpha = part.alpha.astype(np.float32)
+        part_alpha = part.alpha.astype(np.uint8)
+        if trim:  # the mask's outermost pixels mix in the backdrop: a pale fringe on the person
+            part_alpha = cv2.erode(part_alpha, np.ones((2 * trim + 1,) * 2, np.uint8))
+        part_alpha = part_alpha.astype(np.float32)
         alpha[0, p] = cv2.resize(part_alpha, size, interpolation=cv2.INTER_AREA) if shrink < 1 else part_alpha
     outputs = infer(
         MODEL_NAME,
