@@ -133,6 +133,20 @@ def _armpits(outline: Outline) -> dict[str, Dent]:
     return found
 
 
+def _corner(outline: Outline, tip: int, far: int) -> int:
+    """The polygon's sharpest corner between a hull vertex and a dent's deepest point (a cuff
+    or hem corner that the hull passed over because it lies on or inside the hull's edge), or
+    `tip` itself when the outline runs straight from one to the other."""
+    n = len(outline.points)
+    span = _range(n, tip, far) if (far - tip) % n < (tip - far) % n else _range(n, far, tip)
+    a, b = outline.point(tip), outline.point(far)
+    line = b - a
+    normal = np.array([-line[1], line[0]]) / max(float(np.linalg.norm(line)), 1.0)
+    distance = np.abs((outline.points[span] - a) @ normal)
+    best = int(np.argmax(distance))
+    return int(span[best]) if distance[best] > 0.03 * outline.width else tip
+
+
 def detect_category(outline: Outline) -> Category:
     if _crotch(outline) is not None:
         return "lower"
@@ -168,41 +182,45 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         dent = armpits.get(name)
         if dent is not None:
             armpit = dent[2]
-            cuff_inner = dent[0] if sign < 0 else dent[1]  # the dent's end on the sleeve side
+            tip = dent[0] if sign < 0 else dent[1]  # the dent's end on the sleeve side
+            cuff_inner = _corner(outline, tip, armpit)
             hem_start = dent[1] if sign < 0 else dent[0]
         else:  # no dent: the outline's side at a third of the height
             side = walk(0, bottom)
             armpit = int(side[np.argmin(np.abs(pts[side, 1] - (outline.y0 + 0.35 * outline.height)))])
             cuff_inner, hem_start = armpit, armpit
-        upper = walk(0, armpit)
-        near_centre = upper[np.abs(pts[upper, 0] - outline.cx) < 0.3 * outline.width]
+        upper = walk(0, armpit)[1:]  # the collar point is on this side, never the neckline itself
+        offset = np.abs(pts[upper, 0] - outline.cx)
+        near_centre = upper[(offset < 0.3 * outline.width) & (offset > 0.03 * outline.width)]
         collar = int(near_centre[np.argmin(pts[near_centre, 1])]) if len(near_centre) else int(upper[0])
         armpit_pt = pts[armpit]
         cuff = pts[cuff_inner]
-        has_sleeve = dent is not None and (
-            (cuff[1] - pts[collar][1]) > 0.25 * outline.height or sign * (cuff[0] - armpit_pt[0]) > 0.08 * outline.width
+        has_sleeve = (
+            dent is not None
+            and (cuff[1] - pts[collar][1]) > 0.15 * outline.height
+            and (cuff[1] > armpit_pt[1] or sign * (cuff[0] - armpit_pt[0]) > 0.05 * outline.width)
         )
         top_edge = walk(collar, cuff_inner)
         if has_sleeve:
-            # The sleeve runs from the armpit to the cuff and the cuff lies across it: the outer
-            # cuff corner is, of the points reaching as far along the sleeve as the cuff, the
-            # one farthest from the inner corner.
+            # The outer cuff corner sticks out furthest from the torso's side (the line collar
+            # to armpit) while lying across the cuff from the inner corner.
             before = top_edge[:-1]
-            axis = (cuff - armpit_pt) / max(float(np.linalg.norm(cuff - armpit_pt)), 1.0)
-            length = float(np.linalg.norm(cuff - armpit_pt))
-            near = before[np.linalg.norm(pts[before] - cuff, axis=1) <= 0.9 * length]
-            before = near if len(near) else before
-            reach = (pts[before] - armpit_pt) @ axis
-            at_cuff = before[reach >= reach.max() - 0.1 * length]
-            outer = int(at_cuff[np.argmax(np.linalg.norm(pts[at_cuff] - cuff, axis=1))])
+            side_line = armpit_pt - pts[collar]
+            side_normal = np.array([-side_line[1], side_line[0]]) / max(float(np.linalg.norm(side_line)), 1.0)
+            out = np.abs((pts[before] - pts[collar]) @ side_normal)
+            across = np.linalg.norm(pts[before] - cuff, axis=1)
+            outer = int(before[np.argmax(out + 0.2 * across)])
             marks[f"sleeve_{name}_outer"] = pts[outer]
             marks[f"sleeve_{name}_inner"] = cuff
             shoulder_range = walk(collar, outer)
         else:
             shoulder_range = walk(collar, armpit)
-        # The shoulder seam ends a little outside the armpit's line.
-        target_x = outline.cx + 1.08 * (armpit_pt[0] - outline.cx)
-        shoulder = int(shoulder_range[np.argmin(np.abs(pts[shoulder_range, 0] - target_x))])
+        if has_sleeve:  # the shoulder seam ends a little outside the armpit's line
+            target_x = outline.cx + 1.08 * (armpit_pt[0] - outline.cx)
+            shoulder = int(shoulder_range[np.argmin(np.abs(pts[shoulder_range, 0] - target_x))])
+        else:  # a strap or a sleeveless shoulder: the top edge's outermost point
+            lift = np.abs(pts[shoulder_range, 0] - outline.cx) - 0.5 * (pts[shoulder_range, 1] - pts[collar][1])
+            shoulder = int(shoulder_range[np.argmax(lift)])
         lower = _range(n, hem_start, bottom) if sign < 0 else _range(n, bottom, hem_start)
         # Not a cuff: long sleeves often hang down to the hem, beside it.
         within = lower[np.abs(pts[lower, 0] - outline.cx) <= 1.1 * hem_half_width]
@@ -235,7 +253,8 @@ def _lower_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         side = np.nonzero((pts[:, 1] <= top_band) & (np.sign(pts[:, 0] - outline.cx) == sign))[0]
         if len(side) == 0:
             side = np.nonzero(np.sign(pts[:, 0] - outline.cx) == sign)[0]
-        marks[f"waist_{name}"] = pts[side[np.argmax(np.abs(pts[side, 0] - outline.cx))]]
+        corner = np.abs(pts[side, 0] - outline.cx) - 2.0 * (pts[side, 1] - outline.y0)  # top and outermost
+        marks[f"waist_{name}"] = pts[side[np.argmax(corner)]]
     crotch = _crotch(outline)
     if crotch is None:  # a skirt: the hem corners are the lowest outermost points
         for name, sign in (("right", -1), ("left", 1)):
@@ -244,13 +263,16 @@ def _lower_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         return marks
     start, end, far, _ = crotch
     marks["crotch"] = pts[far]
-    marks["hem_right_inner"], marks["hem_left_inner"] = pts[start], pts[end]
-    for name, span in (("right", _range(n, 0, start)), ("left", _range(n, end, n - 1))):
+    for name, tip, span in (("right", start, _range(n, 0, start)), ("left", end, _range(n, end, n - 1))):
+        inner = _corner(outline, tip, far)
+        marks[f"hem_{name}_inner"] = pts[inner]
+        if inner != tip:  # the hull passed over the inner corner: its vertex is the outer corner
+            marks[f"hem_{name}_outer"] = pts[tip]
+            continue
         legs = span[pts[span, 1] > pts[far, 1]]
-        inner = pts[start] if name == "right" else pts[end]
-        if len(legs) == 0:
-            legs = span
-        marks[f"hem_{name}_outer"] = pts[legs[np.argmax(np.linalg.norm(pts[legs] - inner, axis=1) + pts[legs, 1])]]
+        legs = legs if len(legs) else span
+        reach = np.linalg.norm(pts[legs] - pts[inner], axis=1) + pts[legs, 1]
+        marks[f"hem_{name}_outer"] = pts[legs[np.argmax(reach)]]
     return marks
 
 

@@ -50,8 +50,8 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 SLEEVE_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
 UPPER_ARM_RADIUS = 0.17  # of the shoulder width: the arm's half-width, for the silhouette
-GARMENT_MAX_SIDE = 1024
-EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge  # the garment is sampled from at most this resolution
+GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
+EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
 
 
 @dataclass(frozen=True)
