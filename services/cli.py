@@ -221,18 +221,18 @@ def cmd_warp(args: argparse.Namespace) -> int:
         out.write_bytes(encode_png(np.round(warped.rgba * 255).astype(np.uint8)))
         return {"person": person_path, "garment": garment_path, "category": garment.category, "output": str(out)}
 
-    status = EXIT_OK
+    unreadable = nothing_found = False
     for person_path, garment_path, out in jobs:
         try:
             record = warp_one(person_path, garment_path, out)
         except ModelUnavailable:
             raise
+        except (NoPersonDetected, GarmentNotDetected) as exc:
+            record, nothing_found = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
         except FitroomError as exc:
-            record = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}
-            nothing_found = isinstance(exc, NoPersonDetected | GarmentNotDetected)
-            status = max(status, EXIT_NO_PERSON if nothing_found else EXIT_BAD_INPUT)
+            record, unreadable = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
         print(json.dumps(record), flush=True)
-    return status
+    return EXIT_BAD_INPUT if unreadable else EXIT_NO_PERSON if nothing_found else EXIT_OK
 
 
 # --------------------------------------------------------------------------- batches

@@ -1,0 +1,136 @@
+"""The warp: the garment_warp model against a known mapping, the stage on a real photo, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.common.contracts import LANDMARK_INDEX, LIP
+from services.common.inference import LocalBackend
+from services.parser import stage as parser_stage
+from services.pose import stage as pose_stage
+from services.warp import stage as warp_stage
+from services.warp import tps
+from services.warp.garment import analyse_garment
+from services.warp.model import PARTS
+from tests.warp.drawn import TEE, product_image
+
+
+def test_model_reproduces_a_known_shift(infer: LocalBackend) -> None:
+    """Splines fitted to a pure translation must sample the garment 10 px to the left."""
+    rng = np.random.default_rng(0)
+    height, width = 96, 128
+    rgb = rng.random((height, width, 3)).astype(np.float32)
+    canvas = rng.uniform(10, 90, (12, 2))
+    garment = canvas - (10, 0)
+    unit = max(height, width)
+    source = canvas / unit
+    target = garment * [2 / (width - 1), 2 / (height - 1)] - 1
+    points, weights = tps.padded(source, tps.fit(source, target, 0.0))
+    alpha = np.zeros((1, PARTS, height, width), np.float32)
+    alpha[0, 0] = 1
+    out = infer(
+        "garment_warp",
+        {
+            "rgb__0": rgb.transpose(2, 0, 1)[None],
+            "part_alpha__1": alpha,
+            "control_points__2": np.repeat(points[None, None], PARTS, axis=1),
+            "weights__3": np.repeat(weights[None, None], PARTS, axis=1),
+            "canvas_size__4": np.array([[height, width]], np.int32),
+        },
+    )["warped__0"][0]
+    assert out.shape == (4, height, width)
+    assert np.allclose(out[:3, :, 10:], rgb.transpose(2, 0, 1)[:, :, :-10], atol=1e-3)
+    assert np.all(out[3, :, :9] == 0) and np.allclose(out[3, :, 11:], 1, atol=1e-4)
+
+
+def test_spline_fits_its_points_and_bends_less_when_regularised() -> None:
+    rng = np.random.default_rng(1)
+    source = rng.random((15, 2))
+    target = source + 0.05 * rng.standard_normal((15, 2))
+    exact = tps.evaluate(source, tps.fit(source, target, 0.0), source)
+    assert np.allclose(exact, target, atol=1e-8)
+    smooth = tps.evaluate(source, tps.fit(source, target, 1.0), source)
+    assert np.abs(smooth - target).max() > np.abs(exact - target).max()
+
+
+@pytest.fixture(scope="module")
+def astronaut_inputs(astronaut: np.ndarray, infer: LocalBackend) -> tuple:
+    pose = pose_stage.run(astronaut, infer)
+    return pose, parser_stage.run(astronaut, pose, infer)
+
+
+def test_tee_lands_on_the_torso_of_a_real_photo(
+    astronaut: np.ndarray, astronaut_inputs: tuple, infer: LocalBackend
+) -> None:
+    pose, parse = astronaut_inputs
+    image = product_image(TEE)
+    warped = warp_stage.run(image, analyse_garment(image), pose, parse, infer)
+    assert warped.rgba.shape == (*astronaut.shape[:2], 4)
+    assert warped.rgba.min() >= 0 and warped.rgba.max() <= 1
+    alpha = warped.rgba[..., 3] > 0.5
+    pts = pose.landmark_array()[:, :2]
+    shoulders = pts[[LANDMARK_INDEX["left_shoulder"], LANDMARK_INDEX["right_shoulder"]]]
+    hips = pts[[LANDMARK_INDEX["left_hip"], LANDMARK_INDEX["right_hip"]]]
+    # The chest between the shoulders, a fifth of the way down to the hips, is covered...
+    x0, x1 = sorted(shoulders[:, 0])
+    y = int(shoulders[:, 1].mean() + 0.2 * (hips[:, 1].mean() - shoulders[:, 1].mean()))
+    assert alpha[y, int(x0 + 0.2 * (x1 - x0)) : int(x1 - 0.2 * (x1 - x0))].mean() > 0.95
+    # ...the face is not, and nothing lands far from the body.
+    eyes = pts[[LANDMARK_INDEX["left_eye"], LANDMARK_INDEX["right_eye"]]]
+    assert not alpha[: int(eyes[:, 1].max())].any()
+    assert not alpha[parse.labels == LIP["face"]].any()
+    # The garment's colours are the product image's (navy and its lighter stripes).
+    colours = warped.rgba[alpha][:, :3] * 255
+    assert np.abs(colours.mean(axis=0) - (45, 60, 120)).max() < 25
+
+
+def test_warp_ignores_the_outline_of_the_garment_worn_now(astronaut_inputs: tuple, infer: LocalBackend) -> None:
+    """Cloth-agnostic: relabelling the worn top (as a coat, or as trousers) changes nothing."""
+    pose, parse = astronaut_inputs
+    image = product_image(TEE)
+    garment = analyse_garment(image)
+    reference = warp_stage.run(image, garment, pose, parse, infer).rgba
+    for other in (LIP["coat"], LIP["pants"]):
+        labels = np.where(parse.labels == LIP["upper_clothes"], other, parse.labels).astype(np.uint8)
+        relabelled = parse.model_copy(update={"labels": labels})
+        assert np.array_equal(warp_stage.run(image, garment, pose, relabelled, infer).rgba, reference)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_garment_and_warp_pairs(tmp_path: Path, astronaut: np.ndarray, repository: Path) -> None:
+    people, garments, out = tmp_path / "people", tmp_path / "garments", tmp_path / "out"
+    people.mkdir()
+    garments.mkdir()
+    Image.fromarray(astronaut).save(people / "astronaut.png")
+    Image.fromarray(product_image(TEE)).save(garments / "tee.jpg", quality=95)
+    Image.fromarray(np.full((300, 300, 3), 255, np.uint8)).save(garments / "blank.png")
+
+    result = run_cli("garment", str(garments / "tee.jpg"), str(garments / "blank.png"), "-o", str(out))
+    assert result.returncode == 3, result.stderr
+    tee, blank = (json.loads(line) for line in result.stdout.splitlines())
+    assert tee["category"] == "upper" and "armpit_left" in tee["landmarks"]
+    assert json.loads((out / "tee.json").read_text())["category"] == "upper"
+    assert np.array(Image.open(out / "tee_mask.png")).max() == 255
+    assert blank["error"]["code"] == "garment_not_detected"
+
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("astronaut.png tee.jpg\nastronaut.png blank.png\nmissing.png tee.jpg\n")
+    result = run_cli(
+        "warp", "--pairs", str(pairs), "--person-dir", str(people), "--garment-dir", str(garments), "-o", str(out)
+    )
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 2, result.stderr  # an unreadable file outranks "no garment found"
+    assert [r.get("error", {}).get("code") for r in records] == [None, "garment_not_detected", "image_invalid"]
+    warped = np.array(Image.open(out / "astronaut__tee.png"))
+    assert warped.shape == (*astronaut.shape[:2], 4) and warped[..., 3].max() == 255
+    assert not (out / "astronaut__blank.png").exists()
