@@ -44,6 +44,8 @@ bench: models
 	$(BIN)/python bench/parse_speed.py
 	$(BIN)/python bench/pose_accuracy.py
 	$(BIN)/python bench/parse_accuracy.py
+	$(BIN)/python bench/warp_speed.py
+	$(BIN)/python bench/warp_accuracy.py
 
 clean:
 	rm -rf $(VENV) $(OUT) triton_models/*/1
