@@ -4,7 +4,7 @@ The splines are fitted on the CPU (a few dozen points, services/warp/tps.py); th
 the per-pixel work, which is what a GPU is for: each part's spline is evaluated on a grid at a
 quarter of the canvas resolution (a spline is smooth, so bilinear upsampling of its grid loses
 nothing visible), the garment is sampled through every part's grid at full resolution, and
-the parts are composited in order (torso, then sleeves or legs over it).
+the parts are composited in order (part 0 at the back); parts with no alpha are skipped.
 
 It has no weights, so it is built from this file by `fitroom models build`, like the imported
 models, and served by Triton the same way.
@@ -25,7 +25,7 @@ from services.warp.tps import MAX_POINTS
 NAME = "garment_warp"
 PARTS = 3  # torso + two limbs (sleeves or trouser legs); absent parts have zero alpha
 GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
-VERSION = 2  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 3  # bump when the module changes, so that installed copies are rebuilt
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -65,24 +65,23 @@ class GarmentWarp(nn.Module):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)  # (M, 2)
 
-        source = control_points[0]  # (P, N, 2)
-        r2 = ((points[None, :, None, :] - source[:, None, :, :]) ** 2).sum(-1)  # (P, M, N)
-        kernel = r2 * torch.log(r2.clamp_min(1e-12))
-        w = weights[0]
-        n = source.shape[1]
-        mapped = kernel @ w[:, :n] + w[:, n : n + 1] + points[None] @ w[:, n + 1 :]  # (P, M, 2)
-        coarse = mapped.reshape(self.parts, grid_h, grid_w, 2).permute(0, 3, 1, 2)
-        grid = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
-
-        # Premultiplied: the backdrop's colour outside the mask never bleeds into the edge.
-        part_alpha_first = part_alpha[0].unsqueeze(1)  # (P, 1, Hg, Wg)
-        source_image = torch.cat([rgb * part_alpha_first, part_alpha_first], dim=1)
-        parts = F.grid_sample(source_image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        colour = parts[0, :3]  # "over" compositing, part 0 at the back
-        alpha = parts[0, 3:4]
-        for p in range(1, self.parts):
-            a = parts[p, 3:4]
-            colour = parts[p, :3] + colour * (1.0 - a)
+        n = control_points.shape[2]
+        colour = torch.zeros(3, height, width)
+        alpha = torch.zeros(1, height, width)
+        for p in range(self.parts):  # "over" compositing, part 0 at the back
+            mask = part_alpha[0, p].unsqueeze(0).unsqueeze(0)  # (1, 1, Hg, Wg)
+            if not bool((mask > 0).any()):  # an absent part costs nothing
+                continue
+            source, w = control_points[0, p], weights[0, p]  # (N, 2), (N + 3, 2)
+            r2 = ((points[:, None, :] - source[None, :, :]) ** 2).sum(-1)  # (M, N)
+            mapped = r2 * torch.log(r2.clamp_min(1e-12)) @ w[:n] + w[n : n + 1] + points @ w[n + 1 :]  # (M, 2)
+            coarse = mapped.reshape(1, grid_h, grid_w, 2).permute(0, 3, 1, 2)
+            grid = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+            # Premultiplied: the backdrop's colour outside the mask never bleeds into the edge.
+            source_image = torch.cat([rgb * mask, mask], dim=1)
+            part = F.grid_sample(source_image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+            a = part[3:4]
+            colour = part[:3] + colour * (1.0 - a)
             alpha = a + alpha * (1.0 - a)
         colour = colour / alpha.clamp_min(1e-6)
         return torch.cat([colour.clamp(0.0, 1.0), alpha], dim=0).unsqueeze(0)

@@ -2,7 +2,7 @@
 person's canvas (RGBA at the person photo's resolution).
 
 Cloth-agnostic, as CP-VTON's geometric matching is: the body targets come from the pose and
-the body silhouette (the pose's person mask, with the arms taken out along the arm bones),
+the body silhouette (the parse's non-background, with the arms taken out along the arm bones),
 never from the outline of the garment the person wears now.
 
 1. Scale: the garment's shoulder span maps onto the person's, which fixes how far down the
@@ -11,8 +11,11 @@ never from the outline of the garment the person wears now.
    body points (neck base, shoulders, the torso's sides at the matching heights, hips), with
    the garment's centre line on the body's axis. A thin-plate spline with a bending-energy
    regulariser takes the canvas to the garment through those pairs.
-3. Sleeves: each sleeve is its own part with its own spline, laid along its arm (shoulder,
-   elbow, wrist) so that it follows the arm's angle; trouser legs follow the legs likewise.
+3. Sleeves go with the torso for now; whatever stands off the body (a flat-lay sleeve held
+   out sideways, spline overshoot) is trimmed to the body silhouette. Sleeves laid along
+   each arm as parts of their own were tried and folded on VITON's flat-lays (0.47 mean
+   IoU against 0.59 without, 60 pairs; see git history, commit edd32cd); the model keeps
+   room for three parts. Trousers are one part whose hems follow the knees and ankles.
 4. The garment_warp model evaluates the splines densely and samples the garment.
 """
 
@@ -32,11 +35,6 @@ from services.warp.model import NAME as MODEL_NAME
 from services.warp.model import PARTS
 
 REGULARISATION = 2e-3  # bending-energy weight (canvas units)
-# Sleeves as parts of their own along the arms. Off by default: on VITON's flat-lays, sleeves
-# lying against the torso hide the armpits and the sleeve splines fold (bench/warp_accuracy.py:
-# 0.47 mean IoU with them, 0.59 without, on 60 pairs); the silhouette clamp trims sleeves
-# held out sideways instead.
-SEPARATE_SLEEVES = False
 # Flat-lay garments are wider than the body they wrap around seen from the front: their
 # widths and lengths are scaled down by this much against the shoulder span (fitted on VITON).
 LENGTH_SCALE = 0.8
@@ -48,7 +46,7 @@ NECK_UP = 0.02
 ARMPIT_T = (0.12, 0.45)  # where armpits may fall, as body-frame t
 HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
-SLEEVE_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
 UPPER_ARM_RADIUS = 0.17  # of the shoulder width: the arm's half-width, for the silhouette
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
@@ -97,11 +95,12 @@ class Body:
 
     def torso_edge(self, t: float, side: str) -> np.ndarray:
         """The torso's outline at height t on `side`: walking out from the body axis, the
-        first point off the person mask or inside an arm."""
+        first point off the silhouette or inside an arm. Below HIPS_T the silhouette is legs
+        and hands, so the width found at HIPS_T is carried down."""
         sign = self.side_sign(side)
         f = self.frame
-        steps = np.arange(0.0, 1.2 * f.shoulder_width, 1.0) / f.length
-        line = np.array([self.at(t, sign * a) for a in steps])
+        steps = np.arange(0.0, 1.2 * f.shoulder_width, 1.0)
+        line = f.origin + f.axis * min(t, HIPS_T) * f.length + f.normal * sign * steps[:, None]
         xs, ys = line[:, 0], line[:, 1]
         inside = (xs >= 0) & (xs < self.width) & (ys >= 0) & (ys < self.height)
         on_person, in_arm = np.zeros(len(line), bool), np.zeros(len(line), bool)
@@ -111,9 +110,9 @@ class Body:
         stop = ~on_person | in_arm
         stop[: max(1, int(0.25 * f.shoulder_width))] = False  # an arm across the chest is not the edge
         end = int(np.argmax(stop)) if stop.any() else len(line) - 1
-        if end < 0.3 * f.shoulder_width:  # nothing sensible found: the body's usual proportions
-            return self.at(t, sign * 0.45 * f.shoulder_width / f.length)
-        return line[end]
+        # Too close to the axis means nothing sensible was found: the body's usual proportions.
+        across = steps[end] if end >= 0.3 * f.shoulder_width else 0.45 * f.shoulder_width
+        return self.at(t, sign * across / f.length)
 
     def shoulder(self, side: str) -> np.ndarray:
         joint = landmark(self.pts, f"{side}_shoulder")
@@ -147,24 +146,8 @@ def _side_walk(mask: np.ndarray, start: np.ndarray, end: np.ndarray, fractions: 
     return points
 
 
-def _torso_boundary_alpha(mask: np.ndarray, shoulder: np.ndarray, armpit: np.ndarray, hem: np.ndarray) -> np.ndarray:
-    """Garment pixels outside the torso's side line shoulder-armpit-hem (the sleeve's side)."""
-    h, w = mask.shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    outward = np.sign(shoulder[0] - (hem[0] + armpit[0]) / 2 + 1e-6 * (shoulder[0] - w / 2)) or 1.0
-
-    def outside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        # Which side of the line a-b a pixel is on, oriented so that + is away from the centre.
-        cross = (b[0] - a[0]) * (ys - a[1]) - (b[1] - a[1]) * (xs - a[0])
-        probe = (b[0] - a[0]) * 0 - (b[1] - a[1]) * outward  # cross of a point offset outward
-        return cross * np.sign(probe or 1.0) > 0
-
-    above = ys < armpit[1]
-    return mask & np.where(above, outside(shoulder, armpit), outside(armpit, hem))
-
-
 def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
-    """Torso and sleeves of a top or dress."""
+    """A top or dress as one part: torso landmarks onto the body."""
     mask = garment.mask
     f = body.frame
     sw, length = f.shoulder_width, f.length
@@ -178,39 +161,30 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     g_pts: list[np.ndarray] = [_g(garment, "neckline")]
     c_pts: list[np.ndarray] = [body.at(-NECK_UP, 0.0)]
     hem_points = {}
-    sleeve_parts = []
-    torso_alpha = mask.copy()
     for side in ("left", "right"):
         sign = body.side_sign(side)
         g_armpit, g_hem = _g(garment, f"armpit_{side}"), _g(garment, f"hem_{side}")
         t_armpit = float(np.clip(t_of(g_armpit[1]), *ARMPIT_T))
         t_hem = float(np.clip(t_of(g_hem[1]), *hem_range))
         c_armpit = body.torso_edge(t_armpit, side)
-        c_hem = body.torso_edge(min(t_hem, 1.1), side) if t_hem <= 1.1 else None
-        if c_hem is None:  # below the hips the body says little: keep the garment's own flare
+        if t_hem <= HIPS_T:
+            c_hem = body.torso_edge(t_hem, side)
+        else:  # below the hips the body says little: keep the garment's own flare
             half = abs(g_hem[0] - _g(garment, "neckline")[0]) * scale / length
             c_hem = body.at(t_hem, sign * half)
-        else:
-            c_hem = body.at(t_hem, f.coords(c_hem[:1], c_hem[1:])[1][0])
         hem_points[side] = c_hem
         g_pts += [_g(garment, f"collar_{side}"), _g(garment, f"shoulder_{side}"), g_armpit, g_hem]
         c_pts += [body.at(-COLLAR_UP, sign * COLLAR_ACROSS * sw / length), body.shoulder(side), c_armpit, c_hem]
         for frac, g_side in zip(SIDE_FRACTIONS, _side_walk(mask, g_armpit, g_hem, SIDE_FRACTIONS), strict=True):
-            t = t_armpit + frac * (t_hem - t_armpit)
-            edge = body.torso_edge(min(t, 1.1), side)
             g_pts.append(g_side)
-            c_pts.append(body.at(t, f.coords(edge[:1], edge[1:])[1][0]) if t > 1.1 else edge)
-        if SEPARATE_SLEEVES and f"sleeve_{side}_outer" in garment.landmarks:
-            sleeve_alpha = _torso_boundary_alpha(mask, _g(garment, f"shoulder_{side}"), g_armpit, g_hem)
-            torso_alpha &= ~sleeve_alpha
-            sleeve_parts.append(_sleeve_part(garment, body, side, scale, c_armpit, sleeve_alpha))
+            c_pts.append(body.torso_edge(t_armpit + frac * (t_hem - t_armpit), side))
     # The centre line, so that prints stay straight: neckline to hem middle.
     g_hem_mid = (_g(garment, "hem_left") + _g(garment, "hem_right")) / 2
     c_hem_mid = (hem_points["left"] + hem_points["right"]) / 2
     for frac in (0.33, 0.66, 1.0):
         g_pts.append(_g(garment, "neckline") + frac * (g_hem_mid - _g(garment, "neckline")))
         c_pts.append(body.at(-NECK_UP, 0.0) + frac * (c_hem_mid - body.at(-NECK_UP, 0.0)))
-    return [Part(np.array(g_pts), np.array(c_pts), torso_alpha), *sleeve_parts]
+    return [Part(np.array(g_pts), np.array(c_pts), mask)]
 
 
 def _polyline_at(chain: list[np.ndarray], distance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -222,56 +196,6 @@ def _polyline_at(chain: list[np.ndarray], distance: float) -> tuple[np.ndarray, 
             return a + direction * distance, direction
         distance -= seg
     raise AssertionError("unreachable")
-
-
-def _sleeve_part(
-    garment: GarmentAnalysis, body: Body, side: str, scale: float, c_armpit: np.ndarray, alpha: np.ndarray
-) -> Part:
-    """A sleeve laid along its arm. Its two edges run from the root (shoulder seam end,
-    armpit) to the cuff corners; on the person the cuff lies across the arm at the sleeve's
-    scaled length down shoulder-elbow-wrist, and each edge bends at the elbow with the arm."""
-    g_shoulder, g_armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
-    g_outer, g_inner = _g(garment, f"sleeve_{side}_outer"), _g(garment, f"sleeve_{side}_inner")
-    g_root, g_cuff = (g_shoulder + g_armpit) / 2, (g_outer + g_inner) / 2
-    length = float(np.linalg.norm(g_cuff - g_root)) * scale
-    c_shoulder = body.shoulder(side)
-    joint, elbow, wrist, _ = arm_chain(body.pts, side)
-    chain = [joint, elbow, wrist]
-    c_cuff, direction = _polyline_at(chain, length)
-    normal = np.array([-direction[1], direction[0]])
-    toward_shoulder = np.sign(normal @ (c_shoulder - c_armpit)) or 1.0
-    half_cuff = float(np.linalg.norm(g_outer - g_inner)) * scale / 2
-    c_outer = c_cuff + normal * toward_shoulder * half_cuff
-    c_inner = c_cuff - normal * toward_shoulder * half_cuff
-    # Past the elbow, each edge passes the elbow at the sleeve's width there.
-    upper_arm = float(np.linalg.norm(elbow - joint))
-    bends = length > 1.15 * upper_arm
-    elbow_normal = np.array([-(elbow - joint)[1], (elbow - joint)[0]]) / max(upper_arm, 1e-6)
-    elbow_sign = np.sign(elbow_normal @ (c_shoulder - c_armpit)) or 1.0
-    g_pts, c_pts = [], []
-    for g_a, g_b, c_a, c_b, sign in (
-        (g_shoulder, g_outer, c_shoulder, c_outer, 1.0),
-        (g_armpit, g_inner, c_armpit, c_inner, -1.0),
-    ):
-        for u in SLEEVE_STEPS:
-            g_pts.append(g_a + u * (g_b - g_a))
-            if bends:
-                at_elbow = upper_arm / length
-                half = (1 - at_elbow) * np.linalg.norm(c_shoulder - c_armpit) / 2 + at_elbow * half_cuff
-                c_elbow = elbow + elbow_normal * elbow_sign * sign * half
-                c_pts.append(
-                    c_a + (u / at_elbow) * (c_elbow - c_a)
-                    if u <= at_elbow
-                    else c_elbow + (u - at_elbow) / (1 - at_elbow) * (c_b - c_elbow)
-                )
-            else:
-                c_pts.append(c_a + u * (c_b - c_a))
-    # The sleeve's middle line, so that its inside follows the arm too.
-    steps = len(SLEEVE_STEPS)
-    for i in range(1, steps - 1):
-        g_pts.append((g_pts[i] + g_pts[steps + i]) / 2)
-        c_pts.append((c_pts[i] + c_pts[steps + i]) / 2)
-    return Part(np.array(g_pts), np.array(c_pts), alpha)
 
 
 def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
