@@ -38,6 +38,7 @@ def _fail(error: FitroomError) -> None:
 def cmd_models_build(args: argparse.Namespace) -> int:
     """The imported MediaPipe models, then the models built from our own code (no weights)."""
     from services.common.mediapipe_models import MODELS, build_all
+    from services.fusion import model as fusion_model
     from services.warp import model as warp_model
 
     settings = get_settings()
@@ -45,6 +46,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     built = build_all(repository, settings.cache_dir, wheel=args.wheel, force=args.force)
     states = {model.name: model.name in built for model in MODELS}
     states[warp_model.NAME] = warp_model.build(repository, force=args.force)
+    states[fusion_model.NAME] = fusion_model.build(repository, force=args.force)
     for name, rebuilt in states.items():
         print(f"{name:22s} {'built' if rebuilt else 'up to date'}  {repository / name}")
     return EXIT_OK

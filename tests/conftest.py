@@ -12,6 +12,7 @@ from services.common.config import PROJECT_ROOT, get_settings
 from services.common.inference import LocalBackend
 from services.common.mediapipe_models import MODELS
 from services.common.model_repository import model_file
+from services.fusion import model as fusion_model
 from services.warp import model as warp_model
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -20,7 +21,7 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def repository() -> Path:
     repo = get_settings().model_repository
-    names = [m.name for m in MODELS] + [warp_model.NAME]
+    names = [m.name for m in MODELS] + [warp_model.NAME, fusion_model.NAME]
     missing = [name for name in names if not model_file(repo, name).exists()]
     if missing:
         pytest.fail(f"models {missing} are not built: run `make models` (fitroom models build)")

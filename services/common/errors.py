@@ -66,3 +66,10 @@ class GarmentNotDetected(FitroomError):
 
     code = "garment_not_detected"
     http_status = 422
+
+
+class CategoryUnsupported(FitroomError):
+    """The photo cannot wear this category: the body parts it sits on are not in view."""
+
+    code = "category_unsupported"
+    http_status = 422

@@ -1,0 +1,136 @@
+"""The `tryon_fusion` model: composites the warped garment into the person photo.
+
+No weights: every step is a fixed image operation, written in torch so that in production it
+runs on Triton's GPU beside the other models (the region maps are decided on the CPU by
+services/fusion/stage.py; this model does the per-pixel work).
+
+1. Fill: what the new garment leaves uncovered of the repaint region becomes skin inside the
+   body and background outside it. Both are push-pull interpolations (a masked image pyramid
+   averaged down, then filled back up) of the photo's own known skin and background pixels,
+   so the fill has the person's skin tone and the backdrop's gradient.
+2. Lighting: the old garment's luminance, blurred with a Gaussian of `lighting_sigma` pixels
+   (at least 2% of the image height: its print and edges are gone) and divided by its mean,
+   is the shading the new garment is multiplied by (folds, side light, shadows under the arms).
+3. Blend: the repaint region is feathered by a pixel or two, and the garment goes over it with
+   its own soft alpha: no hard cut-out edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from services.common.model_repository import ModelSignature, TensorSpec, install_model
+
+NAME = "tryon_fusion"
+VERSION = 2  # bump when the module changes, so that installed copies are rebuilt
+REGIONS = ("repaint", "body", "skin_source", "background_source", "shading_source", "garment_allowed")
+SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
+FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
+
+SIGNATURE = ModelSignature(
+    NAME,
+    inputs=(
+        TensorSpec("image__0", (1, 3, -1, -1), np.float32),  # the person photo, RGB in [0, 1]
+        TensorSpec("garment__1", (1, 4, -1, -1), np.float32),  # warped garment, straight RGBA
+        TensorSpec("regions__2", (1, len(REGIONS), -1, -1), np.float32),  # see REGIONS, in [0, 1]
+        TensorSpec("lighting_sigma__3", (1, 1), np.float32),  # in pixels of the photo
+    ),
+    outputs=(TensorSpec("tryon__0", (1, 3, -1, -1), np.float32),),
+    max_batch_size=0,
+)
+
+
+def _push_pull(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill the unknown pixels of `image` (1, C, H, W) smoothly from the `known` ones (1, 1, H, W):
+    average down a pyramid counting only known pixels, then fill each level's gaps from the
+    coarser level on the way up."""
+    values, weights = [image * known], [known]
+    while min(values[-1].shape[-2:]) > 1:
+        values.append(F.avg_pool2d(values[-1], 2, ceil_mode=True))
+        weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
+    total = float(weights[-1].sum())
+    # The coarsest level: the known pixels' mean, or mid-grey when there are none.
+    filled = values[-1] / weights[-1].clamp_min(1e-6) if total > 0 else torch.full_like(values[-1], 0.5)
+    for level in range(len(values) - 2, -1, -1):
+        coarse = F.interpolate(filled, size=values[level].shape[-2:], mode="bilinear", align_corners=False)
+        w = weights[level]
+        here = values[level] / w.clamp_min(1e-6)
+        trust = (w * 4.0).clamp(0.0, 1.0)  # a quarter of a cell known is enough to trust it
+        filled = trust * here + (1.0 - trust) * coarse
+    return filled
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of (1, C, H, W) `x`: on a copy shrunk until sigma is ~2 pixels, then
+    brought back bilinearly. A low-pass result loses nothing by the round trip."""
+    height, width = x.shape[-2:]
+    factor = max(1, int(sigma / 2.0))
+    small = F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+    s = max(sigma / factor, 0.5)
+    radius = int(3.0 * s) + 1
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-(taps**2) / (2.0 * s * s))
+    kernel = kernel / kernel.sum()
+    channels = small.shape[1]
+    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    small = F.pad(small, (radius, radius, 0, 0), mode="replicate")
+    small = F.conv2d(small, horizontal, groups=channels)
+    small = F.pad(small, (0, 0, radius, radius), mode="replicate")
+    small = F.conv2d(small, vertical, groups=channels)
+    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False) if factor > 1 else small
+
+
+class TryonFusion(nn.Module):
+    __constants__ = ("feather", "low", "high")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feather = FEATHER
+        self.low, self.high = SHADING_RANGE
+
+    def forward(
+        self, image: torch.Tensor, garment: torch.Tensor, regions: torch.Tensor, lighting_sigma: torch.Tensor
+    ) -> torch.Tensor:
+        repaint, body = regions[:, 0:1], regions[:, 1:2]
+        skin_source, background_source = regions[:, 2:3], regions[:, 3:4]
+        shading_source, allowed = regions[:, 4:5], regions[:, 5:6]
+
+        # Lighting: the old garment's blurred luminance relative to its mean.
+        luminance = (0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]) * shading_source
+        sigma = float(lighting_sigma[0, 0])
+        support = _gaussian_blur(torch.cat([luminance, shading_source], dim=1), sigma)
+        total = float(shading_source.sum())
+        mean = float(luminance.sum()) / total if total > 0 else 1.0
+        # Where the old garment gave no support the shading fades to 1 (no change).
+        shading = (support[:, 0:1] + 1e-3 * mean) / (support[:, 1:2] * mean + 1e-3 * mean)
+        shading = shading.clamp(self.low, self.high)
+
+        # Fill: skin inside the body, background outside it.
+        skin = _push_pull(image, skin_source)
+        background = _push_pull(image, background_source)
+        fill = body * (skin * shading).clamp(0.0, 1.0) + (1.0 - body) * background
+
+        size = 2 * self.feather + 1
+        soft_repaint = F.avg_pool2d(repaint, size, stride=1, padding=self.feather, count_include_pad=False)
+        base = soft_repaint * fill + (1.0 - soft_repaint) * image
+        alpha = garment[:, 3:4] * allowed
+        shaded = (garment[:, 0:3] * shading).clamp(0.0, 1.0)
+        return alpha * shaded + (1.0 - alpha) * base
+
+
+def export(path: Path) -> None:
+    scripted = torch.jit.script(TryonFusion().eval())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted.save(str(path))
+
+
+def build(repository: Path, force: bool = False) -> bool:
+    """Install tryon_fusion into the repository; False when the installed copy is current."""
+    source = {"module": "services.fusion.model.TryonFusion", "version": VERSION}
+    return install_model(repository, SIGNATURE, source, export, force)

@@ -1,0 +1,116 @@
+"""The fusion stage: person photo + parse + pose + warped garment -> the try-on photo.
+
+This file decides *where* (the region maps, from the parse and the pose); the tryon_fusion
+model (services/fusion/model.py) does the per-pixel work.
+
+- repaint: the old garment (and its fringe) inside the agnostic region: it must go. Skin and
+  backdrop in the agnostic region stay as they are unless the new garment covers them.
+- garment allowed: the agnostic region less the bare arms, which stay in front of a new top
+  as they are (an arm across the chest, a short sleeve's arm).
+- body: where an uncovered pixel of the repaint region is skin (the torso between the
+  shoulder and hip joints, the arms' and, for bottoms, the legs' capsules); elsewhere it
+  was old garment standing off the body and becomes background.
+- skin and background sources: the photo's own skin (neck, arms, legs; the face only when
+  there is little else) and backdrop, outside the repaint region.
+- shading source: the old garment, for its low-frequency lighting only.
+The person's old garment is never copied: it only says what to repaint and, blurred by at
+least LIGHTING_SIGMA of the height, how the new garment is lit.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
+from services.common.inference import Infer
+from services.fusion.model import NAME as MODEL_NAME
+from services.fusion.model import REGIONS
+from services.parser.agnostic import agnostic_mask, any_of
+from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
+
+LIGHTING_SIGMA = 0.025  # of the image height; the issue's floor is 2%
+TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
+ARM_RADIUS, LEG_RADIUS = 0.16, 0.2  # of the shoulder width
+BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the person are not sampled
+FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is next to it
+MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
+
+OLD_GARMENT = {
+    "upper": (LIP["upper_clothes"], LIP["dress"], LIP["coat"]),
+    "lower": (LIP["pants"], LIP["skirt"]),
+    "dress": (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"]),
+}
+BODY_SKIN = (LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], LIP["left_leg"], LIP["right_leg"])
+ARMS = (LIP["left_arm"], LIP["right_arm"])
+
+
+def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) -> np.ndarray:
+    """HxW bool: where the body's own skin would show if the garment were not there."""
+    pts = pose.landmark_array()[:, :2].astype(np.float64)
+    frame = BodyFrame.from_points(pts)
+    sw = frame.shoulder_width
+    body = np.zeros(shape, np.uint8)
+    quad = np.array([landmark(pts, n) for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")])
+    centre = quad.mean(axis=0)
+    grown = centre + (quad - centre) * (1.0 + TORSO_GROWTH * sw / np.maximum(np.linalg.norm(quad - centre, axis=1), 1.0))[:, None]
+    cv2.fillPoly(body, [np.round(grown).astype(np.int32)], 1)
+    # The neck, up to the chin: a capsule from the shoulder midpoint towards the nose.
+    neck_top = frame.origin + (landmark(pts, "nose") - frame.origin) * 0.6
+    cv2.line(body, _px(frame.origin), _px(neck_top), 1, max(1, round(0.35 * sw)))
+    limbs = [(arm_chain(pts, s)[:3], ARM_RADIUS) for s in ("left", "right")]
+    if category in ("lower", "dress"):
+        limbs += [(leg_chain(pts, s)[:3], LEG_RADIUS) for s in ("left", "right")]
+    for chain, radius in limbs:  # OpenCV's thick lines have round caps: capsules
+        for a, b in zip(chain[:-1], chain[1:], strict=True):
+            cv2.line(body, _px(a), _px(b), 1, max(1, round(2 * radius * sw)))
+    return body.astype(bool)
+
+
+def _px(point: np.ndarray) -> tuple[int, int]:
+    return round(float(point[0])), round(float(point[1]))
+
+
+def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndarray:
+    """(len(REGIONS), H, W) float32 region maps, in the order the model reads them."""
+    labels = parse.labels
+    height = labels.shape[0]
+    agnostic = parse.agnostic if parse.agnostic is not None and parse.category == category else None
+    if agnostic is None:
+        agnostic = agnostic_mask(labels, pose, category)
+    # Only the old garment must go; the agnostic region's skin and backdrop stay as they are
+    # unless the new garment covers them. A pixel or two more takes the old garment's fringe.
+    old_garment = any_of(labels, OLD_GARMENT[category])
+    fringe = max(1, round(FRINGE * height))
+    repaint = agnostic & cv2.dilate(old_garment.astype(np.uint8), np.ones((2 * fringe + 1,) * 2, np.uint8)).astype(bool)
+    allowed = agnostic & ~any_of(labels, ARMS) if category in ("upper", "dress") else agnostic
+    repaint &= allowed
+    skin = any_of(labels, BODY_SKIN) & ~repaint
+    if skin.sum() < MIN_BODY_SKIN * labels.size:
+        skin |= labels == LIP["face"]
+    erosion = max(1, round(BACKGROUND_EROSION * height))
+    background = cv2.erode((labels == LIP["background"]).astype(np.uint8), np.ones((2 * erosion + 1,) * 2, np.uint8))
+    maps = {
+        "repaint": repaint,
+        "body": body_region(pose, labels.shape, category),
+        "skin_source": skin,
+        "background_source": background.astype(bool) & ~repaint,
+        "shading_source": old_garment & repaint,
+        "garment_allowed": allowed,
+    }
+    return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
+
+
+def run(image: np.ndarray, parse: ParseResult, pose: PoseResult, warped: WarpResult, infer: Infer) -> np.ndarray:
+    """The try-on photo: HxWx3 uint8 at the person photo's resolution."""
+    height = image.shape[0]
+    outputs = infer(
+        MODEL_NAME,
+        {
+            "image__0": (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None],
+            "garment__1": np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
+            "regions__2": regions(parse, pose, warped.category)[None],
+            "lighting_sigma__3": np.array([[LIGHTING_SIGMA * height]], np.float32),
+        },
+    )
+    return np.round(outputs["tryon__0"][0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)

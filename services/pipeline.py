@@ -1,0 +1,164 @@
+"""The embedded pipeline runner: pose, parser, warp and fusion chained through the artifact store.
+
+Person-side results (pose, parse) are stored under the person image's content hash and a
+garment's analysis under the garment's, so a shopper trying twenty garments runs pose and
+parser once and a catalog garment is analysed once. The runner holds no try-on logic: it
+calls each stage's `run` and moves results in and out of the store. The CLI's `tryon` and the
+gateway's worker threads both drive this class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.artifacts import ArtifactNotFound, ArtifactStore, get_array, get_json, put_array, put_json, sha256_hex
+from services.common.contracts import LANDMARK_INDEX, Category, GarmentAnalysis, ParseResult, PoseResult, WarpResult
+from services.common.errors import CategoryUnsupported
+from services.common.inference import Infer
+from services.fusion import stage as fusion_stage
+from services.parser import stage as parser_stage
+from services.parser.agnostic import agnostic_mask
+from services.pose import stage as pose_stage
+from services.warp import stage as warp_stage
+from services.warp.cache import cached_analysis
+
+STAGES = ("pose", "parser", "garment", "warp", "fusion")
+# Bump when a stage's output changes: person entries of older versions are then ignored.
+PERSON_VERSION = 1
+VISIBLE = 0.5
+# The joints a category's warp and agnostic mask stand on; a photo where they are not seen
+# cannot wear that category (a half-body photo and trousers, say).
+REQUIRED_JOINTS: dict[Category, tuple[str, ...]] = {
+    "upper": ("left_shoulder", "right_shoulder"),
+    "lower": ("left_hip", "right_hip", "left_knee", "right_knee"),
+    "dress": ("left_shoulder", "right_shoulder", "left_hip", "right_hip", "left_knee", "right_knee"),
+}
+
+# on_stage(stage, event, seconds): event is "running" (seconds 0), "done" or "cached".
+StageCallback = Callable[[str, str, float], None]
+
+
+@dataclass
+class TryonResult:
+    image: np.ndarray  # HxWx3 uint8, the person photo's size
+    category: Category
+    pose: PoseResult
+    parse: ParseResult  # with the agnostic mask of `category`
+    garment: GarmentAnalysis
+    warped: WarpResult
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage; 0 when served from the store
+
+
+def image_digest(image: np.ndarray) -> str:
+    """Content address of decoded pixels (a re-encoded upload of the same pixels hits the cache)."""
+    return sha256_hex(np.ascontiguousarray(image).tobytes() + str(image.shape).encode())
+
+
+def person_prefix(image: np.ndarray) -> str:
+    """Where everything derived from this person photo is stored (erase it with delete_prefix)."""
+    return f"person/{image_digest(image)}/"
+
+
+def check_category(pose: PoseResult, category: Category) -> None:
+    """CategoryUnsupported when the photo does not show the joints `category` needs."""
+    landmarks = pose.landmarks
+    missing = [j for j in REQUIRED_JOINTS[category] if landmarks[LANDMARK_INDEX[j]].visibility < VISIBLE]
+    inside = all(
+        0 <= landmarks[LANDMARK_INDEX[j]].x < pose.image_width and 0 <= landmarks[LANDMARK_INDEX[j]].y < pose.image_height
+        for j in REQUIRED_JOINTS[category]
+    )
+    if missing or not inside:
+        seen = ", ".join(missing) if missing else "joints outside the photo"
+        raise CategoryUnsupported(
+            f"a {category} garment needs the photo to show {', '.join(REQUIRED_JOINTS[category])} (not seen: {seen})"
+        )
+
+
+class Pipeline:
+    """The four stages in one process, with results reused through `store`."""
+
+    def __init__(self, store: ArtifactStore, infer: Infer) -> None:
+        self.store = store
+        self.infer = infer
+
+    def person(self, image: np.ndarray, on_stage: StageCallback | None = None) -> tuple[PoseResult, ParseResult]:
+        """Pose and parse of a person photo, from the store or computed and stored."""
+        notify = on_stage or _ignore
+        key = f"{person_prefix(image)}v{PERSON_VERSION}"
+        try:
+            record, mask = get_json(self.store, f"{key}/pose.json"), get_array(self.store, f"{key}/pose_mask.npy")
+            notify("pose", "cached", 0.0)
+        except ArtifactNotFound:
+            notify("pose", "running", 0.0)
+            start = time.perf_counter()
+            computed = pose_stage.run(image, self.infer)
+            record, mask = computed.model_dump(), (computed.mask * 255).round().astype(np.uint8)
+            put_array(self.store, f"{key}/pose_mask.npy", mask)
+            put_json(self.store, f"{key}/pose.json", record)
+            notify("pose", "done", time.perf_counter() - start)
+        # The stored mask is 8-bit; the parser sees the same mask on the first run as on later ones.
+        pose = PoseResult.model_validate({**record, "mask": mask.astype(np.float32) / 255.0})
+        try:
+            parse = ParseResult.model_validate(
+                {**get_json(self.store, f"{key}/parse.json"), "labels": get_array(self.store, f"{key}/labels.npy")}
+            )
+            notify("parser", "cached", 0.0)
+        except ArtifactNotFound:
+            notify("parser", "running", 0.0)
+            start = time.perf_counter()
+            parse = parser_stage.run(image, pose, self.infer)
+            put_array(self.store, f"{key}/labels.npy", parse.labels)
+            put_json(self.store, f"{key}/parse.json", parse.model_dump())
+            notify("parser", "done", time.perf_counter() - start)
+        return pose, parse
+
+    def garment(
+        self, image: np.ndarray, category: Category | None = None, on_stage: StageCallback | None = None
+    ) -> GarmentAnalysis:
+        """The garment's analysis (category detected when None), from the store or computed."""
+        notify = on_stage or _ignore
+        notify("garment", "running", 0.0)
+        start = time.perf_counter()
+        analysis = cached_analysis(self.store, image, category)
+        notify("garment", "done", time.perf_counter() - start)
+        return analysis
+
+    def tryon(
+        self,
+        person_image: np.ndarray,
+        garment_image: np.ndarray,
+        category: Category | None = None,
+        on_stage: StageCallback | None = None,
+    ) -> TryonResult:
+        """`garment_image` (RGB or RGBA uint8) worn by the person in `person_image` (RGB uint8)."""
+        seconds: dict[str, float] = {}
+
+        def notify(stage: str, event: str, elapsed: float) -> None:
+            if event != "running":
+                seconds[stage] = elapsed
+            if on_stage:
+                on_stage(stage, event, elapsed)
+
+        garment = self.garment(garment_image, category, notify)
+        pose, parse = self.person(person_image, notify)
+        check_category(pose, garment.category)
+        parse = parse.model_copy(
+            update={"category": garment.category, "agnostic": agnostic_mask(parse.labels, pose, garment.category)}
+        )
+        notify("warp", "running", 0.0)
+        start = time.perf_counter()
+        warped = warp_stage.run(garment_image, garment, pose, parse, self.infer)
+        notify("warp", "done", time.perf_counter() - start)
+        notify("fusion", "running", 0.0)
+        start = time.perf_counter()
+        image = fusion_stage.run(person_image, parse, pose, warped, self.infer)
+        notify("fusion", "done", time.perf_counter() - start)
+        return TryonResult(image, garment.category, pose, parse, garment, warped, seconds)
+
+
+def _ignore(stage: str, event: str, seconds: float) -> None:
+    pass
