@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from services.common.artifacts import ArtifactNotFound, ArtifactStore, get_array, get_json, put_array, put_json, sha256_hex
+from services.common.artifacts import (
+    ArtifactNotFound,
+    ArtifactStore,
+    get_array,
+    get_json,
+    put_array,
+    put_json,
+    sha256_hex,
+)
 from services.common.contracts import LANDMARK_INDEX, Category, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import CategoryUnsupported
 from services.common.inference import Infer
@@ -68,7 +76,8 @@ def check_category(pose: PoseResult, category: Category) -> None:
     landmarks = pose.landmarks
     missing = [j for j in REQUIRED_JOINTS[category] if landmarks[LANDMARK_INDEX[j]].visibility < VISIBLE]
     inside = all(
-        0 <= landmarks[LANDMARK_INDEX[j]].x < pose.image_width and 0 <= landmarks[LANDMARK_INDEX[j]].y < pose.image_height
+        0 <= landmarks[LANDMARK_INDEX[j]].x < pose.image_width
+        and 0 <= landmarks[LANDMARK_INDEX[j]].y < pose.image_height
         for j in REQUIRED_JOINTS[category]
     )
     if missing or not inside:

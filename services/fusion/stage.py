@@ -19,6 +19,8 @@ least LIGHTING_SIGMA of the height, how the new garment is lit.
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 
@@ -53,7 +55,10 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     body = np.zeros(shape, np.uint8)
     quad = np.array([landmark(pts, n) for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")])
     centre = quad.mean(axis=0)
-    grown = centre + (quad - centre) * (1.0 + TORSO_GROWTH * sw / np.maximum(np.linalg.norm(quad - centre, axis=1), 1.0))[:, None]
+    grown = (
+        centre
+        + (quad - centre) * (1.0 + TORSO_GROWTH * sw / np.maximum(np.linalg.norm(quad - centre, axis=1), 1.0))[:, None]
+    )
     cv2.fillPoly(body, [np.round(grown).astype(np.int32)], 1)
     # The neck, up to the chin: a capsule from the shoulder midpoint towards the nose.
     neck_top = frame.origin + (landmark(pts, "nose") - frame.origin) * 0.6
@@ -62,7 +67,7 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     if category in ("lower", "dress"):
         limbs += [(leg_chain(pts, s)[:3], LEG_RADIUS) for s in ("left", "right")]
     for chain, radius in limbs:  # OpenCV's thick lines have round caps: capsules
-        for a, b in zip(chain[:-1], chain[1:], strict=True):
+        for a, b in itertools.pairwise(chain):
             cv2.line(body, _px(a), _px(b), 1, max(1, round(2 * radius * sw)))
     return body.astype(bool)
 
