@@ -2,7 +2,8 @@
 
 Exit status: 0 success; 1 unexpected internal error; 2 an input could not be read
 (image_invalid, image_too_large, ...); 3 no person (or no garment) found in at least one
-image; 4 models missing.
+image, or a photo that cannot wear the garment's category (category_unsupported); 4 models
+missing.
 Expected failures never print a traceback (set FITROOM_DEBUG=1 to see one anyway).
 """
 
@@ -13,17 +14,28 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from services.common.config import get_settings
 from services.common.contracts import LIP_LABELS, LIP_PALETTE, PoseResult
-from services.common.errors import FitroomError, GarmentNotDetected, ModelUnavailable, NoPersonDetected
+from services.common.errors import (
+    CategoryUnsupported,
+    FitroomError,
+    GarmentNotDetected,
+    ModelUnavailable,
+    NoPersonDetected,
+)
 from services.common.imageio import encode_jpeg, encode_label_png, encode_png, read_image_file
 from services.common.inference import embedded_backend
+
+if TYPE_CHECKING:
+    from services.pipeline import TryonResult
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_NO_PERSON, EXIT_NO_MODELS = 0, 1, 2, 3, 4
 
@@ -177,38 +189,48 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
     return pairs
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Path]] | str:
+    """(person, garment, output) of each try-on the arguments ask for, or why they are wrong.
+    Batches write OUTDIR/<person stem>__<garment stem><suffix>."""
+    out = Path(args.output)
+    if getattr(args, "pairs", None):
+        if not (args.person_dir and args.garment_dir):
+            return "--pairs needs --person-dir and --garment-dir"
+        try:
+            pairs = _read_pairs(Path(args.pairs))
+        except (OSError, ValueError) as exc:
+            return str(exc)
+        pairs = [(str(Path(args.person_dir) / p), str(Path(args.garment_dir) / g)) for p, g in pairs]
+    elif args.person and getattr(args, "garment_dir", None) and not args.garment:
+        folder = Path(args.garment_dir)
+        if not folder.is_dir():
+            return f"--garment-dir {folder} is not a folder"
+        garments = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not garments:
+            return f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+        pairs = [(args.person, str(g)) for g in garments]
+    elif args.person and args.garment:
+        return [(args.person, args.garment, out)]
+    else:
+        return (
+            "give --person and --garment, --person with --garment-dir, "
+            "or --pairs with --person-dir and --garment-dir"
+        )
+    return [(p, g, out / f"{Path(p).stem}__{Path(g).stem}{suffix}") for p, g in pairs]
+
+
 def cmd_warp(args: argparse.Namespace) -> int:
     from services.parser import stage as parser_stage
     from services.pose import stage as pose_stage
     from services.warp import stage as warp_stage
     from services.warp.garment import analyse_garment
 
-    if args.pairs:
-        if not (args.person_dir and args.garment_dir):
-            print("fitroom: error: --pairs needs --person-dir and --garment-dir", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        try:
-            pairs = _read_pairs(Path(args.pairs))
-        except (OSError, ValueError) as exc:
-            print(f"fitroom: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        out_dir = Path(args.output)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        jobs = [
-            (
-                str(Path(args.person_dir) / p),
-                str(Path(args.garment_dir) / g),
-                out_dir / f"{Path(p).stem}__{Path(g).stem}.png",
-            )
-            for p, g in pairs
-        ]
-    elif args.person and args.garment:
-        jobs = [(args.person, args.garment, Path(args.output))]
-    else:
-        print(
-            "fitroom: error: give --person and --garment, or --pairs with --person-dir and --garment-dir",
-            file=sys.stderr,
-        )
+    jobs = _pair_jobs(args, ".png")
+    if isinstance(jobs, str):
+        print(f"fitroom: error: {jobs}", file=sys.stderr)
         return EXIT_BAD_INPUT
     infer = embedded_backend()
 
@@ -223,18 +245,107 @@ def cmd_warp(args: argparse.Namespace) -> int:
         out.write_bytes(encode_png(np.round(warped.rgba * 255).astype(np.uint8)))
         return {"person": person_path, "garment": garment_path, "category": garment.category, "output": str(out)}
 
+    return _each_pair(jobs, warp_one)
+
+
+def _draw_landmarks(image: np.ndarray, landmarks: dict[str, tuple[float, float]]) -> np.ndarray:
+    import cv2
+
+    out = np.ascontiguousarray(image[..., :3]).copy()
+    radius = max(2, round(0.006 * max(out.shape[:2])))
+    for name, (x, y) in landmarks.items():
+        cv2.circle(out, (round(x), round(y)), radius, (255, 0, 0), -1)
+        cv2.putText(out, name, (round(x) + radius, round(y)), cv2.FONT_HERSHEY_SIMPLEX, radius / 8, (0, 0, 160), 1)
+    return out
+
+
+def _write_debug(folder: Path, result: TryonResult, person: np.ndarray, garment: np.ndarray) -> None:
+    """Every intermediate of one try-on, for a person to look at."""
+    from services.pose.overlay import draw_pose
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parse = result.parse
+    (folder / "pose.jpg").write_bytes(encode_jpeg(draw_pose(person, result.pose)))
+    (folder / "parse.png").write_bytes(encode_label_png(parse.labels, LIP_PALETTE))
+    if parse.agnostic is not None:
+        (folder / "agnostic.png").write_bytes(encode_png(np.where(parse.agnostic, 255, 0).astype(np.uint8)))
+    (folder / "garment_mask.png").write_bytes(encode_png(np.where(result.garment.mask, 255, 0).astype(np.uint8)))
+    (folder / "garment_landmarks.jpg").write_bytes(
+        encode_jpeg(_draw_landmarks(garment, result.garment.landmarks))
+    )
+    (folder / "garment.json").write_text(json.dumps(result.garment.model_dump(), indent=2) + "\n")
+    (folder / "warped.png").write_bytes(encode_png(np.round(result.warped.rgba * 255).astype(np.uint8)))
+
+
+def cmd_tryon(args: argparse.Namespace) -> int:
+    from services.common.artifacts import LocalArtifactStore
+    from services.pipeline import Pipeline
+
+    batch = not (args.person and args.garment)
+    jobs = _pair_jobs(args, ".jpg")
+    if isinstance(jobs, str):
+        print(f"fitroom: error: {jobs}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not batch and jobs[0][2].suffix.lower() not in (".jpg", ".jpeg", ".png"):
+        print("fitroom: error: -o must name a .jpg, .jpeg or .png file", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
+
+    def tryon_one(person_path: str, garment_path: str, out: Path) -> dict:
+        person = read_image_file(person_path)
+        garment = read_image_file(garment_path, rgba=True)
+        result = pipeline.tryon(person, garment, args.category)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        encoded = encode_png(result.image) if out.suffix.lower() == ".png" else encode_jpeg(result.image)
+        _write_atomically(out, encoded)
+        record = {"person": person_path, "garment": garment_path, "category": result.category, "output": str(out)}
+        if args.debug:
+            folder = Path(args.debug) / out.stem if batch else Path(args.debug)
+            _write_debug(folder, result, person, garment)
+            record["debug"] = str(folder)
+        record["ms"] = {stage: round(seconds * 1000, 1) for stage, seconds in result.seconds.items()}
+        return record
+
+    return _each_pair(jobs, tryon_one, progress=batch)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Never a half-written result: write beside the target, then rename over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _each_pair(
+    jobs: Sequence[tuple[str, str, Path]], process: Callable[[str, str, Path], dict], progress: bool = False
+) -> int:
+    """Run `process` on each (person, garment, output), printing one JSON line per pair: its
+    record or its error (the batch goes on). Returns the exit status, as _each_image does."""
     unreadable = nothing_found = False
-    for person_path, garment_path, out in jobs:
+    start = time.perf_counter()
+    for n, (person_path, garment_path, out) in enumerate(jobs, 1):
         try:
-            record = warp_one(person_path, garment_path, out)
+            record = process(person_path, garment_path, out)
         except ModelUnavailable:
             raise
-        except (NoPersonDetected, GarmentNotDetected) as exc:
+        except (NoPersonDetected, GarmentNotDetected, CategoryUnsupported) as exc:
             record, nothing_found = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
         except FitroomError as exc:
             record, unreadable = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
         print(json.dumps(record), flush=True)
+        if progress:
+            _progress(n, len(jobs), time.perf_counter() - start)
     return EXIT_BAD_INPUT if unreadable else EXIT_NO_PERSON if nothing_found else EXIT_OK
+
+
+def _progress(done: int, total: int, elapsed: float) -> None:
+    """A progress bar on stderr (stdout carries the JSON lines)."""
+    width = 30
+    filled = round(width * done / total)
+    eta = elapsed / done * (total - done)
+    end = "\n" if done == total else ""
+    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}  {elapsed:.1f}s elapsed, {eta:.1f}s left"
+    print(line, end=end, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- batches
@@ -311,6 +422,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, help="OUT.png; with --pairs a folder of <person stem>__<garment stem>.png"
     )
     warp.set_defaults(func=cmd_warp)
+
+    tryon = commands.add_parser(
+        "tryon",
+        help="the person wearing the garment; batches: one person and a --garment-dir catalog, or VITON-style --pairs",
+    )
+    tryon.add_argument("--person", help="person photo")
+    tryon.add_argument("--garment", help="product image of the garment")
+    tryon.add_argument("--garment-dir", help="with --person (a catalog) or --pairs: folder of garment images")
+    tryon.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
+    tryon.add_argument("--person-dir", help="with --pairs: folder of the person photos")
+    tryon.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    tryon.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="OUT.jpg or OUT.png; batches: a folder of <person stem>__<garment stem>.jpg",
+    )
+    tryon.add_argument(
+        "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
+    )
+    tryon.set_defaults(func=cmd_tryon)
     return parser
 
 

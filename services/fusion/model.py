@@ -27,7 +27,7 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 2  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 3  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = ("repaint", "body", "skin_source", "background_source", "shading_source", "garment_allowed")
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
@@ -111,6 +111,16 @@ class TryonFusion(nn.Module):
         shading = (support[:, 0:1] + 1e-3 * mean) / (support[:, 1:2] * mean + 1e-3 * mean)
         shading = shading.clamp(self.low, self.high)
 
+        # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
+        # the same way, so that the garment carries the person photo's light, not both.
+        alpha = garment[:, 3:4] * allowed
+        garment_luminance = 0.299 * garment[:, 0:1] + 0.587 * garment[:, 1:2] + 0.114 * garment[:, 2:3]
+        own = _gaussian_blur(torch.cat([garment_luminance * alpha, alpha], dim=1), sigma)
+        coverage = float(alpha.sum())
+        own_mean = float((garment_luminance * alpha).sum()) / coverage if coverage > 0 else 1.0
+        own_shading = (own[:, 0:1] + 1e-3 * own_mean) / (own[:, 1:2] * own_mean + 1e-3 * own_mean)
+        own_shading = own_shading.clamp(self.low, self.high)
+
         # Fill: skin inside the body, background outside it.
         skin = _push_pull(image, skin_source)
         background = _push_pull(image, background_source)
@@ -119,8 +129,7 @@ class TryonFusion(nn.Module):
         size = 2 * self.feather + 1
         soft_repaint = F.avg_pool2d(repaint, size, stride=1, padding=self.feather, count_include_pad=False)
         base = soft_repaint * fill + (1.0 - soft_repaint) * image
-        alpha = garment[:, 3:4] * allowed
-        shaded = (garment[:, 0:3] * shading).clamp(0.0, 1.0)
+        shaded = (garment[:, 0:3] * shading / own_shading).clamp(0.0, 1.0)
         return alpha * shaded + (1.0 - alpha) * base
 
 

@@ -31,7 +31,7 @@ from services.fusion.model import REGIONS
 from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
 
-LIGHTING_SIGMA = 0.025  # of the image height; the floor is 2%
+LIGHTING_SIGMA = 0.02  # of the image height: the floor
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
 ARM_RADIUS, LEG_RADIUS = 0.16, 0.2  # of the shoulder width
 BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the person are not sampled
