@@ -33,6 +33,7 @@ from services.common.errors import (
 )
 from services.common.imageio import encode_jpeg, encode_label_png, encode_png, read_image_file
 from services.common.inference import embedded_backend
+from services.gateway.cli import add_commands as add_gateway_commands
 
 if TYPE_CHECKING:
     from services.pipeline import TryonResult
@@ -443,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
     )
     tryon.set_defaults(func=cmd_tryon)
+    add_gateway_commands(commands)  # serve, keys (the REST gateway)
     return parser
 
 

@@ -73,3 +73,97 @@ class CategoryUnsupported(FitroomError):
 
     code = "category_unsupported"
     http_status = 422
+
+
+# --------------------------------------------------------------------------- REST gateway
+
+
+class RequestInvalid(FitroomError):
+    """The request does not match the API's schema: a missing or unknown field, a wrong type."""
+
+    code = "request_invalid"
+    http_status = 422
+
+
+class JsonInvalid(FitroomError):
+    """The body is not well-formed JSON."""
+
+    code = "json_invalid"
+    http_status = 400
+
+
+class CategoryInvalid(FitroomError):
+    """The category is not one of auto, upper, lower, dress (or contradicts a registered garment)."""
+
+    code = "category_invalid"
+    http_status = 422
+
+
+class RequestTooLarge(FitroomError):
+    """The request body is over FITROOM_MAX_REQUEST_BYTES."""
+
+    code = "request_too_large"
+    http_status = 413
+
+
+class Unauthorized(FitroomError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(FitroomError):
+    """No such route, or no such resource for this tenant (another tenant's is not found either)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class GarmentNotFound(NotFound):
+    code = "garment_not_found"
+
+
+class MethodNotAllowed(FitroomError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class ResultNotReady(FitroomError):
+    """The job has not succeeded (yet): its status says whether to wait or give up."""
+
+    code = "result_not_ready"
+    http_status = 409
+
+
+class IdempotencyConflict(FitroomError):
+    """The Idempotency-Key was used before with a different request."""
+
+    code = "idempotency_conflict"
+    http_status = 409
+
+
+class QueueFull(FitroomError):
+    """Every worker is busy and the queue is full: retry after the Retry-After header's seconds."""
+
+    code = "queue_full"
+    http_status = 503
+
+
+class UrlForbidden(FitroomError):
+    """A URL the gateway will not fetch: not https, credentials in it, or a private, loopback,
+    link-local or otherwise non-public address (server-side request forgery guard)."""
+
+    code = "url_forbidden"
+    http_status = 422
+
+
+class UrlFetchFailed(FitroomError):
+    """An image URL could not be fetched: DNS, connection, timeout, an error status, too many redirects."""
+
+    code = "url_fetch_failed"
+    http_status = 422

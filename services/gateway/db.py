@@ -1,0 +1,143 @@
+"""The gateway's SQLite database in embedded mode: one file in the data directory, shared by the
+job store, the garment registry, the API keys and the webhook outbox.
+
+One connection per process, guarded by a lock: SQLite serialises writers anyway, and a single
+connection keeps the worker threads, the request threads and the webhook thread from tripping
+over each other's transactions. WAL lets the `fitroom keys` command write while a server runs.
+The schema is versioned with PRAGMA user_version, so a later release migrates an existing file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# Append a migration to change the schema; never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        webhook_secret TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,              -- public key id, shown by `fitroom keys list`
+        tenant TEXT NOT NULL REFERENCES tenants(id),
+        key_hash TEXT NOT NULL UNIQUE,    -- sha256 of the whole key; the key itself is never stored
+        name TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        category TEXT NOT NULL,           -- as asked: auto, upper, lower, dress
+        detected_category TEXT,
+        output_format TEXT NOT NULL,
+        garment_id TEXT,                  -- a registered garment, or NULL when the job has its own
+        person_prefix TEXT NOT NULL,      -- pipeline.person_prefix of the photo: its cached pose and parse
+        shopper_id TEXT,
+        callback_url TEXT,
+        base_url TEXT NOT NULL,
+        idempotency_key TEXT,
+        request_hash TEXT,
+        stages TEXT NOT NULL,             -- JSON {stage: {status, seconds}}
+        error_code TEXT,
+        error_message TEXT
+    );
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX jobs_status ON jobs(status, created_at);
+    CREATE INDEX jobs_shopper ON jobs(tenant, shopper_id) WHERE shopper_id IS NOT NULL;
+    CREATE TABLE garments (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        category TEXT NOT NULL,           -- detected or given
+        requested_category TEXT NOT NULL, -- auto, upper, lower, dress: the analysis cache key uses it
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        sku TEXT,
+        cache_prefix TEXT NOT NULL        -- where the pipeline cached its analysis (erased with it)
+    );
+    CREATE INDEX garments_tenant ON garments(tenant, created_at, id);
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,              -- the event id receivers deduplicate on
+        job_id TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        status TEXT NOT NULL,             -- pending, delivered, failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        delivered_at REAL
+    );
+    CREATE INDEX webhook_due ON webhook_deliveries(status, next_attempt_at);
+    CREATE INDEX webhook_job ON webhook_deliveries(job_id);
+    """,
+)
+
+
+class Database:
+    """A SQLite file with the gateway's schema, safe to share between threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; `transaction()` opens them explicitly.
+        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
+            self._migrate()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in its own transaction; returns the number of rows changed."""
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def ping(self) -> None:
+        self.query("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _migrate(self) -> None:
+        # A server and a `fitroom keys` command may open a new file at the same moment: the file lock
+        # makes the second one wait and then see the version the first one wrote.
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                # The migration and its version bump commit together.
+                self._conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")

@@ -1,0 +1,230 @@
+"""Reading request bodies: JSON or multipart/form-data into one submission, and an image given as
+an upload, a data URL or a URL into checked bytes.
+
+Both body forms go through the same pydantic model, so a field means the same thing and fails
+with the same code in either. Images are decoded here, in the request, so a bad image is a 4xx
+before any job exists; what reaches a worker has already been read once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from services.common.errors import (
+    FitroomError,
+    ImageInvalid,
+    ImageTooLarge,
+    JsonInvalid,
+    RequestInvalid,
+    UnsupportedMediaType,
+)
+from services.common.imageio import decode_image, decode_image_rgba
+from services.gateway.errors import from_validation_errors
+from services.gateway.fetch import SafeFetcher
+from services.gateway.schemas import GarmentFields, GarmentJson, TryonFields, TryonJson
+
+Fields = TypeVar("Fields", bound=BaseModel)
+
+# Declared types an upload or data URL may carry; the bytes are sniffed whatever they say.
+_NEUTRAL_TYPES = ("", "application/octet-stream", "binary/octet-stream")
+_DATA_URL = re.compile(r"data:([^,;]*)((?:;[^,;]*)*),(.*)", re.DOTALL | re.IGNORECASE)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}:")
+_WHITESPACE = re.compile(rb"\s+")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image of a request as it came: an uploaded file's bytes, or text (data URL or URL)."""
+
+    field: str
+    upload: bytes | None = None
+    upload_type: str = ""
+    text: str | None = None
+
+    def fingerprint(self) -> str:
+        """What the idempotency check compares: the bytes' hash, or the text itself."""
+        if self.upload is not None:
+            return "sha256:" + hashlib.sha256(self.upload).hexdigest()
+        text = self.text or ""
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest() if text.startswith("data:") else text
+
+
+@dataclass(frozen=True)
+class TryonSubmission:
+    person: ImageSource
+    garment: ImageSource | None
+    fields: TryonFields
+
+    def fingerprint(self) -> str:
+        canonical = {
+            "person": self.person.fingerprint(),
+            "garment": self.garment.fingerprint() if self.garment else None,
+            **self.fields.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class GarmentSubmission:
+    image: ImageSource
+    fields: GarmentFields
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    data: bytes  # as received: stored for the worker, which decodes it again
+    pixels: np.ndarray
+
+
+async def read_tryon(request: Request, max_bytes: int) -> TryonSubmission:
+    """POST /v1/tryon's body, JSON or multipart."""
+    body, images = await _read_body(request, ("person", "garment"), max_bytes)
+    fields = _validate(TryonJson if _is_json(request) else TryonFields, body)
+    person = images.get("person") or _text_source("person", getattr(fields, "person", None))
+    garment = images.get("garment") or _text_source("garment", getattr(fields, "garment", None))
+    if person is None:
+        raise RequestInvalid("person is required: the shopper's photo")
+    if (garment is None) == (fields.garment_id is None):
+        raise RequestInvalid("give exactly one of garment (an image) and garment_id (a registered garment)")
+    common = TryonFields.model_validate(fields.model_dump(include=set(TryonFields.model_fields)))
+    return TryonSubmission(person=person, garment=garment, fields=common)
+
+
+async def read_garment(request: Request, max_bytes: int) -> GarmentSubmission:
+    """POST /v1/garments' body, JSON or multipart."""
+    body, images = await _read_body(request, ("image",), max_bytes)
+    fields = _validate(GarmentJson if _is_json(request) else GarmentFields, body)
+    image = images.get("image") or _text_source("image", getattr(fields, "image", None))
+    if image is None:
+        raise RequestInvalid("image is required: the garment's product image")
+    common = GarmentFields.model_validate(fields.model_dump(include=set(GarmentFields.model_fields)))
+    return GarmentSubmission(image=image, fields=common)
+
+
+def load_image(
+    source: ImageSource, fetcher: SafeFetcher, *, rgba: bool, max_bytes: int, max_pixels: int
+) -> LoadedImage:
+    """The source's bytes, fetched or decoded from base64, and checked by decoding them.
+
+    Blocking (fetch and decode): call it from a worker thread, never on the event loop.
+    """
+    try:
+        if source.upload is not None:
+            _check_declared_type(source.upload_type, source.field)
+            data = source.upload
+        else:
+            data = _text_bytes(source.text or "", fetcher, max_bytes)
+        decode = decode_image_rgba if rgba else decode_image
+        return LoadedImage(data, decode(data, max_bytes=max_bytes, max_pixels=max_pixels))
+    except FitroomError as exc:
+        exc.message = f"{source.field}: {exc.message}"  # which of the request's images it was
+        raise
+
+
+def _text_bytes(text: str, fetcher: SafeFetcher, max_bytes: int) -> bytes:
+    if text[:5].lower() == "data:":
+        return _data_url_bytes(text, max_bytes)
+    if _SCHEME.match(text):
+        return fetcher.get_image(text, max_bytes)  # the policy refuses file:, ftp:, http: ...
+    raise ImageInvalid("expected an uploaded file, a base64 data: URL or an https URL")
+
+
+def _data_url_bytes(text: str, max_bytes: int) -> bytes:
+    match = _DATA_URL.fullmatch(text)
+    if match is None:
+        raise ImageInvalid("malformed data URL: expected data:image/<type>;base64,<data>")
+    media_type, params, payload = match.group(1).strip().lower(), match.group(2).lower(), match.group(3)
+    _check_declared_type(media_type, "data URL")
+    if "base64" not in {p.strip() for p in params.split(";")}:
+        raise ImageInvalid("data URLs must be base64 encoded (data:image/<type>;base64,...)")
+    compact = _WHITESPACE.sub(b"", payload.encode("ascii", errors="replace"))
+    if len(compact) // 4 * 3 > max_bytes:
+        raise ImageTooLarge(f"the image is over the limit of {max_bytes:,} bytes")
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageInvalid("the data URL is not valid base64") from None
+
+
+def _check_declared_type(content_type: str, what: str) -> None:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type not in _NEUTRAL_TYPES and not media_type.startswith("image/"):
+        raise UnsupportedMediaType(f"{what} is declared as {media_type}; send an image")
+
+
+def _text_source(field: str, value: str | None) -> ImageSource | None:
+    return None if value is None else ImageSource(field=field, text=value)
+
+
+def _is_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def _read_body(
+    request: Request, image_fields: tuple[str, ...], max_bytes: int
+) -> tuple[dict[str, Any], dict[str, ImageSource]]:
+    """The body's fields, and its uploaded files by field name (multipart only)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if _is_json(request):
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise JsonInvalid(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestInvalid("the JSON body must be an object")
+        return body, {}
+    if media_type == "multipart/form-data":
+        return await _read_multipart(request, image_fields, max_bytes)
+    shown = media_type or "no Content-Type"
+    raise UnsupportedMediaType(f"the body must be application/json or multipart/form-data, not {shown}")
+
+
+async def _read_multipart(
+    request: Request, image_fields: tuple[str, ...], max_bytes: int
+) -> tuple[dict[str, Any], dict[str, ImageSource]]:
+    try:
+        # A data URL may arrive as a text part, so text parts may be as large as the body itself.
+        form = await request.form(max_files=len(image_fields), max_fields=16, max_part_size=max_bytes)
+    except HTTPException as exc:  # Starlette's answer to a malformed or over-limit multipart body
+        raise RequestInvalid(f"malformed multipart body: {exc.detail}") from None
+    fields: dict[str, Any] = {}
+    images: dict[str, ImageSource] = {}
+    try:
+        for name, value in form.multi_items():
+            if name in fields or name in images:
+                raise RequestInvalid(f"field {name!r} is given more than once")
+            if value == "":
+                continue  # an HTML form sends its empty inputs: they mean "not given"
+            if isinstance(value, UploadFile):
+                if name not in image_fields:
+                    raise RequestInvalid(f"field {name!r} cannot be a file (files: {', '.join(image_fields)})")
+                data = await value.read(max_bytes + 1)
+                images[name] = ImageSource(field=name, upload=data, upload_type=value.content_type or "")
+            elif name in image_fields:
+                images[name] = ImageSource(field=name, text=value)
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, images
+
+
+def _validate(model: type[Fields], body: dict[str, Any]) -> Fields:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(include_input=False)) from None

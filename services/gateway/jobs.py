@@ -1,0 +1,360 @@
+"""Job state and the garment registry: what the gateway remembers between requests.
+
+`JobStore` and `GarmentRegistry` are the seams for the distributed mode (issue 7: job state in
+Redis); the SQLite implementations serve embedded mode and survive a restart. Every read a
+request makes is scoped by tenant, so another tenant's job or garment is simply not found.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from services.gateway.db import Database
+from services.pipeline import STAGES
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+StageStatus = Literal["pending", "running", "done", "cached", "failed"]
+CategoryChoice = Literal["auto", "upper", "lower", "dress"]
+OutputFormat = Literal["jpeg", "png"]
+FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed")
+
+# Ids carry 128 random bits: unguessable, and the type is readable in logs ("job_", "gar_").
+_JOB_ID = re.compile(r"job_[0-9a-f]{32}")
+_GARMENT_ID = re.compile(r"gar_[0-9a-f]{32}")
+
+
+def new_job_id() -> str:
+    return f"job_{secrets.token_hex(16)}"
+
+
+def new_garment_id() -> str:
+    return f"gar_{secrets.token_hex(16)}"
+
+
+def is_job_id(value: str) -> bool:
+    return _JOB_ID.fullmatch(value) is not None
+
+
+def is_garment_id(value: str) -> bool:
+    return _GARMENT_ID.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class StageState:
+    status: StageStatus = "pending"
+    seconds: float | None = None
+
+
+def pending_stages() -> dict[str, StageState]:
+    return {stage: StageState() for stage in STAGES}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    tenant: str
+    category: CategoryChoice
+    output_format: OutputFormat
+    person_prefix: str
+    base_url: str
+    garment_id: str | None = None  # None: the job carries its own garment image
+    shopper_id: str | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    status: JobStatus = "queued"
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0  # times a worker started it; over 1 after a restart re-queued it
+    detected_category: str | None = None
+    stages: dict[str, StageState] = field(default_factory=pending_stages)
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class Garment:
+    id: str
+    tenant: str
+    category: str
+    requested_category: CategoryChoice
+    width: int
+    height: int
+    cache_prefix: str  # the pipeline's cached analysis of the image, erased with the garment
+    sku: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+
+class IdempotencyKeyTaken(Exception):
+    """create() found a live job under the same tenant and Idempotency-Key."""
+
+    def __init__(self, existing: Job) -> None:
+        super().__init__(existing.id)
+        self.existing = existing
+
+
+class JobStore(Protocol):
+    def create(self, job: Job, idempotency_ttl_s: float) -> Job:
+        """Insert a queued job; IdempotencyKeyTaken when the key names a job younger than the ttl
+        (an older one gives up its key)."""
+        ...
+
+    def get(self, tenant: str, job_id: str) -> Job | None: ...
+
+    def by_idempotency_key(self, tenant: str, key: str, ttl_s: float) -> Job | None:
+        """The job made under this key within the last ttl_s seconds."""
+        ...
+
+    def claim(self, job_id: str) -> Job | None:
+        """queued -> running for a worker; None when the job is gone or not queued."""
+        ...
+
+    def set_stage(self, job_id: str, stage: str, state: StageState) -> None: ...
+
+    def finish(
+        self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
+    ) -> Job | None:
+        """Record the outcome; None when the job was deleted meanwhile."""
+        ...
+
+    def requeue(self, job_id: str) -> None:
+        """running -> queued, for a job that a stopping worker did not finish."""
+        ...
+
+    def delete(self, tenant: str, job_id: str) -> Job | None: ...
+
+    def recover(self) -> list[str]:
+        """At start: jobs left running by a crash are queued again; returns every queued job id, oldest first."""
+        ...
+
+    def of_shopper(self, tenant: str, shopper_id: str) -> list[Job]: ...
+
+    def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]: ...
+
+    def count_by_status(self) -> dict[str, int]: ...
+
+
+class GarmentRegistry(Protocol):
+    def add(self, garment: Garment) -> None: ...
+
+    def get(self, tenant: str, garment_id: str) -> Garment | None: ...
+
+    def list(self, tenant: str, limit: int, after: str | None = None) -> list[Garment]:
+        """Oldest first; `after` is the id of the last garment of the previous page."""
+        ...
+
+    def delete(self, tenant: str, garment_id: str) -> Garment | None: ...
+
+
+class SqliteJobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, job: Job, idempotency_ttl_s: float) -> Job:
+        with self.db.transaction() as conn:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ?", (job.tenant, job.idempotency_key)
+                ).fetchone()
+                if row is not None:
+                    existing = _job(row)
+                    if existing.created_at > time.time() - idempotency_ttl_s:
+                        raise IdempotencyKeyTaken(existing)
+                    conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (existing.id,))
+            conn.execute(
+                "INSERT INTO jobs (id, tenant, status, created_at, category, output_format, garment_id, person_prefix,"
+                " shopper_id, callback_url, base_url, idempotency_key, request_hash, stages)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.tenant,
+                    job.status,
+                    job.created_at,
+                    job.category,
+                    job.output_format,
+                    job.garment_id,
+                    job.person_prefix,
+                    job.shopper_id,
+                    job.callback_url,
+                    job.base_url,
+                    job.idempotency_key,
+                    job.request_hash,
+                    _stages_json(job.stages),
+                ),
+            )
+        return job
+
+    def get(self, tenant: str, job_id: str) -> Job | None:
+        rows = self.db.query("SELECT * FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant))
+        return _job(rows[0]) if rows else None
+
+    def by_idempotency_key(self, tenant: str, key: str, ttl_s: float) -> Job | None:
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE tenant = ? AND idempotency_key = ? AND created_at > ?",
+            (tenant, key, time.time() - ttl_s),
+        )
+        return _job(rows[0]) if rows else None
+
+    def claim(self, job_id: str) -> Job | None:
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, stages = ?"
+                " WHERE id = ? AND status = 'queued'",
+                (time.time(), _stages_json(pending_stages()), job_id),
+            ).rowcount
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if changed else None
+
+    def set_stage(self, job_id: str, stage: str, state: StageState) -> None:
+        # json_set updates one stage in place, so concurrent readers never see a half-written map.
+        self.db.execute(
+            "UPDATE jobs SET stages = json_set(stages, ?, json(?)) WHERE id = ?",
+            (f"$.{stage}", json.dumps({"status": state.status, "seconds": state.seconds}), job_id),
+        )
+
+    def finish(
+        self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
+    ) -> Job | None:
+        code, message = error if error else (None, None)
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, detected_category = ?, error_code = ?, error_message = ?"
+                " WHERE id = ?",
+                (status, time.time(), detected_category, code, message, job_id),
+            ).rowcount
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if changed else None
+
+    def requeue(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'running'", (job_id,))
+
+    def delete(self, tenant: str, job_id: str) -> Job | None:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return _job(row)
+
+    def recover(self) -> list[str]:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE jobs SET status = 'queued' WHERE status = 'running'")
+            rows = conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id").fetchall()
+        return [row["id"] for row in rows]
+
+    def of_shopper(self, tenant: str, shopper_id: str) -> list[Job]:
+        rows = self.db.query("SELECT * FROM jobs WHERE tenant = ? AND shopper_id = ?", (tenant, shopper_id))
+        return [_job(row) for row in rows]
+
+    def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed') AND finished_at < ? LIMIT ?", (cutoff, limit)
+        )
+        return [_job(row) for row in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self.db.query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}
+
+
+class SqliteGarmentRegistry:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, garment: Garment) -> None:
+        self.db.execute(
+            "INSERT INTO garments (id, tenant, created_at, category, requested_category, width, height, sku,"
+            " cache_prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                garment.id,
+                garment.tenant,
+                garment.created_at,
+                garment.category,
+                garment.requested_category,
+                garment.width,
+                garment.height,
+                garment.sku,
+                garment.cache_prefix,
+            ),
+        )
+
+    def get(self, tenant: str, garment_id: str) -> Garment | None:
+        rows = self.db.query("SELECT * FROM garments WHERE id = ? AND tenant = ?", (garment_id, tenant))
+        return _garment(rows[0]) if rows else None
+
+    def list(self, tenant: str, limit: int, after: str | None = None) -> list[Garment]:
+        if after is None:
+            rows = self.db.query(
+                "SELECT * FROM garments WHERE tenant = ? ORDER BY created_at, id LIMIT ?", (tenant, limit)
+            )
+        else:
+            rows = self.db.query(
+                "SELECT g.* FROM garments g JOIN garments a ON a.id = ? AND a.tenant = g.tenant"
+                " WHERE g.tenant = ? AND (g.created_at, g.id) > (a.created_at, a.id)"
+                " ORDER BY g.created_at, g.id LIMIT ?",
+                (after, tenant, limit),
+            )
+        return [_garment(row) for row in rows]
+
+    def delete(self, tenant: str, garment_id: str) -> Garment | None:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT * FROM garments WHERE id = ? AND tenant = ?", (garment_id, tenant)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM garments WHERE id = ?", (garment_id,))
+        return _garment(row)
+
+
+def _stages_json(stages: dict[str, StageState]) -> str:
+    return json.dumps({name: {"status": s.status, "seconds": s.seconds} for name, s in stages.items()})
+
+
+def _job(row: sqlite3.Row) -> Job:
+    stages = {name: StageState(**state) for name, state in json.loads(row["stages"]).items()}
+    return Job(
+        id=row["id"],
+        tenant=row["tenant"],
+        category=row["category"],
+        output_format=row["output_format"],
+        person_prefix=row["person_prefix"],
+        base_url=row["base_url"],
+        garment_id=row["garment_id"],
+        shopper_id=row["shopper_id"],
+        callback_url=row["callback_url"],
+        idempotency_key=row["idempotency_key"],
+        request_hash=row["request_hash"],
+        status=row["status"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        detected_category=row["detected_category"],
+        stages=stages,
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+    )
+
+
+def _garment(row: sqlite3.Row) -> Garment:
+    return Garment(
+        id=row["id"],
+        tenant=row["tenant"],
+        category=row["category"],
+        requested_category=row["requested_category"],
+        width=row["width"],
+        height=row["height"],
+        cache_prefix=row["cache_prefix"],
+        sku=row["sku"],
+        created_at=row["created_at"],
+    )

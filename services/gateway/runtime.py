@@ -1,0 +1,137 @@
+"""The gateway's parts, wired for embedded mode: SQLite state, local artifacts, worker threads.
+
+`Gateway` is what the routes reach through `request.app.state.gateway`. The distributed mode
+(issue 7) builds the same object with a Redis job store, an S3 artifact store and a Celery queue:
+the routes and the service functions do not change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from services.common.artifacts import ArtifactStore, LocalArtifactStore
+from services.common.config import Settings
+from services.common.errors import FitroomError
+from services.common.inference import LocalBackend, embedded_backend
+from services.gateway.db import Database
+from services.gateway.fetch import SafeFetcher, UrlPolicy
+from services.gateway.jobs import GarmentRegistry, Job, JobStore, SqliteGarmentRegistry, SqliteJobStore
+from services.gateway.keys import KeyStore
+from services.gateway.metrics import Metrics
+from services.gateway.queue import JobQueue, ThreadQueue
+from services.gateway.storage import TenantArtifactStore, job_prefix
+from services.gateway.webhooks import WebhookOutbox
+from services.gateway.worker import JobExecutor
+
+log = logging.getLogger("fitroom.gateway")
+
+_PROBE_KEY = "health/probe"
+_JANITOR_INTERVAL_S = 60.0
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.gateway_db)
+        self.jobs: JobStore = SqliteJobStore(self.db)
+        self.garments: GarmentRegistry = SqliteGarmentRegistry(self.db)
+        self.keys = KeyStore(self.db)
+        self.artifacts: ArtifactStore = LocalArtifactStore(settings.data_dir / "artifacts")
+        self.infer: LocalBackend = embedded_backend(settings)
+        self.metrics = metrics or Metrics()
+        policy = UrlPolicy(settings.allowed_url_hosts())
+        self.fetcher = SafeFetcher(policy, settings.fetch_timeout_s, settings.fetch_max_redirects)
+        # Webhooks get their own client: a slow receiver must not hold up image fetches.
+        self.outbox = WebhookOutbox(
+            self.db, self.keys, SafeFetcher(policy, settings.webhook_timeout_s, 0), settings, self.metrics
+        )
+        self.executor = JobExecutor(
+            self.jobs, self.garments, self.artifacts, self.infer, self.outbox, self.metrics, settings
+        )
+        self.queue: JobQueue = ThreadQueue(self.executor, settings.workers, settings.queue_size)
+        self.analysis_slots = threading.BoundedSemaphore(settings.workers)
+        self.metrics.watch(self.jobs.count_by_status, self.queue.depth)
+        self.models_error: str | None = "models are loading"
+        self._stopping = threading.Event()
+        self._janitor = threading.Thread(target=self._janitor_loop, name="fitroom-janitor", daemon=True)
+
+    def start(self) -> None:
+        """Re-queue what a previous run left unfinished, then start the workers and background threads."""
+        recovered = self.jobs.recover()
+        if recovered:
+            log.info("re-queued %d unfinished job(s) from the previous run", len(recovered))
+        self.queue.restore(recovered)
+        self.queue.start()
+        self.outbox.start()
+        self._janitor.start()
+        threading.Thread(target=self._load_models, name="fitroom-warmup", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.executor.stopping.set()  # running jobs stop at their next stage and go back to the queue
+        self.queue.stop(self.settings.shutdown_grace_s)
+        self.outbox.stop()
+        self.fetcher.close()
+
+    def readiness(self) -> dict[str, str]:
+        """Each dependency's state: "ok", or why it is not."""
+        checks = {"models": self.models_error or "ok"}
+        try:
+            self.db.ping()
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        try:
+            self.artifacts.put(_PROBE_KEY, b"ok")
+            checks["storage"] = "ok" if self.artifacts.get(_PROBE_KEY) == b"ok" else "read back wrong data"
+        except Exception as exc:
+            checks["storage"] = f"unreachable: {type(exc).__name__}"
+        checks["queue"] = "ok" if self.queue.healthy() else "workers are not running"
+        checks["webhooks"] = "ok" if self.outbox.healthy() else "the webhook sender is not running"
+        return checks
+
+    def _load_models(self) -> None:
+        """Load every model of the repository now, so the first job does not pay for it (readyz waits)."""
+        start = time.perf_counter()
+        repository = self.settings.model_repository
+        try:
+            names = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+            if not names:
+                raise FileNotFoundError(f"no models in {repository}: run `fitroom models build`")
+            for name in names:
+                self.infer.load(name)
+        except (FitroomError, OSError) as exc:
+            self.models_error = getattr(exc, "message", str(exc))
+            log.error("models unavailable: %s", self.models_error)
+            return
+        self.models_error = None
+        log.info("loaded %d models in %.1f s", len(names), time.perf_counter() - start)
+
+    def _janitor_loop(self) -> None:
+        """Erase finished jobs past the retention period (their results are personal data too)."""
+        while not self._stopping.wait(_JANITOR_INTERVAL_S):
+            if self.settings.job_retention_s <= 0:
+                continue
+            try:
+                self.expire_jobs(time.time() - self.settings.job_retention_s)
+            except Exception:
+                log.exception("janitor error")
+
+    def expire_jobs(self, cutoff: float) -> int:
+        """Erase every job finished before `cutoff`; returns how many."""
+        erased = 0
+        while expired := self.jobs.finished_before(cutoff):
+            for job in expired:
+                self.erase_job(job)
+            erased += len(expired)
+        return erased
+
+    def erase_job(self, job: Job) -> int:
+        """The job, its inputs, result and webhook, and the cached pose and parse of its photo
+        (derived personal data); returns the number of artifacts deleted."""
+        store = TenantArtifactStore(self.artifacts, job.tenant)
+        self.jobs.delete(job.tenant, job.id)
+        self.outbox.delete_for_job(job.id)
+        return store.delete_prefix(job_prefix(job.id)) + store.delete_prefix(job.person_prefix)

@@ -1,0 +1,66 @@
+"""Where the gateway keeps images: every tenant in its own part of the artifact store.
+
+The pipeline caches a person's pose and parse under the photo's content hash. Giving each tenant
+its own view of the store keeps that cache (and garment analyses) from being shared between
+retailers: one tenant can never learn, even by timing, that another saw the same photo, and
+erasing a tenant's data is one prefix.
+"""
+
+from __future__ import annotations
+
+from services.common.artifacts import ArtifactStore, validate_key
+from services.gateway.jobs import OutputFormat
+
+MEDIA_TYPES: dict[OutputFormat, str] = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+class TenantArtifactStore:
+    """An ArtifactStore whose keys all live under `tenants/<tenant>/` of another store."""
+
+    def __init__(self, base: ArtifactStore, tenant: str) -> None:
+        self.base = base
+        self.prefix = validate_key(f"tenants/{tenant}") + "/"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.base.put(self.prefix + validate_key(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self.base.get(self.prefix + validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        return self.base.exists(self.prefix + validate_key(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.base.delete_prefix(self.prefix + prefix)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return [key[len(self.prefix) :] for key in self.base.list(self.prefix + prefix)]
+
+
+# Key layout inside a tenant's store. Job inputs are deleted once the job has finished.
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def person_input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/input/person"
+
+
+def garment_input_key(job_id: str) -> str:
+    return f"jobs/{job_id}/input/garment"
+
+
+def job_inputs_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/input/"
+
+
+def result_key(job_id: str, output_format: OutputFormat) -> str:
+    return f"jobs/{job_id}/result.{'jpg' if output_format == 'jpeg' else 'png'}"
+
+
+def garment_image_key(garment_id: str) -> str:
+    return f"garments/{garment_id}/image"
+
+
+def garment_prefix(garment_id: str) -> str:
+    return f"garments/{garment_id}/"
