@@ -1,4 +1,4 @@
-# Fitroom: `make demo` installs everything and runs a try-on stage on a sample photo;
+# Fitroom: `make demo` installs everything and runs a try-on on a sample photo;
 # `make test` installs everything and runs the whole test suite.
 PYTHON ?= python3.11
 VENV   := .venv
@@ -32,6 +32,9 @@ demo: models
 	@echo "skeleton overlay: $(OUT)/astronaut_pose.jpg   person mask: $(OUT)/astronaut_mask.png"
 	$(BIN)/fitroom parse $(OUT)/astronaut.png -o $(OUT)/parse --agnostic upper > /dev/null
 	@echo "LIP label map: $(OUT)/parse/astronaut.png   agnostic mask (upper): $(OUT)/parse/astronaut_agnostic.png"
+	$(BIN)/python -m tests.warp.drawn $(OUT)/tee.png
+	$(BIN)/fitroom tryon --person $(OUT)/astronaut.png --garment $(OUT)/tee.png -o $(OUT)/astronaut_tee.jpg --debug $(OUT)/tryon_debug
+	@echo "try-on: $(OUT)/astronaut_tee.jpg (the astronaut wearing the drawn tee $(OUT)/tee.png); intermediates: $(OUT)/tryon_debug/"
 
 lint: install
 	$(BIN)/ruff check services tests bench
@@ -46,6 +49,8 @@ bench: models
 	$(BIN)/python bench/parse_accuracy.py
 	$(BIN)/python bench/warp_speed.py
 	$(BIN)/python bench/warp_accuracy.py
+	$(BIN)/python bench/tryon_speed.py
+	$(BIN)/python bench/tryon_quality.py
 
 clean:
 	rm -rf $(VENV) $(OUT) triton_models/*/1

@@ -60,3 +60,11 @@ def drawn_mask(outline: dict[str, tuple[int, int]], size: tuple[int, int] = (600
     mask = np.zeros(size[::-1], np.uint8)
     cv2.fillPoly(mask, [np.array(list(outline.values()), np.int32)], 1)
     return mask.astype(bool)
+
+
+if __name__ == "__main__":  # `make demo` draws its garment with this: python -m tests.warp.drawn OUT.png
+    import sys
+
+    from PIL import Image
+
+    Image.fromarray(product_image(TEE)).save(sys.argv[1])
