@@ -27,9 +27,10 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 3  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 4  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = ("repaint", "body", "skin_source", "background_source", "shading_source", "garment_allowed")
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
+FILL_SCALE = 4  # the skin and background fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
 
 SIGNATURE = ModelSignature(
@@ -45,24 +46,26 @@ SIGNATURE = ModelSignature(
 )
 
 
-def _push_pull(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-    """Fill the unknown pixels of `image` (1, C, H, W) smoothly from the `known` ones (1, 1, H, W):
-    average down a pyramid counting only known pixels, then fill each level's gaps from the
-    coarser level on the way up."""
-    values, weights = [image * known], [known]
+def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Tensor:
+    """Fill the unknown pixels of each `image` (N, C, H, W) smoothly from its `known` ones
+    (N, 1, H, W): average down a pyramid counting only known pixels, then fill each level's gaps
+    from the coarser level on the way up. The pyramid starts `start` times smaller than the
+    image and its result is brought back up bilinearly: the fill is only used where nothing is
+    known, where it is smooth anyway."""
+    values, weights = [F.avg_pool2d(image * known, start, ceil_mode=True)], [F.avg_pool2d(known, start, ceil_mode=True)]
     while min(values[-1].shape[-2:]) > 1:
         values.append(F.avg_pool2d(values[-1], 2, ceil_mode=True))
         weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
-    total = float(weights[-1].sum())
-    # The coarsest level: the known pixels' mean, or mid-grey when there are none.
-    filled = values[-1] / weights[-1].clamp_min(1e-6) if total > 0 else torch.full_like(values[-1], 0.5)
-    for level in range(len(values) - 2, -1, -1):
+    # The coarsest level: the known pixels' mean, or mid-grey where there are none.
+    coarsest = weights[-1].sum(dim=(2, 3), keepdim=True)
+    mean = values[-1].sum(dim=(2, 3), keepdim=True) / coarsest.clamp_min(1e-6)
+    filled = torch.where(coarsest > 0, mean, torch.full_like(mean, 0.5)).expand_as(values[-1])
+    for level in range(len(values) - 1, -1, -1):
         coarse = F.interpolate(filled, size=values[level].shape[-2:], mode="bilinear", align_corners=False)
         w = weights[level]
-        here = values[level] / w.clamp_min(1e-6)
         trust = (w * 4.0).clamp(0.0, 1.0)  # a quarter of a cell known is enough to trust it
-        filled = trust * here + (1.0 - trust) * coarse
-    return filled
+        filled = trust * (values[level] / w.clamp_min(1e-6)) + (1.0 - trust) * coarse
+    return F.interpolate(filled, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -87,11 +90,12 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class TryonFusion(nn.Module):
-    __constants__ = ("feather", "low", "high")
+    __constants__ = ("feather", "low", "high", "fill_scale")
 
     def __init__(self) -> None:
         super().__init__()
         self.feather = FEATHER
+        self.fill_scale = FILL_SCALE
         self.low, self.high = SHADING_RANGE
 
     def forward(
@@ -122,8 +126,8 @@ class TryonFusion(nn.Module):
         own_shading = own_shading.clamp(self.low, self.high)
 
         # Fill: skin inside the body, background outside it.
-        skin = _push_pull(image, skin_source)
-        background = _push_pull(image, background_source)
+        fills = _push_pull(torch.cat([image, image]), torch.cat([skin_source, background_source]), self.fill_scale)
+        skin, background = fills[0:1], fills[1:2]
         fill = body * (skin * shading).clamp(0.0, 1.0) + (1.0 - body) * background
 
         size = 2 * self.feather + 1

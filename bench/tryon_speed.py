@@ -1,0 +1,89 @@
+"""End-to-end try-on speed at 768x1024 on this machine's CPU, through the embedded Pipeline.
+
+Cold: a new person and a new garment (empty artifact store: pose, parser, garment analysis,
+warp and fusion all run). Warm: the person's pose and parse and the garment's analysis come
+from the store (warp and fusion run). Per-stage medians come from the pipeline's own timings.
+Reference, in the same run: encoding the result as JPEG, the floor of any answer.
+
+Persons: the 768x1024 photos of ../shared/data/photos/person (vitonhd_*), else the astronaut
+scaled to 768x1024; garment: ../shared/data/photos/garment/vitonhd_02305_00.jpg, else a drawn tee.
+
+    .venv/bin/python bench/tryon_speed.py --runs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from shared_data import SHARED_DATA
+from skimage import data
+
+from services.common.artifacts import LocalArtifactStore
+from services.common.imageio import encode_jpeg, read_image_file
+from services.common.inference import embedded_backend
+from services.pipeline import STAGES, Pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.warp.drawn import TEE, product_image
+
+BUDGET_MS = {"cold": 400.0, "warm": 150.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10, help="passes over the persons")
+    args = parser.parse_args()
+    folder = SHARED_DATA / "photos" / "person"
+    persons = [read_image_file(p) for p in sorted(folder.glob("vitonhd_*.jpg"))] if folder.exists() else []
+    persons = [p for p in persons if p.shape[:2] == (1024, 768)] or [cv2.resize(data.astronaut(), (768, 1024))]
+    garment_file = SHARED_DATA / "photos" / "garment" / "vitonhd_02305_00.jpg"
+    garment = read_image_file(garment_file, rgba=True) if garment_file.exists() else product_image(TEE)
+    infer = embedded_backend()
+    Pipeline(LocalArtifactStore(tempfile.mkdtemp()), infer).tryon(persons[0], garment)  # load the models
+
+    totals: dict[str, list[float]] = {"cold": [], "warm": [], "reference": []}
+    stages: dict[str, dict[str, list[float]]] = {"cold": {s: [] for s in STAGES}, "warm": {s: [] for s in STAGES}}
+    for _ in range(args.runs):
+        for person in persons:
+            with tempfile.TemporaryDirectory() as tmp:
+                pipeline = Pipeline(LocalArtifactStore(tmp), infer)
+                for kind in ("cold", "warm"):
+                    start = time.perf_counter()
+                    result = pipeline.tryon(person, garment)
+                    totals[kind].append(1000 * (time.perf_counter() - start))
+                    for stage, seconds in result.seconds.items():
+                        stages[kind][stage].append(1000 * seconds)
+                start = time.perf_counter()
+                encode_jpeg(result.image)
+                totals["reference"].append(1000 * (time.perf_counter() - start))
+
+    reference = float(np.median(totals["reference"]))
+    print(f"{len(persons)} persons at 768x1024 x {args.runs} runs; garment {garment.shape[1]}x{garment.shape[0]}")
+    print("| try-on | median ms | p90 ms | x reference (JPEG encode) | target |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for kind in ("cold", "warm"):
+        v = np.array(totals[kind])
+        verdict = "met" if np.median(v) <= BUDGET_MS[kind] else "**not met**"
+        print(
+            f"| {kind} | {np.median(v):.1f} | {np.percentile(v, 90):.1f} | {np.median(v) / reference:.1f} "
+            f"| <= {BUDGET_MS[kind]:.0f} ms median: {verdict} |"
+        )
+    v = np.array(totals["reference"])
+    print(f"| reference: JPEG encode of the result | {np.median(v):.1f} | {np.percentile(v, 90):.1f} | 1.0 | |")
+    print()
+    print("| stage | cold median ms | warm median ms |")
+    print("| --- | ---: | ---: |")
+    for stage in STAGES:
+        cold, warm = np.median(stages["cold"][stage]), np.median(stages["warm"][stage])
+        print(f"| {stage} | {cold:.1f} | {warm:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
