@@ -190,6 +190,8 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
             armpit = int(side[np.argmin(np.abs(pts[side, 1] - (outline.y0 + 0.35 * outline.height)))])
             cuff_inner, hem_start = armpit, armpit
         upper = walk(0, armpit)[1:]  # the collar point is on this side, never the neckline itself
+        if not len(upper):  # the armpit found is the neckline itself: no shoulder to speak of
+            raise GarmentNotDetected("no shoulder line found on the garment's outline: is this a top?")
         offset = np.abs(pts[upper, 0] - outline.cx)
         near_centre = upper[(offset < 0.3 * outline.width) & (offset > 0.03 * outline.width)]
         collar = int(near_centre[np.argmin(pts[near_centre, 1])]) if len(near_centre) else int(upper[0])
