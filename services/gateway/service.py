@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from anyio import to_thread
 
-from services.common.errors import CategoryInvalid, GarmentNotFound, IdempotencyConflict, QueueFull
+from services.common.errors import CategoryInvalid, GarmentNotFound, IdempotencyConflict, QueueFull, UrlForbidden
 from services.gateway.inputs import GarmentSubmission, TryonSubmission, load_image
 from services.gateway.jobs import Garment, IdempotencyKeyTaken, Job, new_garment_id, new_job_id
 from services.gateway.runtime import Gateway
@@ -51,6 +51,8 @@ def submit_tryon(
             raise GarmentNotFound(f"no garment {fields.garment_id}")
         if fields.category not in ("auto", garment.category):
             raise CategoryInvalid(f"garment {garment.id} is registered as {garment.category}, not {fields.category}")
+    if fields.callback_url is not None:
+        check_callback_url(gateway, fields.callback_url)
     settings = gateway.settings
     limits = {"max_bytes": settings.max_image_bytes, "max_pixels": settings.max_image_pixels}
     person = load_image(submission.person, gateway.fetcher, rgba=False, **limits)
@@ -85,6 +87,15 @@ def submit_tryon(
         store.delete_prefix(job_prefix(job.id))
         raise
     return Submitted(job, replayed=False)
+
+
+def check_callback_url(gateway: Gateway, url: str) -> None:
+    """Refuse now what the webhook sender would refuse later (scheme, credentials, a private
+    literal address); the resolved address is checked again at every delivery."""
+    try:
+        gateway.fetcher.policy.check(url)
+    except UrlForbidden as exc:
+        raise UrlForbidden(f"callback_url: {exc.message}") from None
 
 
 def _idempotent_job(gateway: Gateway, tenant: str, key: str, fingerprint: str) -> Job | None:
