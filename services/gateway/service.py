@@ -72,17 +72,18 @@ def submit_tryon(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
     )
-    store.put(person_input_key(job.id), person.data)
-    if garment_image is not None:
-        store.put(garment_input_key(job.id), garment_image.data)
     try:
-        gateway.jobs.create(job, settings.idempotency_ttl_s)
-    except IdempotencyKeyTaken as taken:  # a concurrent request with the same key won the race
-        store.delete_prefix(job_prefix(job.id))
-        return Submitted(_same_request(taken.existing, fingerprint), replayed=True)
-    try:
+        store.put(person_input_key(job.id), person.data)
+        if garment_image is not None:
+            store.put(garment_input_key(job.id), garment_image.data)
+        try:
+            gateway.jobs.create(job, settings.idempotency_ttl_s)
+        except IdempotencyKeyTaken as taken:  # a concurrent request with the same key won the race
+            store.delete_prefix(job_prefix(job.id))
+            return Submitted(_same_request(taken.existing, fingerprint), replayed=True)
         gateway.queue.submit(job.id)
-    except Exception:
+    except BaseException:
+        # Nothing of a refused submission stays behind (QueueFull, a storage or database error).
         gateway.jobs.delete(tenant, job.id)
         store.delete_prefix(job_prefix(job.id))
         raise

@@ -252,7 +252,9 @@ def test_server_is_healthy_after_the_corpus(server: Server, acme: Key, person_jp
         job = client.post("/v1/tryon", files=files).json()
         assert wait_finished(client, job["id"])["status"] == "succeeded"
         metrics = client.get("/metrics").text
-    assert not re.search(r'^fitroom_http_requests_total\{.*status="5\d\d"\}', metrics, re.MULTILINE), metrics
+    server_errors = re.findall(r'^fitroom_http_requests_total\{.*status="5\d\d"\}.*$', metrics, re.MULTILINE)
+    # /readyz answers 503 while the models load at start: that is what it is for.
+    assert [line for line in server_errors if 'route="/readyz"' not in line] == []
     assert "Traceback" not in server.log()
 
 
