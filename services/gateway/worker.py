@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg
 from services.common.inference import Infer
 from services.gateway.jobs import GarmentRegistry, Job, JobStore, StageState
 from services.gateway.metrics import Metrics
-from services.gateway.schemas import job_view
+from services.gateway.schemas import job_view, timestamp
 from services.gateway.storage import (
     TenantArtifactStore,
     garment_image_key,
@@ -93,7 +94,7 @@ class JobExecutor:
             base_url = self.settings.public_url.rstrip("/") or outcome.base_url
             event = {
                 "type": f"tryon.{outcome.status}",
-                "created_at": int(outcome.finished_at or 0),
+                "created_at": timestamp(outcome.finished_at or time.time()).isoformat(),
                 "data": job_view(outcome, base_url).model_dump(mode="json", exclude={"webhook"}),
             }
             self.outbox.add(outcome.id, outcome.tenant, outcome.callback_url, event)

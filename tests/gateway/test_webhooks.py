@@ -6,10 +6,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
+from services.common.config import PROJECT_ROOT
 from services.gateway.webhooks import sign, signature_header, verify_signature
 from tests.gateway.conftest import WEBHOOK_BACKOFF_S, WEBHOOK_MAX_ATTEMPTS, Receiver
 from tests.gateway.helpers import Key, Recorded, Server, wait_finished, wait_until
@@ -21,6 +25,16 @@ def receiver_verifies(secret: str, request: Recorded, tolerance_s: float = 300) 
     timestamp, signature = fields["t"], fields["v1"]
     expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + request.body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(signature, expected) and abs(time.time() - int(timestamp)) <= tolerance_s
+
+
+def documented_verify() -> Callable[[str, str, bytes], bool]:
+    """The `verify` function docs/API.md gives receivers, run as written there."""
+    text = (PROJECT_ROOT / "docs" / "API.md").read_text()
+    match = re.search(r"```python\n(.*?)```", text, re.DOTALL)
+    assert match, "docs/API.md shows a receiver's verify function"
+    namespace: dict[str, Any] = {}
+    exec(match.group(1), namespace)
+    return namespace["verify"]
 
 
 def webhook_status(client: httpx.Client, job_id: str) -> str | None:
@@ -45,6 +59,9 @@ def test_the_finished_job_is_posted_signed(
     (request,) = [r for r in receiver.requests_to("/ok") if json.loads(r.body)["data"]["id"] == job_id]
     assert request.headers["content-type"] == "application/json"
     assert receiver_verifies(acme.webhook_secret, request)
+    verify = documented_verify()
+    assert verify(acme.webhook_secret, request.headers["fitroom-signature"], request.body)
+    assert not verify(acme.webhook_secret, request.headers["fitroom-signature"], request.body + b" ")
     assert not receiver_verifies(acme.webhook_secret + "x", request)
     tampered = Recorded(request.path, request.headers, request.body.replace(b"succeeded", b"failed"), request.at)
     assert not receiver_verifies(acme.webhook_secret, tampered)
