@@ -200,3 +200,26 @@ def test_validation_errors_map_to_codes() -> None:
     assert isinstance(category, CategoryInvalid)
     unknown = from_validation_errors([{"loc": ("body", "colour"), "msg": "extra", "type": "extra_forbidden"}])
     assert isinstance(unknown, RequestInvalid) and "unknown field 'colour'" in unknown.message
+
+
+def test_finished_jobs_are_erased_after_the_retention_period(tmp_path: Path) -> None:
+    from services.common.config import Settings
+    from services.gateway.runtime import Gateway
+    from services.gateway.storage import result_key
+
+    gateway = Gateway(Settings(data_dir=tmp_path))  # not started: no threads, no models
+    store = TenantArtifactStore(gateway.artifacts, "acme")
+    old, recent, running = job(), job(), job()
+    for item in (old, recent, running):
+        gateway.jobs.create(item, 60)
+        gateway.jobs.claim(item.id)
+        store.put(result_key(item.id, "jpeg"), b"jpeg")
+    store.put("person/abc/v1/pose.json", b"{}")  # the cached pose of their photo
+    gateway.jobs.finish(old.id, "succeeded")
+    cutoff = time.time()
+    gateway.jobs.finish(recent.id, "succeeded")
+    assert gateway.expire_jobs(cutoff) == 1
+    assert gateway.jobs.get("acme", old.id) is None and not store.exists(result_key(old.id, "jpeg"))
+    assert not store.exists("person/abc/v1/pose.json")
+    assert gateway.jobs.get("acme", recent.id) is not None and store.exists(result_key(recent.id, "jpeg"))
+    assert gateway.jobs.get("acme", running.id) is not None  # unfinished jobs are never expired
