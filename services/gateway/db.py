@@ -10,6 +10,7 @@ The schema is versioned with PRAGMA user_version, so a later release migrates an
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -97,6 +98,9 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions; `transaction()` opens them explicitly.
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        # It holds the tenants' webhook secrets (API keys only as hashes): owner-only, as are the
+        # -wal and -shm files SQLite creates with the same mode.
+        os.chmod(self.path, 0o600)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         with self._lock:

@@ -1,6 +1,7 @@
 """What the routes do, beyond HTTP: submit a try-on, register a garment, erase data.
 
-Everything here is blocking (decoding, fetching, SQLite): routes call it from worker threads.
+All of it but wait_for_job blocks (decoding, fetching, SQLite): sync routes call it, which
+FastAPI runs on its thread pool, never on the event loop.
 """
 
 from __future__ import annotations
