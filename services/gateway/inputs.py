@@ -91,26 +91,33 @@ class LoadedImage:
 async def read_tryon(request: Request, max_bytes: int) -> TryonSubmission:
     """POST /v1/tryon's body, JSON or multipart."""
     body, images = await _read_body(request, ("person", "garment"), max_bytes)
-    fields = _validate(TryonJson if _is_json(request) else TryonFields, body)
-    person = images.get("person") or _text_source("person", getattr(fields, "person", None))
-    garment = images.get("garment") or _text_source("garment", getattr(fields, "garment", None))
+    if _is_json(request):
+        parsed = _validate(TryonJson, body)
+        person, garment = _text_source("person", parsed.person), _text_source("garment", parsed.garment)
+        fields = TryonFields.model_validate(parsed.model_dump(exclude={"person", "garment"}))
+    else:  # multipart: the image fields, files or text, are already split off
+        fields = _validate(TryonFields, body)
+        person, garment = images.get("person"), images.get("garment")
     if person is None:
         raise RequestInvalid("person is required: the shopper's photo")
     if (garment is None) == (fields.garment_id is None):
         raise RequestInvalid("give exactly one of garment (an image) and garment_id (a registered garment)")
-    common = TryonFields.model_validate(fields.model_dump(include=set(TryonFields.model_fields)))
-    return TryonSubmission(person=person, garment=garment, fields=common)
+    return TryonSubmission(person=person, garment=garment, fields=fields)
 
 
 async def read_garment(request: Request, max_bytes: int) -> GarmentSubmission:
     """POST /v1/garments' body, JSON or multipart."""
     body, images = await _read_body(request, ("image",), max_bytes)
-    fields = _validate(GarmentJson if _is_json(request) else GarmentFields, body)
-    image = images.get("image") or _text_source("image", getattr(fields, "image", None))
+    if _is_json(request):
+        parsed = _validate(GarmentJson, body)
+        image = _text_source("image", parsed.image)
+        fields = GarmentFields.model_validate(parsed.model_dump(exclude={"image"}))
+    else:
+        fields = _validate(GarmentFields, body)
+        image = images.get("image")
     if image is None:
         raise RequestInvalid("image is required: the garment's product image")
-    common = GarmentFields.model_validate(fields.model_dump(include=set(GarmentFields.model_fields)))
-    return GarmentSubmission(image=image, fields=common)
+    return GarmentSubmission(image=image, fields=fields)
 
 
 def load_image(
@@ -165,6 +172,7 @@ def _check_declared_type(content_type: str, what: str) -> None:
 
 
 def _text_source(field: str, value: str | None) -> ImageSource | None:
+    """An image given in JSON: a data URL or a URL, checked when it is loaded."""
     return None if value is None else ImageSource(field=field, text=value)
 
 

@@ -81,7 +81,8 @@ class Server:
         assert result.returncode == 0, result.stderr
         return Key(**json.loads(result.stdout))
 
-    def start(self, timeout: float = 120) -> None:
+    def start(self, timeout: float = 120, ready: bool = True) -> None:
+        """Start the process and wait until /readyz says 200 (or, with ready=False, /healthz)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing after this returns
         self.process = subprocess.Popen(
@@ -97,7 +98,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"fitroom serve exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/{'readyz' if ready else 'healthz'}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
