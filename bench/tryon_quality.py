@@ -61,6 +61,10 @@ def contact_sheet(pipeline: Pipeline) -> Path | None:
     if not (SHARED_DATA / "photos").exists():
         return None
     height = 384
+    garments = [
+        read_image_file(next((SHARED_DATA / "photos" / "garment").glob(f"{name}.*")), rgba=True)
+        for name in SHEET_GARMENTS
+    ]
     rows = []
     for person_name in SHEET_PERSONS:
         person_path = next((SHARED_DATA / "photos" / "person").glob(f"{person_name}.*"))
@@ -68,8 +72,7 @@ def contact_sheet(pipeline: Pipeline) -> Path | None:
         width = round(person.shape[1] * height / person.shape[0])
         fit = lambda x, w=width: cv2.resize(x, (w, height), interpolation=cv2.INTER_AREA)  # noqa: E731
         row = [fit(person)]
-        for garment_name in SHEET_GARMENTS:
-            garment = read_image_file(next((SHARED_DATA / "photos" / "garment").glob(f"{garment_name}.*")), rgba=True)
+        for garment in garments:
             try:
                 row.append(fit(pipeline.tryon(person, garment).image))
             except FitroomError as exc:
@@ -77,13 +80,13 @@ def contact_sheet(pipeline: Pipeline) -> Path | None:
                 cv2.putText(blank, exc.code, (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 0, 0), 1)
                 row.append(blank)
         rows.append(np.hstack(row))
-    garments = []
-    for garment_name in SHEET_GARMENTS:
-        g = read_image_file(next((SHARED_DATA / "photos" / "garment").glob(f"{garment_name}.*")))
-        garments.append(cv2.resize(g, (round(g.shape[1] * 160 / g.shape[0]), 160), interpolation=cv2.INTER_AREA))
+    thumbnails = [
+        cv2.resize(g[..., :3], (round(g.shape[1] * 160 / g.shape[0]), 160), interpolation=cv2.INTER_AREA)
+        for g in garments
+    ]
     width = max(r.shape[1] for r in rows)
     pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
-    strip = pad(np.hstack([np.full((160, 160, 3), 255, np.uint8), *garments]))
+    strip = pad(np.hstack([np.full((160, 160, 3), 255, np.uint8), *thumbnails]))
     OVERLAYS.mkdir(parents=True, exist_ok=True)
     path = OVERLAYS / "unpaired_sheet.jpg"
     path.write_bytes(encode_jpeg(np.vstack([strip, *[pad(r) for r in rows]]), quality=88))

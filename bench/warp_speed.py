@@ -66,7 +66,7 @@ def main() -> int:
     remap = timings(lambda: cv2.remap(garment_image, map_x, map_y, cv2.INTER_LINEAR), args.runs)
     cold = timings(lambda: analyse_garment(garment_image), args.runs)
     store = LocalArtifactStore(tempfile.mkdtemp())
-    cached_analysis(store, garment_image)
+    cached_analysis(store, garment_image)  # stores it
     cached = timings(lambda: cached_analysis(store, garment_image), args.runs)
 
     print(f"person {width}x{height}, garment {garment_image.shape[1]}x{garment_image.shape[0]}, {args.runs} runs")

@@ -197,7 +197,7 @@ def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Pa
     """(person, garment, output) of each try-on the arguments ask for, or why they are wrong.
     Batches write OUTDIR/<person stem>__<garment stem><suffix>."""
     out = Path(args.output)
-    if getattr(args, "pairs", None):
+    if args.pairs:
         if not (args.person_dir and args.garment_dir):
             return "--pairs needs --person-dir and --garment-dir"
         try:
@@ -205,7 +205,7 @@ def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Pa
         except (OSError, ValueError) as exc:
             return str(exc)
         pairs = [(str(Path(args.person_dir) / p), str(Path(args.garment_dir) / g)) for p, g in pairs]
-    elif args.person and getattr(args, "garment_dir", None) and not args.garment:
+    elif args.person and args.garment_dir and not args.garment:
         folder = Path(args.garment_dir)
         if not folder.is_dir():
             return f"--garment-dir {folder} is not a folder"
@@ -217,8 +217,7 @@ def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Pa
         return [(args.person, args.garment, out)]
     else:
         return (
-            "give --person and --garment, --person with --garment-dir, "
-            "or --pairs with --person-dir and --garment-dir"
+            "give --person and --garment, --person with --garment-dir, or --pairs with --person-dir and --garment-dir"
         )
     return [(p, g, out / f"{Path(p).stem}__{Path(g).stem}{suffix}") for p, g in pairs]
 
@@ -271,9 +270,7 @@ def _write_debug(folder: Path, result: TryonResult, person: np.ndarray, garment:
     if parse.agnostic is not None:
         (folder / "agnostic.png").write_bytes(encode_png(np.where(parse.agnostic, 255, 0).astype(np.uint8)))
     (folder / "garment_mask.png").write_bytes(encode_png(np.where(result.garment.mask, 255, 0).astype(np.uint8)))
-    (folder / "garment_landmarks.jpg").write_bytes(
-        encode_jpeg(_draw_landmarks(garment, result.garment.landmarks))
-    )
+    (folder / "garment_landmarks.jpg").write_bytes(encode_jpeg(_draw_landmarks(garment, result.garment.landmarks)))
     (folder / "garment.json").write_text(json.dumps(result.garment.model_dump(), indent=2) + "\n")
     (folder / "warped.png").write_bytes(encode_png(np.round(result.warped.rgba * 255).astype(np.uint8)))
 
@@ -374,6 +371,17 @@ def _each_image(paths: Sequence[str], process: Callable[[str, np.ndarray], dict]
 # --------------------------------------------------------------------------- main
 
 
+def _add_pair_arguments(command: argparse.ArgumentParser, output_help: str) -> None:
+    """The person and garment arguments of the commands that _pair_jobs reads."""
+    command.add_argument("--person", help="person photo")
+    command.add_argument("--garment", help="product image of the garment")
+    command.add_argument("--garment-dir", help="with --person (a catalog) or --pairs: folder of garment images")
+    command.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
+    command.add_argument("--person-dir", help="with --pairs: folder of the person photos")
+    command.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    command.add_argument("-o", "--output", required=True, help=output_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitroom", description="Fitroom virtual try-on")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -413,33 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     garment.set_defaults(func=cmd_garment)
 
     warp = commands.add_parser("warp", help="the garment warped onto the person: RGBA PNG on the person's canvas")
-    warp.add_argument("--person", help="person photo")
-    warp.add_argument("--garment", help="product image of the garment")
-    warp.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
-    warp.add_argument("--person-dir", help="with --pairs: folder of the person photos")
-    warp.add_argument("--garment-dir", help="with --pairs: folder of the garment images")
-    warp.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
-    warp.add_argument(
-        "-o", "--output", required=True, help="OUT.png; with --pairs a folder of <person stem>__<garment stem>.png"
-    )
+    _add_pair_arguments(warp, "OUT.png; batches: a folder of <person stem>__<garment stem>.png")
     warp.set_defaults(func=cmd_warp)
 
     tryon = commands.add_parser(
         "tryon",
         help="the person wearing the garment; batches: one person and a --garment-dir catalog, or VITON-style --pairs",
     )
-    tryon.add_argument("--person", help="person photo")
-    tryon.add_argument("--garment", help="product image of the garment")
-    tryon.add_argument("--garment-dir", help="with --person (a catalog) or --pairs: folder of garment images")
-    tryon.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
-    tryon.add_argument("--person-dir", help="with --pairs: folder of the person photos")
-    tryon.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
-    tryon.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="OUT.jpg or OUT.png; batches: a folder of <person stem>__<garment stem>.jpg",
-    )
+    _add_pair_arguments(tryon, "OUT.jpg or OUT.png; batches: a folder of <person stem>__<garment stem>.jpg")
     tryon.add_argument(
         "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
     )

@@ -20,9 +20,9 @@ from services.common.artifacts import (
     ArtifactStore,
     get_array,
     get_json,
+    image_digest,
     put_array,
     put_json,
-    sha256_hex,
 )
 from services.common.contracts import LANDMARK_INDEX, Category, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import CategoryUnsupported
@@ -46,7 +46,8 @@ REQUIRED_JOINTS: dict[Category, tuple[str, ...]] = {
     "dress": ("left_shoulder", "right_shoulder", "left_hip", "right_hip", "left_knee", "right_knee"),
 }
 
-# on_stage(stage, event, seconds): event is "running" (seconds 0), "done" or "cached".
+# on_stage(stage, event, seconds): event is "running" (seconds 0), "done" (seconds spent) or
+# "cached" (seconds 0: the result came from the store, nothing was computed).
 StageCallback = Callable[[str, str, float], None]
 
 
@@ -59,11 +60,6 @@ class TryonResult:
     garment: GarmentAnalysis
     warped: WarpResult
     seconds: dict[str, float] = field(default_factory=dict)  # per stage; 0 when served from the store
-
-
-def image_digest(image: np.ndarray) -> str:
-    """Content address of decoded pixels (a re-encoded upload of the same pixels hits the cache)."""
-    return sha256_hex(np.ascontiguousarray(image).tobytes() + str(image.shape).encode())
 
 
 def person_prefix(image: np.ndarray) -> str:
@@ -132,8 +128,11 @@ class Pipeline:
         notify = on_stage or _ignore
         notify("garment", "running", 0.0)
         start = time.perf_counter()
-        analysis = cached_analysis(self.store, image, category)
-        notify("garment", "done", time.perf_counter() - start)
+        analysis, from_store = cached_analysis(self.store, image, category)
+        if from_store:
+            notify("garment", "cached", 0.0)
+        else:
+            notify("garment", "done", time.perf_counter() - start)
         return analysis
 
     def tryon(

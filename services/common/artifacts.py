@@ -94,6 +94,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def image_digest(image: np.ndarray) -> str:
+    """Content address of decoded pixels and their shape: a re-encoded upload of the same pixels
+    hits the same entries."""
+    return sha256_hex(np.ascontiguousarray(image).tobytes() + str(image.shape).encode())
+
+
 def put_array(store: ArtifactStore, key: str, arr: np.ndarray) -> None:
     """Store an array in .npy format; object arrays are refused (loading them would unpickle)."""
     buf = io.BytesIO()

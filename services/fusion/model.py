@@ -68,6 +68,11 @@ def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Te
     return F.interpolate(filled, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) Rec. 601 luma of the first three channels of (N, C, H, W) `rgb`."""
+    return 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (1, C, H, W) `x`: on a copy shrunk until sigma is ~2 pixels, then
     brought back bilinearly. A low-pass result loses nothing by the round trip."""
@@ -106,7 +111,7 @@ class TryonFusion(nn.Module):
         shading_source, allowed = regions[:, 4:5], regions[:, 5:6]
 
         # Lighting: the old garment's blurred luminance relative to its mean.
-        luminance = (0.299 * image[:, 0:1] + 0.587 * image[:, 1:2] + 0.114 * image[:, 2:3]) * shading_source
+        luminance = _luminance(image) * shading_source
         sigma = float(lighting_sigma[0, 0])
         support = _gaussian_blur(torch.cat([luminance, shading_source], dim=1), sigma)
         total = float(shading_source.sum())
@@ -118,7 +123,7 @@ class TryonFusion(nn.Module):
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
         # the same way, so that the garment carries the person photo's light, not both.
         alpha = garment[:, 3:4] * allowed
-        garment_luminance = 0.299 * garment[:, 0:1] + 0.587 * garment[:, 1:2] + 0.114 * garment[:, 2:3]
+        garment_luminance = _luminance(garment)
         own = _gaussian_blur(torch.cat([garment_luminance * alpha, alpha], dim=1), sigma)
         coverage = float(alpha.sum())
         own_mean = float((garment_luminance * alpha).sum()) / coverage if coverage > 0 else 1.0

@@ -25,7 +25,7 @@ from services.gateway.storage import (
     person_input_key,
 )
 from services.pipeline import Pipeline, person_prefix
-from services.warp.cache import analysis_key
+from services.warp import cache as garment_cache
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def register_garment(gateway: Gateway, tenant: str, submission: GarmentSubmissio
         requested_category=requested,
         width=analysis.image_width,
         height=analysis.image_height,
-        cache_prefix=analysis_key(image.pixels, category).rsplit("/", 1)[0] + "/",
+        cache_prefix=garment_cache.garment_prefix(image.pixels),
         sku=submission.fields.sku,
     )
     store.put(garment_image_key(garment.id), image.data)

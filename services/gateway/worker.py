@@ -34,7 +34,6 @@ from services.gateway.storage import (
 )
 from services.gateway.webhooks import WebhookOutbox
 from services.pipeline import Pipeline
-from services.warp.cache import analysis_key
 
 log = logging.getLogger("fitroom.gateway.worker")
 
@@ -102,8 +101,6 @@ class JobExecutor:
     def _run(self, job: Job, store: TenantArtifactStore, current: list[str]) -> tuple[bytes, Category]:
         person = decode_image(store.get(person_input_key(job.id)))
         garment, category = self._garment(job, store)
-        # The pipeline always reports the garment stage as run; say "cached" when the analysis is there.
-        garment_cached = store.exists(f"{analysis_key(garment, category)}.json")
 
         def on_stage(stage: str, event: str, seconds: float) -> None:
             if event == "running":
@@ -113,7 +110,7 @@ class JobExecutor:
                 self.jobs.set_stage(job.id, stage, StageState("running"))
                 return
             current.clear()
-            if event == "cached" or (stage == "garment" and garment_cached):
+            if event == "cached":
                 self.metrics.stage_cache_hits.labels(stage).inc()
                 self.jobs.set_stage(job.id, stage, StageState("cached", round(seconds, 4)))
             else:

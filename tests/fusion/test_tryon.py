@@ -250,38 +250,38 @@ def test_unpaired_photos_keep_face_hands_and_lower_garment(
 
     pipeline, garments = unpaired
     problems = []
-    for person_path in [PHOTOS / "person" / person_name]:
-        person = read_image_file(person_path)
-        pose, before = pipeline.person(person)
-        pts = pose.landmark_array()[:, :2]
-        t_axis = BodyFrame.from_points(pts)
-        for name, garment in garments:
-            result = pipeline.tryon(person, garment, "upper")
-            after = parser_stage.run(result.image, pose, infer)
-            case = f"{person_path.name} + {name}"
-            was, now = before.labels == LIP["face"], after.labels == LIP["face"]
-            if was.sum() > 500 and (was & now).sum() / (was | now).sum() < 0.8:
-                problems.append(f"{case}: face IoU {(was & now).sum() / (was | now).sum():.2f}")
-            lower = np.isin(before.labels, (LIP["pants"], LIP["skirt"]))
-            xs, ys = np.meshgrid(np.arange(person.shape[1]), np.arange(person.shape[0]))
-            t, _ = t_axis.coords(xs.astype(np.float32), ys.astype(np.float32))
-            lower &= t > 1.4  # below the hips, where no top reaches
-            if lower.sum() > 2000:
-                changed = (np.abs(result.image[lower].astype(int) - person[lower]).max(axis=1) > 8).mean()
-                if changed > 0.05:
-                    problems.append(f"{case}: {changed:.0%} of the lower garment changed")
-            for side in ("left", "right"):
-                hand = pts[LANDMARK_INDEX[f"{side}_index"]].round().astype(int)
-                x, y = hand
-                if 0 <= y < person.shape[0] and 0 <= x < person.shape[1] and before.labels[y, x] in (14, 15):
-                    patch = (slice(max(0, y - 3), y + 4), slice(max(0, x - 3), x + 4))
-                    if np.abs(result.image[patch].astype(int) - person[patch]).max() > 8:
-                        problems.append(f"{case}: {side} hand repainted")
-            shoulders = pts[[LANDMARK_INDEX["left_shoulder"], LANDMARK_INDEX["right_shoulder"]]]
-            x0, x1 = sorted(shoulders[:, 0])
-            y_chest = int(shoulders[:, 1].mean() + 0.3 * t_axis.length)
-            chest = after.labels[y_chest, int(x0 + 0.25 * (x1 - x0)) : int(x1 - 0.25 * (x1 - x0))]
-            covered = np.isin(chest, (LIP["upper_clothes"], LIP["dress"], LIP["coat"])).mean()
-            if covered < 0.7:
-                problems.append(f"{case}: {covered:.0%} of the chest parses as a garment")
+    person_path = PHOTOS / "person" / person_name
+    person = read_image_file(person_path)
+    pose, before = pipeline.person(person)
+    pts = pose.landmark_array()[:, :2]
+    t_axis = BodyFrame.from_points(pts)
+    for name, garment in garments:
+        result = pipeline.tryon(person, garment, "upper")
+        after = parser_stage.run(result.image, pose, infer)
+        case = f"{person_path.name} + {name}"
+        was, now = before.labels == LIP["face"], after.labels == LIP["face"]
+        if was.sum() > 500 and (was & now).sum() / (was | now).sum() < 0.8:
+            problems.append(f"{case}: face IoU {(was & now).sum() / (was | now).sum():.2f}")
+        lower = np.isin(before.labels, (LIP["pants"], LIP["skirt"]))
+        xs, ys = np.meshgrid(np.arange(person.shape[1]), np.arange(person.shape[0]))
+        t, _ = t_axis.coords(xs.astype(np.float32), ys.astype(np.float32))
+        lower &= t > 1.4  # below the hips, where no top reaches
+        if lower.sum() > 2000:
+            changed = (np.abs(result.image[lower].astype(int) - person[lower]).max(axis=1) > 8).mean()
+            if changed > 0.05:
+                problems.append(f"{case}: {changed:.0%} of the lower garment changed")
+        for side in ("left", "right"):
+            hand = pts[LANDMARK_INDEX[f"{side}_index"]].round().astype(int)
+            x, y = hand
+            if 0 <= y < person.shape[0] and 0 <= x < person.shape[1] and before.labels[y, x] in (14, 15):
+                patch = (slice(max(0, y - 3), y + 4), slice(max(0, x - 3), x + 4))
+                if np.abs(result.image[patch].astype(int) - person[patch]).max() > 8:
+                    problems.append(f"{case}: {side} hand repainted")
+        shoulders = pts[[LANDMARK_INDEX["left_shoulder"], LANDMARK_INDEX["right_shoulder"]]]
+        x0, x1 = sorted(shoulders[:, 0])
+        y_chest = int(shoulders[:, 1].mean() + 0.3 * t_axis.length)
+        chest = after.labels[y_chest, int(x0 + 0.25 * (x1 - x0)) : int(x1 - 0.25 * (x1 - x0))]
+        covered = np.isin(chest, (LIP["upper_clothes"], LIP["dress"], LIP["coat"])).mean()
+        if covered < 0.7:
+            problems.append(f"{case}: {covered:.0%} of the chest parses as a garment")
     assert not problems, "\n".join(problems)

@@ -107,11 +107,12 @@ def test_not_a_product_image_is_garment_not_detected(make: object) -> None:
 def test_cached_analysis_is_computed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = LocalArtifactStore(tmp_path)
     image = product_image(TEE)
-    first = cache.cached_analysis(store, image)
+    first, first_from_store = cache.cached_analysis(store, image)
     calls = []
     monkeypatch.setattr(cache, "analyse_garment", lambda *a: calls.append(a))
-    second = cache.cached_analysis(store, image)
+    second, second_from_store = cache.cached_analysis(store, image)
     assert calls == []
+    assert not first_from_store and second_from_store
     assert second.landmarks == first.landmarks and second.category == first.category
     assert np.array_equal(second.mask, first.mask)
     # Another image or another category is another entry.
