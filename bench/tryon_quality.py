@@ -57,22 +57,12 @@ def scores(result: np.ndarray, truth: np.ndarray, box: tuple[slice, slice]) -> t
     return ssim(result, truth), ssim(result[box], truth[box]), float(peak_signal_noise_ratio(truth, result))
 
 
-def on_white_backdrop(image: np.ndarray) -> np.ndarray:
-    """RGB of an RGB or RGBA image, transparent parts white."""
-    if image.shape[2] == 3:
-        return image
-    alpha = image[..., 3:].astype(np.float32) / 255.0
-    return np.round(image[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-
-
 def contact_sheet(pipeline: Pipeline) -> Path | None:
     if not (SHARED_DATA / "photos").exists():
         return None
     height = 384
-    garments = [
-        read_image_file(next((SHARED_DATA / "photos" / "garment").glob(f"{name}.*")), rgba=True)
-        for name in SHEET_GARMENTS
-    ]
+    paths = [next((SHARED_DATA / "photos" / "garment").glob(f"{name}.*")) for name in SHEET_GARMENTS]
+    garments = [read_image_file(path, rgba=True) for path in paths]
     rows = []
     for person_name in SHEET_PERSONS:
         person_path = next((SHARED_DATA / "photos" / "person").glob(f"{person_name}.*"))
@@ -88,7 +78,7 @@ def contact_sheet(pipeline: Pipeline) -> Path | None:
                 cv2.putText(blank, exc.code, (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 0, 0), 1)
                 row.append(blank)
         rows.append(np.hstack(row))
-    on_white = [on_white_backdrop(g) for g in garments]
+    on_white = [read_image_file(path) for path in paths]  # transparency flattened on white by the reader
     thumbnails = [
         cv2.resize(g, (round(g.shape[1] * 160 / g.shape[0]), 160), interpolation=cv2.INTER_AREA) for g in on_white
     ]
