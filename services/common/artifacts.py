@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from services.common.config import get_settings
+from services.common.config import Settings, get_settings
 
 # No leading dot: that rules out "." and ".." and keeps our ".<name>.*.tmp" files out of the key space.
 _SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -226,3 +226,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def artifact_store(settings: Settings | None = None) -> ArtifactStore:
+    """The store FITROOM_STORAGE names: local disk (embedded default) or S3."""
+    settings = settings or get_settings()
+    if settings.storage == "s3":
+        from services.common.s3_store import S3ArtifactStore  # boto3 is imported only when used
+
+        return S3ArtifactStore.from_settings(settings)
+    return LocalArtifactStore(settings.data_dir / "artifacts")

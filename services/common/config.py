@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,67 @@ class Settings(BaseModel):
     webhook_backoff_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_BACKOFF_S", "10")))
     webhook_backoff_max_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_BACKOFF_MAX_S", "3600")))
     webhook_timeout_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_TIMEOUT_S", "10")))
+
+    # --- Distributed mode (services/distributed; DESIGN.md "Modes") ---
+    # "embedded": jobs run on the gateway's own threads, state in its SQLite database.
+    # "distributed": jobs, garments, API keys and webhooks in Redis; stages run as Celery tasks
+    # on per-stage queues, served by `fitroom worker --stage ...`.
+    mode: Literal["embedded", "distributed"] = Field(default_factory=lambda: _env("MODE", "embedded"))
+    # Shared state of the distributed mode. Production Redis: AOF on, maxmemory-policy noeviction.
+    redis_url: str = Field(default_factory=lambda: _env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    # Celery's broker; unset, the same Redis.
+    broker_url: str = Field(default_factory=lambda: _env("BROKER_URL", ""))
+    # A task past this is killed (Celery's hard time limit); its job is retried or fails.
+    task_time_limit_s: int = Field(default_factory=lambda: int(_env("TASK_TIME_LIMIT_S", "120")), ge=1)
+    # An unacknowledged task returns to its queue after this (a worker died holding it). Must exceed
+    # the time limit, or a slow task would be handed to a second worker while the first still runs.
+    visibility_timeout_s: int = Field(default_factory=lambda: int(_env("VISIBILITY_TIMEOUT_S", "300")), ge=1)
+    # Times one stage of a job may be started before the job fails with worker_lost (a poison input
+    # that kills its worker every time must not loop forever).
+    max_task_attempts: int = Field(default_factory=lambda: int(_env("MAX_TASK_ATTEMPTS", "3")), ge=1)
+    # Transient failures (Triton, S3 or Redis unreachable): retried this often, backoff doubling from
+    # task_retry_backoff_s up to task_retry_backoff_max_s, then the job fails with the error's code.
+    task_retries: int = Field(default_factory=lambda: int(_env("TASK_RETRIES", "5")), ge=0)
+    task_retry_backoff_s: float = Field(default_factory=lambda: float(_env("TASK_RETRY_BACKOFF_S", "1")), gt=0)
+    task_retry_backoff_max_s: float = Field(default_factory=lambda: float(_env("TASK_RETRY_BACKOFF_MAX_S", "30")))
+    # The reaper fails a job still unfinished this long after it was accepted (code job_timeout).
+    job_deadline_s: float = Field(default_factory=lambda: float(_env("JOB_DEADLINE_S", "900")), gt=0)
+
+    # Where models run: "local" (TorchScript in this process) or "triton" (tritonclient).
+    inference: Literal["local", "triton"] = Field(default_factory=lambda: _env("INFERENCE", "local"))
+    # host:port of Triton's gRPC (default port 8001) or HTTP (8000) endpoint.
+    triton_url: str = Field(default_factory=lambda: _env("TRITON_URL", "127.0.0.1:8001"))
+    triton_protocol: Literal["grpc", "http"] = Field(default_factory=lambda: _env("TRITON_PROTOCOL", "grpc"))
+    # One inference request's deadline; a failed one is retried with doubling backoff.
+    triton_timeout_s: float = Field(default_factory=lambda: float(_env("TRITON_TIMEOUT_S", "30")), gt=0)
+    triton_retries: int = Field(default_factory=lambda: int(_env("TRITON_RETRIES", "3")), ge=0)
+    triton_retry_backoff_s: float = Field(default_factory=lambda: float(_env("TRITON_RETRY_BACKOFF_S", "0.5")))
+
+    # Where artifacts live: "local" (FITROOM_DATA_DIR/artifacts) or "s3" (boto3, any S3-compatible
+    # store; credentials from the usual AWS_* variables or the instance's role).
+    storage: Literal["local", "s3"] = Field(default_factory=lambda: _env("STORAGE", "local"))
+    s3_bucket: str = Field(default_factory=lambda: _env("S3_BUCKET", "fitroom"))
+    s3_prefix: str = Field(default_factory=lambda: _env("S3_PREFIX", ""))
+    # Unset: AWS itself. For MinIO, SeaweedFS, Ceph and the like, their URL.
+    s3_endpoint_url: str = Field(default_factory=lambda: _env("S3_ENDPOINT_URL", ""))
+    s3_region: str = Field(default_factory=lambda: _env("S3_REGION", "us-east-1"))
+    s3_timeout_s: float = Field(default_factory=lambda: float(_env("S3_TIMEOUT_S", "10")), gt=0)
+    s3_max_attempts: int = Field(default_factory=lambda: int(_env("S3_MAX_ATTEMPTS", "4")), ge=1)
+    # Result URLs handed to clients are presigned for this long.
+    s3_presign_expiry_s: int = Field(default_factory=lambda: int(_env("S3_PRESIGN_EXPIRY_S", "3600")), ge=1)
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"FITROOM_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"FITROOM_TASK_TIME_LIMIT_S ({self.task_time_limit_s})"
+            )
+        return self
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
 
     @property
     def gateway_db(self) -> Path:

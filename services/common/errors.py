@@ -61,6 +61,38 @@ class InferenceUnavailable(FitroomError):
     http_status = 503
 
 
+class StorageUnavailable(FitroomError):
+    """The artifact store (e.g. S3) could not be reached or refused the request."""
+
+    code = "storage_unavailable"
+    http_status = 503
+
+
+class QueueUnavailable(FitroomError):
+    """The job queue or the job state (Redis) could not be reached."""
+
+    code = "queue_unavailable"
+    http_status = 503
+
+
+class WorkerLost(FitroomError):
+    """A stage's worker died every time it ran this job (a poison input, or out of memory)."""
+
+    code = "worker_lost"
+    http_status = 500
+
+
+class JobTimeout(FitroomError):
+    """The job did not finish within FITROOM_JOB_DEADLINE_S of being accepted."""
+
+    code = "job_timeout"
+    http_status = 504
+
+
+# Failures worth retrying: the service behind them may come back.
+TRANSIENT_ERRORS: tuple[type[FitroomError], ...] = (InferenceUnavailable, StorageUnavailable, QueueUnavailable)
+
+
 class GarmentNotDetected(FitroomError):
     """The garment image holds no garment we can cut out: blank, noise, or not a product shot."""
 

@@ -99,3 +99,13 @@ def embedded_backend(settings: Settings | None = None) -> LocalBackend:
     settings = settings or get_settings()
     cv2.setNumThreads(settings.opencv_threads)
     return LocalBackend(settings.model_repository, threads=settings.torch_threads)
+
+
+def inference_backend(settings: Settings | None = None) -> Infer:
+    """The backend FITROOM_INFERENCE names: in-process TorchScript (default) or Triton."""
+    settings = settings or get_settings()
+    if settings.inference == "triton":
+        from services.common.triton_backend import TritonBackend  # tritonclient only when used
+
+        return TritonBackend.from_settings(settings)
+    return embedded_backend(settings)
