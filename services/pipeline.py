@@ -84,16 +84,18 @@ def check_category(pose: PoseResult, category: Category) -> None:
 
 
 class Pipeline:
-    """The four stages in one process, with results reused through `store`."""
+    """The stages with results reused through `store`. Each method is one stage: `tryon` chains them
+    in one process (embedded mode); distributed mode runs each as its own Celery task
+    (services/distributed/tasks.py), on the same methods."""
 
     def __init__(self, store: ArtifactStore, infer: Infer) -> None:
         self.store = store
         self.infer = infer
 
-    def person(self, image: np.ndarray, on_stage: StageCallback | None = None) -> tuple[PoseResult, ParseResult]:
-        """Pose and parse of a person photo, from the store or computed and stored."""
+    def pose(self, image: np.ndarray, on_stage: StageCallback | None = None) -> PoseResult:
+        """The pose of a person photo, from the store or computed and stored."""
         notify = on_stage or _ignore
-        key = f"{person_prefix(image)}v{PERSON_VERSION}"
+        key = _person_key(image)
         try:
             record, mask = get_json(self.store, f"{key}/pose.json"), get_array(self.store, f"{key}/pose_mask.npy")
             notify("pose", "cached", 0.0)
@@ -106,7 +108,12 @@ class Pipeline:
             put_json(self.store, f"{key}/pose.json", record)
             notify("pose", "done", time.perf_counter() - start)
         # The stored mask is 8-bit; the parser sees the same mask on the first run as on later ones.
-        pose = PoseResult.model_validate({**record, "mask": mask.astype(np.float32) / 255.0})
+        return PoseResult.model_validate({**record, "mask": mask.astype(np.float32) / 255.0})
+
+    def parse(self, image: np.ndarray, pose: PoseResult, on_stage: StageCallback | None = None) -> ParseResult:
+        """The label map of a person photo, from the store or computed and stored."""
+        notify = on_stage or _ignore
+        key = _person_key(image)
         try:
             parse = ParseResult.model_validate(
                 {**get_json(self.store, f"{key}/parse.json"), "labels": get_array(self.store, f"{key}/labels.npy")}
@@ -119,7 +126,12 @@ class Pipeline:
             put_array(self.store, f"{key}/labels.npy", parse.labels)
             put_json(self.store, f"{key}/parse.json", parse.model_dump())
             notify("parser", "done", time.perf_counter() - start)
-        return pose, parse
+        return parse
+
+    def person(self, image: np.ndarray, on_stage: StageCallback | None = None) -> tuple[PoseResult, ParseResult]:
+        """Pose and parse of a person photo."""
+        pose = self.pose(image, on_stage)
+        return pose, self.parse(image, pose, on_stage)
 
     def garment(
         self, image: np.ndarray, category: Category | None = None, on_stage: StageCallback | None = None
@@ -134,6 +146,40 @@ class Pipeline:
         else:
             notify("garment", "done", time.perf_counter() - start)
         return analysis
+
+    def warp(
+        self,
+        garment_image: np.ndarray,
+        garment: GarmentAnalysis,
+        pose: PoseResult,
+        parse: ParseResult,
+        on_stage: StageCallback | None = None,
+    ) -> tuple[ParseResult, WarpResult]:
+        """The parse with the agnostic mask of the garment's category, and the garment warped onto
+        the body. CategoryUnsupported when the photo cannot wear that category."""
+        notify = on_stage or _ignore
+        dressed = for_category(pose, parse, garment.category)
+        notify("warp", "running", 0.0)
+        start = time.perf_counter()
+        warped = warp_stage.run(garment_image, garment, pose, dressed, self.infer)
+        notify("warp", "done", time.perf_counter() - start)
+        return dressed, warped
+
+    def fuse(
+        self,
+        person_image: np.ndarray,
+        pose: PoseResult,
+        dressed: ParseResult,
+        warped: WarpResult,
+        on_stage: StageCallback | None = None,
+    ) -> np.ndarray:
+        """The try-on photo from the warped garment and the parse of `for_category`."""
+        notify = on_stage or _ignore
+        notify("fusion", "running", 0.0)
+        start = time.perf_counter()
+        image = fusion_stage.run(person_image, dressed, pose, warped, self.infer)
+        notify("fusion", "done", time.perf_counter() - start)
+        return image
 
     def tryon(
         self,
@@ -153,19 +199,19 @@ class Pipeline:
 
         garment = self.garment(garment_image, category, notify)
         pose, parse = self.person(person_image, notify)
-        check_category(pose, garment.category)
-        parse = parse.model_copy(
-            update={"category": garment.category, "agnostic": agnostic_mask(parse.labels, pose, garment.category)}
-        )
-        notify("warp", "running", 0.0)
-        start = time.perf_counter()
-        warped = warp_stage.run(garment_image, garment, pose, parse, self.infer)
-        notify("warp", "done", time.perf_counter() - start)
-        notify("fusion", "running", 0.0)
-        start = time.perf_counter()
-        image = fusion_stage.run(person_image, parse, pose, warped, self.infer)
-        notify("fusion", "done", time.perf_counter() - start)
-        return TryonResult(image, garment.category, pose, parse, garment, warped, seconds)
+        dressed, warped = self.warp(garment_image, garment, pose, parse, notify)
+        image = self.fuse(person_image, pose, dressed, warped, notify)
+        return TryonResult(image, garment.category, pose, dressed, garment, warped, seconds)
+
+
+def for_category(pose: PoseResult, parse: ParseResult, category: Category) -> ParseResult:
+    """The parse with the agnostic mask of `category`; CategoryUnsupported when the photo lacks its joints."""
+    check_category(pose, category)
+    return parse.model_copy(update={"category": category, "agnostic": agnostic_mask(parse.labels, pose, category)})
+
+
+def _person_key(image: np.ndarray) -> str:
+    return f"{person_prefix(image)}v{PERSON_VERSION}"
 
 
 def _ignore(stage: str, event: str, seconds: float) -> None:
