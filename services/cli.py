@@ -33,6 +33,7 @@ from services.common.errors import (
 )
 from services.common.imageio import encode_jpeg, encode_label_png, encode_png, read_image_file
 from services.common.inference import embedded_backend
+from services.distributed.cli import add_commands as add_worker_commands
 from services.gateway.cli import add_commands as add_gateway_commands
 
 if TYPE_CHECKING:
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tryon.set_defaults(func=cmd_tryon)
     add_gateway_commands(commands)  # serve, keys (the REST gateway)
+    add_worker_commands(commands)  # worker, worker-health (distributed mode)
     return parser
 
 

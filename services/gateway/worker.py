@@ -42,7 +42,91 @@ class JobInterrupted(Exception):
     """Raised between stages when the server is stopping: the job goes back to the queue."""
 
 
+def load_person(store: TenantArtifactStore, job: Job) -> np.ndarray:
+    return decode_image(store.get(person_input_key(job.id)))
+
+
+def load_garment(store: TenantArtifactStore, job: Job, garments: GarmentRegistry) -> tuple[np.ndarray, Category | None]:
+    """The garment image and the category to analyse it with (None: detect)."""
+    if job.garment_id is None:
+        image = decode_image_rgba(store.get(garment_input_key(job.id)))
+        return image, None if job.category == "auto" else job.category
+    garment = garments.get(job.tenant, job.garment_id)
+    if garment is None:
+        raise GarmentNotFound(f"garment {job.garment_id} was deleted before the job ran")
+    image = decode_image_rgba(store.get(garment_image_key(garment.id)))
+    # The category it was registered with, so the analysis cached at registration is found.
+    requested = garment.requested_category
+    return image, None if requested == "auto" else requested
+
+
+def store_result(store: TenantArtifactStore, job: Job, image: np.ndarray) -> None:
+    encoded = encode_jpeg(image) if job.output_format == "jpeg" else encode_png(image)
+    store.put(result_key(job.id, job.output_format), encoded)
+
+
+class StageRecorder:
+    """The pipeline's on_stage callback: each stage's progress goes to the job store as it happens."""
+
+    def __init__(self, jobs: JobStore, metrics: Metrics | None, job_id: str, stopping: threading.Event | None = None):
+        self.jobs = jobs
+        self.metrics = metrics
+        self.job_id = job_id
+        self.stopping = stopping
+        self.current: str | None = None  # the stage running now, to mark it failed
+
+    def __call__(self, stage: str, event: str, seconds: float) -> None:
+        if event == "running":
+            if self.stopping is not None and self.stopping.is_set():
+                raise JobInterrupted
+            self.current = stage
+            self.jobs.set_stage(self.job_id, stage, StageState("running"))
+            return
+        self.current = None
+        if event == "cached":
+            if self.metrics:
+                self.metrics.stage_cache_hits.labels(stage).inc()
+            self.jobs.set_stage(self.job_id, stage, StageState("cached", round(seconds, 4)))
+        else:
+            if self.metrics:
+                self.metrics.stage_seconds.labels(stage).observe(seconds)
+            self.jobs.set_stage(self.job_id, stage, StageState("done", round(seconds, 4)))
+
+    def failed(self) -> None:
+        if self.current is not None:
+            self.jobs.set_stage(self.job_id, self.current, StageState("failed"))
+
+
+def conclude(
+    job: Job,
+    outcome: Job | None,
+    store: TenantArtifactStore,
+    outbox: WebhookOutbox,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> None:
+    """After `jobs.finish`: drop the inputs (personal data) and queue the webhook. `outcome` None: the
+    job was deleted (or already finished elsewhere) while this run went on; erase what the run wrote."""
+    if outcome is None:
+        store.delete_prefix(job_prefix(job.id))
+        store.delete_prefix(job.person_prefix)
+        return
+    store.delete_prefix(job_inputs_prefix(job.id))  # photos are personal data: keep them no longer than needed
+    if metrics:
+        metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
+    if outcome.callback_url:
+        base_url = settings.public_url.rstrip("/") or outcome.base_url
+        event = {
+            "type": f"tryon.{outcome.status}",
+            "created_at": timestamp(outcome.finished_at or time.time()).isoformat(),
+            "data": job_view(outcome, base_url).model_dump(mode="json", exclude={"webhook"}),
+        }
+        outbox.add(outcome.id, outcome.tenant, outcome.callback_url, event)
+
+
 class JobExecutor:
+    """Embedded mode's worker: one job through the whole pipeline in this process."""
+
     def __init__(
         self,
         jobs: JobStore,
@@ -67,73 +151,21 @@ class JobExecutor:
         if job is None:
             return  # deleted, or already taken
         store = TenantArtifactStore(self.artifacts, job.tenant)
-        current: list[str] = []  # the stage running now, to mark it failed
+        recorder = StageRecorder(self.jobs, self.metrics, job.id, self.stopping)
         try:
-            image, category = self._run(job, store, current)
-            store.put(result_key(job.id, job.output_format), image)
-            outcome = self.jobs.finish(job.id, "succeeded", detected_category=category)
+            garment, category = load_garment(store, job, self.garments)
+            result = Pipeline(store, self.infer).tryon(load_person(store, job), garment, category, on_stage=recorder)
+            store_result(store, job, result.image)
+            outcome = self.jobs.finish(job.id, "succeeded", detected_category=result.category)
         except JobInterrupted:
             self.jobs.requeue(job.id)
             log.info("job %s interrupted by shutdown; re-queued", job.id)
             return
         except FitroomError as exc:
-            self._fail_stage(job.id, current)
+            recorder.failed()
             outcome = self.jobs.finish(job.id, "failed", error=(exc.code, exc.message))
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
-            self._fail_stage(job.id, current)
+            recorder.failed()
             outcome = self.jobs.finish(job.id, "failed", error=("internal_error", "internal error; it has been logged"))
-        if outcome is None:  # deleted while it ran: erase what the run wrote after the deletion
-            store.delete_prefix(job_prefix(job.id))
-            store.delete_prefix(job.person_prefix)
-            return
-        store.delete_prefix(job_inputs_prefix(job.id))  # photos are personal data: keep them no longer than needed
-        self.metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
-        if outcome.callback_url:
-            base_url = self.settings.public_url.rstrip("/") or outcome.base_url
-            event = {
-                "type": f"tryon.{outcome.status}",
-                "created_at": timestamp(outcome.finished_at or time.time()).isoformat(),
-                "data": job_view(outcome, base_url).model_dump(mode="json", exclude={"webhook"}),
-            }
-            self.outbox.add(outcome.id, outcome.tenant, outcome.callback_url, event)
-
-    def _run(self, job: Job, store: TenantArtifactStore, current: list[str]) -> tuple[bytes, Category]:
-        person = decode_image(store.get(person_input_key(job.id)))
-        garment, category = self._garment(job, store)
-
-        def on_stage(stage: str, event: str, seconds: float) -> None:
-            if event == "running":
-                if self.stopping.is_set():
-                    raise JobInterrupted
-                current[:] = [stage]
-                self.jobs.set_stage(job.id, stage, StageState("running"))
-                return
-            current.clear()
-            if event == "cached":
-                self.metrics.stage_cache_hits.labels(stage).inc()
-                self.jobs.set_stage(job.id, stage, StageState("cached", round(seconds, 4)))
-            else:
-                self.metrics.stage_seconds.labels(stage).observe(seconds)
-                self.jobs.set_stage(job.id, stage, StageState("done", round(seconds, 4)))
-
-        result = Pipeline(store, self.infer).tryon(person, garment, category, on_stage=on_stage)
-        encoded = encode_jpeg(result.image) if job.output_format == "jpeg" else encode_png(result.image)
-        return encoded, result.category
-
-    def _garment(self, job: Job, store: TenantArtifactStore) -> tuple[np.ndarray, Category | None]:
-        """The garment image and the category to analyse it with (None: detect)."""
-        if job.garment_id is None:
-            image = decode_image_rgba(store.get(garment_input_key(job.id)))
-            return image, None if job.category == "auto" else job.category
-        garment = self.garments.get(job.tenant, job.garment_id)
-        if garment is None:
-            raise GarmentNotFound(f"garment {job.garment_id} was deleted before the job ran")
-        image = decode_image_rgba(store.get(garment_image_key(garment.id)))
-        # The category it was registered with, so the analysis cached at registration is found.
-        requested = garment.requested_category
-        return image, None if requested == "auto" else requested
-
-    def _fail_stage(self, job_id: str, current: list[str]) -> None:
-        if current:
-            self.jobs.set_stage(job_id, current[0], StageState("failed"))
+        conclude(job, outcome, store, self.outbox, self.settings, self.metrics)

@@ -1,0 +1,89 @@
+"""The distributed mode's shared state, all in one Redis: jobs, garments, API keys, webhooks, timings.
+
+The gateway replicas and every worker process build it from the same settings. Production Redis
+needs AOF persistence (`appendonly yes`, `appendfsync everysec` or `always`) and
+`maxmemory-policy noeviction`: an evicted key would be a lost job or a lost queue message.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from services.common.config import Settings
+from services.common.errors import QueueUnavailable
+from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, RedisWebhookOutbox
+
+# Timings are for measurement (bench/distributed.py), not state: they expire on their own.
+TIMING_TTL_S = 24 * 3600
+
+
+class StageTiming:
+    """When each stage of a job started and finished, in a Redis hash per job.
+
+    What a stage waited in its queue is its start minus the previous stage's finish (the job's
+    creation for the first); what it worked is its finish minus its start.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def started(self, job_id: str, stage: str) -> None:
+        self._set(job_id, f"{stage}.started")
+
+    def finished(self, job_id: str, stage: str) -> None:
+        self._set(job_id, f"{stage}.finished")
+
+    def of(self, job_id: str) -> dict[str, float]:
+        try:
+            raw = self.client.hgetall(_timing_key(job_id))
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"Redis: {exc}") from exc
+        return {name.decode(): float(value) for name, value in raw.items()}
+
+    def _set(self, job_id: str, field: str) -> None:
+        key = _timing_key(job_id)
+        try:
+            with self.client.pipeline() as pipe:
+                pipe.hset(key, field, repr(time.time()))
+                pipe.expire(key, TIMING_TTL_S)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise QueueUnavailable(f"Redis: {exc}") from exc
+
+
+def _timing_key(job_id: str) -> str:
+    return f"fitroom:timing:{job_id}"
+
+
+@dataclass
+class DistributedState:
+    client: redis.Redis
+    jobs: RedisJobStore
+    garments: RedisGarmentRegistry
+    keys: RedisKeyStore
+    outbox: RedisWebhookOutbox
+    timing: StageTiming
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client with bounded timeouts: a Redis that is down must fail fast, not hang a request."""
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
+    )
+
+
+def distributed_state(settings: Settings) -> DistributedState:
+    """The stores; the outbox's dispatcher is not started (only gateway replicas send webhooks)."""
+    client = redis_client(settings)
+    keys = RedisKeyStore(client)
+    return DistributedState(
+        client=client,
+        jobs=RedisJobStore(client),
+        garments=RedisGarmentRegistry(client),
+        keys=keys,
+        outbox=RedisWebhookOutbox(client, keys, settings),
+        timing=StageTiming(client),
+    )

@@ -1,0 +1,229 @@
+"""The five stage tasks: thin shells that run one `Pipeline` method each and pass the job id on.
+
+A job is a Celery chain garment -> pose -> parser -> warp -> fusion, one queue per stage (see
+`job_chain`). Tasks pass only the job id: inputs and intermediate results travel through the
+artifact store under fixed keys, so a task that runs twice (a redelivered message) overwrites
+what it wrote the first time, and stage results cached by content hash are simply found again.
+
+Every task:
+1. marks the job running in the job store; a job that is gone or already finished stops the chain;
+2. counts this delivery: a message whose worker died `max_task_attempts` times fails the job with
+   worker_lost instead of killing workers forever;
+3. runs its stage; transient failures (Triton, S3 or Redis unreachable) are retried with doubling
+   backoff, then fail the job with the error's own code; other errors fail it at once;
+4. records the stage's progress, and the times it waited and worked (for bench/distributed.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from celery import Task, chain
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from services.common.artifacts import ArtifactStore, artifact_store
+from services.common.config import Settings, get_settings
+from services.common.contracts import WarpResult
+from services.common.errors import TRANSIENT_ERRORS, FitroomError, JobTimeout, QueueUnavailable, WorkerLost
+from services.common.inference import Infer, inference_backend
+from services.common.mediapipe_models import FACE_LANDMARK, POSE_DETECTION, POSE_LANDMARK
+from services.distributed.app import app, task_name
+from services.distributed.queues import QUEUES
+from services.distributed.state import DistributedState, distributed_state
+from services.fusion.model import NAME as FUSION_MODEL
+from services.gateway.jobs import Job
+from services.gateway.storage import TenantArtifactStore, job_prefix
+from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
+from services.pipeline import Pipeline, for_category
+from services.warp.model import NAME as WARP_MODEL
+
+log = logging.getLogger("fitroom.distributed")
+
+# The models each stage calls, loaded when a worker process starts so its first task is not slow.
+STAGE_MODELS: dict[str, tuple[str, ...]] = {
+    "garment": (),
+    "pose": (POSE_DETECTION.name, POSE_LANDMARK.name),
+    "parser": (FACE_LANDMARK.name,),
+    "warp": (WARP_MODEL,),
+    "fusion": (FUSION_MODEL,),
+}
+
+
+@dataclass
+class Worker:
+    """What a worker process holds: made once per process, after the fork (clients are not fork-safe)."""
+
+    settings: Settings
+    artifacts: ArtifactStore
+    infer: Infer
+    state: DistributedState
+
+
+@cache
+def _worker(pid: int) -> Worker:
+    settings = get_settings()
+    return Worker(settings, artifact_store(settings), inference_backend(settings), distributed_state(settings))
+
+
+def worker() -> Worker:
+    return _worker(os.getpid())
+
+
+@worker_process_init.connect
+def _warm_up(**_: object) -> None:
+    """Load this worker's models as its process starts (Celery's `-Q` tells which stages it serves)."""
+    stages = os.environ.get("FITROOM_WORKER_STAGES", ",".join(QUEUES)).split(",")
+    load = getattr(worker().infer, "load", None)
+    if load is None:
+        return
+    for stage in stages:
+        for model in STAGE_MODELS.get(stage, ()):
+            try:
+                load(model)
+            except FitroomError as exc:  # the task will fail (or retry) with the same error, visibly
+                log.warning("could not load %s at start: %s", model, exc.message)
+
+
+def job_chain(job_id: str) -> chain:
+    """The Celery chain that runs a job, one task per stage queue."""
+    return chain(*(app.signature(task_name(stage), args=(job_id,), immutable=True) for stage in QUEUES))
+
+
+# Where a job's intermediate results live between tasks (inside its tenant's store).
+def warped_key(job_id: str) -> str:
+    return f"{job_prefix(job_id)}warped.npz"
+
+
+def put_warped(store: ArtifactStore, job_id: str, warped: WarpResult) -> None:
+    """Lossless (the fusion stage must see what the embedded runner sees), compressed: mostly zeros."""
+    buf = io.BytesIO()
+    meta = np.frombuffer(json.dumps(warped.model_dump()).encode(), dtype=np.uint8)
+    np.savez_compressed(buf, rgba=warped.rgba, meta=meta)
+    store.put(warped_key(job_id), buf.getvalue())
+
+
+def get_warped(store: ArtifactStore, job_id: str) -> WarpResult:
+    with np.load(io.BytesIO(store.get(warped_key(job_id))), allow_pickle=False) as saved:
+        return WarpResult.model_validate({**json.loads(saved["meta"].tobytes()), "rgba": saved["rgba"]})
+
+
+Step = Callable[[Worker, Job, TenantArtifactStore, StageRecorder], None]
+
+
+def run_stage(task: Task, stage: str, job_id: str, step: Step) -> None:
+    """One delivery of one stage of a job; see the module docstring."""
+    context = worker()
+    settings, state = context.settings, context.state
+    try:
+        job = state.jobs.start(job_id)
+        if job is None:
+            raise Ignore()  # deleted, or finished (failed earlier or by the reaper): the chain stops here
+        state.timing.started(job_id, stage)
+        # Keyed by the retry number too: a planned retry is a new message, not a lost worker.
+        attempt = state.jobs.count_attempt(job_id, f"{stage}.{task.request.retries}")
+    except QueueUnavailable as exc:  # the job store is down: nothing can be recorded, so try again later
+        raise task.retry(countdown=_backoff(settings, task.request.retries), max_retries=settings.task_retries) from exc
+    store = TenantArtifactStore(context.artifacts, job.tenant)
+    recorder = StageRecorder(state.jobs, None, job_id)
+    try:
+        if attempt > settings.max_task_attempts:
+            raise WorkerLost(
+                f"the {stage} stage's worker died on each of {attempt - 1} attempts at this job "
+                "(a poison input, or too little memory)"
+            )
+        step(context, job, store, recorder)
+        state.timing.finished(job_id, stage)
+    except TRANSIENT_ERRORS as exc:
+        retries = task.request.retries
+        if retries < settings.task_retries:
+            countdown = _backoff(settings, retries)
+            log.warning("job %s %s: %s; retry %d in %.1f s", job_id, stage, exc.message, retries + 1, countdown)
+            raise task.retry(countdown=countdown, max_retries=settings.task_retries) from exc
+        _fail(context, job, store, recorder, exc.code, f"{exc.message} (after {retries} retries)")
+    except FitroomError as exc:
+        _fail(context, job, store, recorder, exc.code, exc.message)
+    except SoftTimeLimitExceeded:
+        error = JobTimeout(f"the {stage} stage ran past FITROOM_TASK_TIME_LIMIT_S ({settings.task_time_limit_s} s)")
+        _fail(context, job, store, recorder, error.code, error.message)
+    except Exception:
+        log.exception("job %s failed unexpectedly in %s", job_id, stage)
+        _fail(context, job, store, recorder, "internal_error", "internal error; it has been logged")
+
+
+def _backoff(settings: Settings, retries: int) -> float:
+    return min(settings.task_retry_backoff_s * 2**retries, settings.task_retry_backoff_max_s)
+
+
+def _fail(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder, code: str, message: str):
+    recorder.failed()
+    outcome = context.state.jobs.finish(job.id, "failed", error=(code, message))
+    conclude(job, outcome, store, context.state.outbox, context.settings)
+    raise Ignore()  # the job is over: the rest of the chain is not sent
+
+
+def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
+    return Pipeline(store, context.infer)
+
+
+def garment_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
+    image, category = load_garment(store, job, context.state.garments)
+    _pipeline(context, store).garment(image, category, recorder)
+
+
+def pose_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
+    _pipeline(context, store).pose(load_person(store, job), recorder)
+
+
+def parser_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
+    pipeline = _pipeline(context, store)
+    person = load_person(store, job)
+    pipeline.parse(person, pipeline.pose(person), recorder)
+
+
+def warp_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
+    pipeline = _pipeline(context, store)
+    garment_image, category = load_garment(store, job, context.state.garments)
+    analysis = pipeline.garment(garment_image, category)
+    pose, parse = pipeline.person(load_person(store, job))
+    _, warped = pipeline.warp(garment_image, analysis, pose, parse, recorder)
+    put_warped(store, job.id, warped)
+
+
+def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
+    pipeline = _pipeline(context, store)
+    person = load_person(store, job)
+    pose, parse = pipeline.person(person)
+    warped = get_warped(store, job.id)
+    image = pipeline.fuse(person, pose, for_category(pose, parse, warped.category), warped, recorder)
+    store_result(store, job, image)
+    store.delete_prefix(warped_key(job.id))
+    outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category)
+    conclude(job, outcome, store, context.state.outbox, context.settings)
+
+
+STEPS: dict[str, Step] = {
+    "garment": garment_step,
+    "pose": pose_step,
+    "parser": parser_step,
+    "warp": warp_step,
+    "fusion": fusion_step,
+}
+
+
+def _define(stage: str) -> Task:
+    @app.task(bind=True, name=task_name(stage), queue=stage)
+    def stage_task(self: Task, job_id: str) -> None:
+        run_stage(self, stage, job_id, STEPS[stage])
+
+    return stage_task
+
+
+TASKS: dict[str, Task] = {stage: _define(stage) for stage in QUEUES}
