@@ -34,7 +34,13 @@ def make_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=max(1, settings.task_time_limit_s - SOFT_LIMIT_MARGIN_S),
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for messages of dead workers every few seconds (kombu's default is about 100 s):
+            # one cheap sorted-set read per sweep.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         # Keep retrying the broker for good: a Redis restart must not end the worker.
         broker_connection_max_retries=None,
