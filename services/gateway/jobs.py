@@ -1,8 +1,14 @@
 """Job state and the garment registry: what the gateway remembers between requests.
 
-`JobStore` and `GarmentRegistry` are the seams for the distributed mode (issue 7: job state in
-Redis); the SQLite implementations serve embedded mode and survive a restart. Every read a
-request makes is scoped by tenant, so another tenant's job or garment is simply not found.
+`JobStore` and `GarmentRegistry` are the seams for the distributed mode: the SQLite
+implementations here serve embedded mode and survive a restart; services/gateway/redis_state.py
+holds the Redis ones, with the same semantics. Every read a request makes is scoped by tenant,
+so another tenant's job or garment is simply not found.
+
+Two ways to run a job: embedded mode's worker `claim`s it (queued only, stages reset), while a
+distributed stage task `start`s it (queued or running, so a redelivered task resumes it) and
+counts its own attempts with `count_attempt`. `finish` is first-writer-wins: a reaper failing a
+late job and the worker finishing it may race, and only one outcome (and one webhook) counts.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def is_garment_id(value: str) -> bool:
 class StageState:
     status: StageStatus = "pending"
     seconds: float | None = None
+    # Times a task started this stage (count_attempt); set_stage leaves it as it is.
+    attempts: int = 0
 
 
 def pending_stages() -> dict[str, StageState]:
@@ -117,15 +125,28 @@ class JobStore(Protocol):
         ...
 
     def claim(self, job_id: str) -> Job | None:
-        """queued -> running for a worker; None when the job is gone or not queued."""
+        """queued -> running for an embedded worker, stages reset to pending; None when the job is gone or
+        not queued."""
         ...
 
-    def set_stage(self, job_id: str, stage: str, state: StageState) -> None: ...
+    def start(self, job_id: str) -> Job | None:
+        """queued or running -> running for a distributed task that begins or, after a crash, resumes the job:
+        started_at is set the first time, attempts counts every call; None when the job is gone or finished."""
+        ...
+
+    def count_attempt(self, job_id: str, stage: str) -> int:
+        """One more start of `stage` of this job; returns how many there have been (0: no such job)."""
+        ...
+
+    def set_stage(self, job_id: str, stage: str, state: StageState) -> None:
+        """The stage's status and seconds (its attempts are count_attempt's); nothing when the job is gone."""
+        ...
 
     def finish(
         self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
     ) -> Job | None:
-        """Record the outcome; None when the job was deleted meanwhile."""
+        """Record the outcome of a job that exists and is not finished yet; returns the finished job, or None
+        when it was deleted or finished by someone else meanwhile (the first writer wins)."""
         ...
 
     def requeue(self, job_id: str) -> None:
@@ -141,6 +162,10 @@ class JobStore(Protocol):
     def of_shopper(self, tenant: str, shopper_id: str) -> list[Job]: ...
 
     def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]: ...
+
+    def unfinished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
+        """Queued or running jobs created before cutoff, oldest first (a reaper fails those past their deadline)."""
+        ...
 
     def count_by_status(self) -> dict[str, int]: ...
 
@@ -216,11 +241,32 @@ class SqliteJobStore:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if changed else None
 
+    def start(self, job_id: str) -> Job | None:
+        with self.db.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, ?), attempts = attempts + 1"
+                " WHERE id = ? AND status IN ('queued', 'running')",
+                (time.time(), job_id),
+            ).rowcount
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job(row) if changed else None
+
+    def count_attempt(self, job_id: str, stage: str) -> int:
+        path = f"$.{known_stage(stage)}.attempts"
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET stages = json_set(stages, ?, COALESCE(json_extract(stages, ?), 0) + 1) WHERE id = ?",
+                (path, path, job_id),
+            )
+            row = conn.execute("SELECT json_extract(stages, ?) FROM jobs WHERE id = ?", (path, job_id)).fetchone()
+        return int(row[0]) if row else 0
+
     def set_stage(self, job_id: str, stage: str, state: StageState) -> None:
         # json_set updates one stage in place, so concurrent readers never see a half-written map.
+        stage = known_stage(stage)
         self.db.execute(
-            "UPDATE jobs SET stages = json_set(stages, ?, json(?)) WHERE id = ?",
-            (f"$.{stage}", json.dumps({"status": state.status, "seconds": state.seconds}), job_id),
+            "UPDATE jobs SET stages = json_set(stages, ?, ?, ?, ?) WHERE id = ?",
+            (f"$.{stage}.status", state.status, f"$.{stage}.seconds", state.seconds, job_id),
         )
 
     def finish(
@@ -230,7 +276,7 @@ class SqliteJobStore:
         with self.db.transaction() as conn:
             changed = conn.execute(
                 "UPDATE jobs SET status = ?, finished_at = ?, detected_category = ?, error_code = ?, error_message = ?"
-                " WHERE id = ?",
+                " WHERE id = ? AND status NOT IN ('succeeded', 'failed')",
                 (status, time.time(), detected_category, code, message, job_id),
             ).rowcount
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -260,6 +306,14 @@ class SqliteJobStore:
     def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
         rows = self.db.query(
             "SELECT * FROM jobs WHERE status IN ('succeeded', 'failed') AND finished_at < ? LIMIT ?", (cutoff, limit)
+        )
+        return [_job(row) for row in rows]
+
+    def unfinished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
+        rows = self.db.query(
+            "SELECT * FROM jobs WHERE status IN ('queued', 'running') AND created_at < ? ORDER BY created_at, id"
+            " LIMIT ?",
+            (cutoff, limit),
         )
         return [_job(row) for row in rows]
 
@@ -316,8 +370,20 @@ class SqliteGarmentRegistry:
         return _garment(row)
 
 
+def known_stage(stage: str) -> str:
+    """`stage` itself, when it is one (it becomes part of a JSON path or a Redis field name)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}: one of {', '.join(STAGES)}")
+    return stage
+
+
+def _stage_json(state: StageState) -> dict[str, object]:
+    """A stage as stored: {"status", "seconds", "attempts"} (older SQLite rows lack "attempts")."""
+    return {"status": state.status, "seconds": state.seconds, "attempts": state.attempts}
+
+
 def _stages_json(stages: dict[str, StageState]) -> str:
-    return json.dumps({name: {"status": s.status, "seconds": s.seconds} for name, s in stages.items()})
+    return json.dumps({name: _stage_json(state) for name, state in stages.items()})
 
 
 def _job(row: sqlite3.Row) -> Job:

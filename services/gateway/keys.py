@@ -4,6 +4,9 @@ A key looks like `fr_<key id>_<secret>`. Only its SHA-256 is stored: a key is 25
 a fast hash is as safe as a slow one (there is nothing to brute-force) and lets every request be
 checked with one indexed lookup. The key id is public: it names the key in `fitroom keys list`
 and in logs without revealing it. Each tenant also has the secret its webhooks are signed with.
+
+`ApiKeyStore` is what the gateway uses; `KeyStore` keeps keys in the SQLite database (embedded
+mode), `RedisKeyStore` (services/gateway/redis_state.py) in Redis (distributed mode).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.gateway.db import Database
 
@@ -25,8 +29,26 @@ def valid_tenant(tenant: str) -> bool:
     return _TENANT.fullmatch(tenant) is not None
 
 
+def check_tenant(tenant: str) -> str:
+    """`tenant` itself when valid, else ValueError saying what a tenant id may be."""
+    if not valid_tenant(tenant):
+        raise ValueError(f"invalid tenant {tenant!r}: 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit")
+    return tenant
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (key id, key)."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def may_be_key(key: str) -> bool:
+    """Worth a lookup: has our prefix and a sane length."""
+    return key.startswith(KEY_PREFIX) and len(key) <= 200
 
 
 @dataclass(frozen=True)
@@ -46,23 +68,45 @@ class NewKey:
     webhook_secret: str
 
 
+class ApiKeyStore(Protocol):
+    def create(self, tenant: str, name: str = "") -> NewKey:
+        """A new key for `tenant`, creating the tenant (and its webhook secret) on first use; ValueError for an
+        invalid tenant id."""
+        ...
+
+    def authenticate(self, key: str) -> str | None:
+        """The tenant of a live key, or None."""
+        ...
+
+    def revoke(self, key_id: str) -> bool:
+        """False when there is no such live key."""
+        ...
+
+    def list(self, tenant: str | None = None) -> list[ApiKey]:
+        """Every key (of one tenant), revoked ones too, oldest first."""
+        ...
+
+    def webhook_secret(self, tenant: str) -> str | None: ...
+
+    def rotate_webhook_secret(self, tenant: str) -> str | None:
+        """The tenant's new secret; None when there is no such tenant."""
+        ...
+
+
 class KeyStore:
+    """API keys and tenants in the gateway's SQLite database."""
+
     def __init__(self, db: Database) -> None:
         self.db = db
 
     def create(self, tenant: str, name: str = "") -> NewKey:
-        """A new key for `tenant`, creating the tenant (and its webhook secret) on first use."""
-        if not valid_tenant(tenant):
-            raise ValueError(
-                f"invalid tenant {tenant!r}: 1 to 63 of a-z, 0-9, _ and -, starting with a letter or digit"
-            )
-        key_id = secrets.token_hex(6)
-        key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        check_tenant(tenant)
+        key_id, key = new_key()
         now = time.time()
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO tenants (id, webhook_secret, created_at) VALUES (?, ?, ?)",
-                (tenant, _new_webhook_secret(), now),
+                (tenant, new_webhook_secret(), now),
             )
             conn.execute(
                 "INSERT INTO api_keys (id, tenant, key_hash, name, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -72,8 +116,7 @@ class KeyStore:
         return NewKey(key=key, id=key_id, tenant=tenant, webhook_secret=secret)
 
     def authenticate(self, key: str) -> str | None:
-        """The tenant of a live key, or None."""
-        if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        if not may_be_key(key):
             return None
         rows = self.db.query("SELECT tenant FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (hash_key(key),))
         return rows[0]["tenant"] if rows else None
@@ -98,10 +141,10 @@ class KeyStore:
         return rows[0][0] if rows else None
 
     def rotate_webhook_secret(self, tenant: str) -> str | None:
-        secret = _new_webhook_secret()
+        secret = new_webhook_secret()
         changed = self.db.execute("UPDATE tenants SET webhook_secret = ? WHERE id = ?", (secret, tenant))
         return secret if changed else None
 
 
-def _new_webhook_secret() -> str:
+def new_webhook_secret() -> str:
     return f"whsec_{secrets.token_urlsafe(32)}"

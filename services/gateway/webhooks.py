@@ -5,12 +5,16 @@ Signature (as Stripe does it): header `Fitroom-Signature: t=<unix seconds>,v1=<h
 the raw bytes it got, compares in constant time and refuses a `t` more than a few minutes old
 (replays). `verify_signature` below is that check; docs/API.md shows it stand-alone.
 
-Delivery is at least once: the outbox lives in SQLite, so a restart resumes pending deliveries,
-and one that was in flight during a crash is sent again. Receivers deduplicate on the event id
-(`Fitroom-Event-Id`, also the body's `id`). A non-2xx answer, a timeout or a refused address is a
-failed attempt; attempt n+1 follows after min(backoff * 2**(n-1), backoff_max) seconds, until
-`webhook_max_attempts`. Redirects are not followed. This outbox is embedded mode's; the
-distributed mode can send from a Celery task with the same signing.
+Delivery is at least once: the outbox is stored (SQLite here; Redis in redis_webhooks.py for the
+distributed mode), so a restart resumes pending deliveries, and one that was in flight during a
+crash is sent again. Receivers deduplicate on the event id (`Fitroom-Event-Id`, also the body's
+`id`). A non-2xx answer, a timeout or a refused address is a failed attempt; attempt n+1 follows
+after min(backoff * 2**(n-1), backoff_max) seconds, until `webhook_max_attempts`. Redirects are
+not followed.
+
+Both outboxes are a `Dispatcher`: one scheduler thread takes due deliveries from the store, a few
+sender threads post them; `new_event`, `send` and `attempted` are the one way to build, sign and
+post an event and to decide what follows an attempt.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ import logging
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from services.common.config import Settings
 from services.common.errors import FitroomError
 from services.gateway.db import Database
 from services.gateway.fetch import SafeFetcher
-from services.gateway.keys import KeyStore
+from services.gateway.keys import ApiKeyStore
 from services.gateway.metrics import Metrics
 
 log = logging.getLogger("fitroom.gateway.webhooks")
@@ -74,13 +80,91 @@ class DeliveryState:
     last_error: str | None
 
 
-class WebhookOutbox:
-    """Pending deliveries in SQLite, sent by one scheduler thread through a few sender threads."""
+@dataclass(frozen=True)
+class Delivery:
+    """A pending delivery as a sender needs it."""
 
-    def __init__(
-        self, db: Database, keys: KeyStore, fetcher: SafeFetcher, settings: Settings, metrics: Metrics
-    ) -> None:
-        self.db = db
+    id: str  # the event id
+    tenant: str
+    url: str
+    payload: bytes
+    attempts: int  # made so far
+
+
+@dataclass(frozen=True)
+class Attempted:
+    """What follows an attempt: the delivery's new state and, while pending, when to try again."""
+
+    status: DeliveryStatus
+    attempts: int
+    at: float  # when the attempt ended
+    next_attempt_at: float  # meaningful while pending
+    last_error: str | None
+
+
+def new_event(event: dict[str, Any]) -> tuple[str, bytes]:
+    """A new event id and the body sent for `event` (which gets that id as its "id")."""
+    event_id = f"evt_{secrets.token_hex(16)}"
+    return event_id, json.dumps({"id": event_id, **event}, separators=(",", ":")).encode()
+
+
+def send(keys: ApiKeyStore, fetcher: SafeFetcher, delivery: Delivery) -> str | None:
+    """POST the delivery, signed with its tenant's current secret: None when the receiver took it, else why not."""
+    secret = keys.webhook_secret(delivery.tenant)
+    if secret is None:
+        return "the tenant has no webhook secret"
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: signature_header(secret, delivery.payload),
+        EVENT_ID_HEADER: delivery.id,
+    }
+    try:
+        response = fetcher.post(delivery.url, delivery.payload, headers)
+    except FitroomError as exc:
+        return f"{exc.code}: {exc.message}"
+    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+
+
+def attempted(delivery: Delivery, error: str | None, settings: Settings, metrics: Metrics) -> Attempted:
+    """The state after one more attempt that ended with `error` (None: delivered), counted in the metrics."""
+    attempts = delivery.attempts + 1
+    now = time.time()
+    if error is None:
+        metrics.webhook_attempts.labels("delivered").inc()
+        return Attempted("delivered", attempts, now, now, None)
+    gave_up = attempts >= settings.webhook_max_attempts
+    metrics.webhook_attempts.labels("failed" if gave_up else "retry").inc()
+    delay = min(settings.webhook_backoff_s * 2 ** (attempts - 1), settings.webhook_backoff_max_s)
+    log.info("webhook %s attempt %d failed (%s)%s", delivery.id, attempts, error, "; giving up" if gave_up else "")
+    return Attempted("failed" if gave_up else "pending", attempts, now, now + delay, error[:500])
+
+
+class Outbox(Protocol):
+    """What the gateway and its workers use, whichever store holds the deliveries."""
+
+    def add(self, job_id: str, tenant: str, url: str, event: dict[str, Any]) -> str:
+        """Queue `event` (its "id" is set here) for delivery to url; returns the event id."""
+        ...
+
+    def state(self, job_id: str) -> DeliveryState | None:
+        """The job's latest delivery."""
+        ...
+
+    def delete_for_job(self, job_id: str) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Dispatcher(ABC):
+    """One scheduler thread that hands due deliveries to a few sender threads; the store is the subclass's."""
+
+    SENDERS = 4
+
+    def __init__(self, keys: ApiKeyStore, fetcher: SafeFetcher, settings: Settings, metrics: Metrics) -> None:
         self.keys = keys
         self.fetcher = fetcher
         self.settings = settings
@@ -89,13 +173,87 @@ class WebhookOutbox:
         self._stopping = threading.Event()
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
-        self._senders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fitroom-webhook")
+        self._senders = ThreadPoolExecutor(max_workers=self.SENDERS, thread_name_prefix="fitroom-webhook")
         self._thread = threading.Thread(target=self._schedule_loop, name="fitroom-webhooks", daemon=True)
+
+    @abstractmethod
+    def _take_due(self, now: float, limit: int, in_flight: Set[str]) -> tuple[list[str], float]:
+        """Up to `limit` due deliveries not in flight here, and when the next one falls due."""
+
+    @abstractmethod
+    def _load(self, delivery_id: str) -> Delivery | None:
+        """The delivery, if it is still pending and still ours to send."""
+
+    @abstractmethod
+    def _record(self, delivery: Delivery, outcome: Attempted) -> None: ...
+
+    def healthy(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self._senders.shutdown(wait=False, cancel_futures=True)
+
+    def _schedule_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                next_due = self._dispatch_due()
+            except Exception:  # a broken store must not kill the thread; readyz reports the store
+                log.exception("webhook scheduler error")
+                next_due = time.time() + 1
+            # Deliveries added by other processes wake nobody here: look again within a second.
+            self._wake.wait(timeout=min(1.0, max(0.0, next_due - time.time())))
+            self._wake.clear()
+
+    def _dispatch_due(self) -> float:
+        """Hand due deliveries to the free senders (no more: a taken delivery waits for no one);
+        returns when the next one falls due."""
+        with self._lock:
+            in_flight = frozenset(self._in_flight)
+        free = self.SENDERS - len(in_flight)
+        if free <= 0:
+            return time.time() + 1  # a sender finishing wakes the loop
+        due, next_due = self._take_due(time.time(), free, in_flight)
+        for delivery_id in due:
+            with self._lock:
+                if delivery_id in self._in_flight:
+                    continue  # still being sent from here
+                self._in_flight.add(delivery_id)
+            self._senders.submit(self._attempt, delivery_id)
+        return next_due
+
+    def _attempt(self, delivery_id: str) -> None:
+        try:
+            delivery = self._load(delivery_id)
+            if delivery is None:
+                return  # erased with its job meanwhile, or taken over by another dispatcher
+            error = send(self.keys, self.fetcher, delivery)
+            self._record(delivery, attempted(delivery, error, self.settings, self.metrics))
+        except Exception:
+            log.exception("webhook delivery %s", delivery_id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(delivery_id)
+            self._wake.set()
+
+
+class WebhookOutbox(Dispatcher):
+    """Pending deliveries in the gateway's SQLite database (embedded mode: one process sends them)."""
+
+    def __init__(
+        self, db: Database, keys: ApiKeyStore, fetcher: SafeFetcher, settings: Settings, metrics: Metrics
+    ) -> None:
+        super().__init__(keys, fetcher, settings, metrics)
+        self.db = db
 
     def add(self, job_id: str, tenant: str, url: str, event: dict[str, Any]) -> str:
         """Queue `event` (its "id" is set here) for delivery to url; returns the event id."""
-        event_id = f"evt_{secrets.token_hex(16)}"
-        payload = json.dumps({"id": event_id, **event}, separators=(",", ":")).encode()
+        event_id, payload = new_event(event)
         now = time.time()
         self.db.execute(
             "INSERT INTO webhook_deliveries (id, job_id, tenant, url, payload, status, next_attempt_at, created_at)"
@@ -116,92 +274,35 @@ class WebhookOutbox:
     def delete_for_job(self, job_id: str) -> None:
         self.db.execute("DELETE FROM webhook_deliveries WHERE job_id = ?", (job_id,))
 
-    def healthy(self) -> bool:
-        return self._thread.is_alive()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout=5)
-        self._senders.shutdown(wait=False, cancel_futures=True)
-
-    def _schedule_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                next_due = self._dispatch_due()
-            except Exception:  # a broken database must not kill the thread; readyz reports the database
-                log.exception("webhook scheduler error")
-                next_due = time.time() + 1
-            self._wake.wait(timeout=min(1.0, max(0.0, next_due - time.time())))
-            self._wake.clear()
-
-    def _dispatch_due(self) -> float:
-        """Hand every due delivery to a sender; returns when the next one falls due."""
-        now = time.time()
+    def _take_due(self, now: float, limit: int, in_flight: Set[str]) -> tuple[list[str], float]:
+        # One process sends from this file, so the in-flight set is the only claim needed.
         rows = self.db.query(
             "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at LIMIT 64",
-            (now,),
+            " ORDER BY next_attempt_at LIMIT ?",
+            (now, limit + len(in_flight)),
         )
-        for row in rows:
-            with self._lock:
-                if row["id"] in self._in_flight:
-                    continue
-                self._in_flight.add(row["id"])
-            self._senders.submit(self._attempt, row["id"])
+        due = [row["id"] for row in rows if row["id"] not in in_flight][:limit]
         upcoming = self.db.query("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'")
-        return upcoming[0][0] if upcoming and upcoming[0][0] is not None else now + 1
+        return due, upcoming[0][0] if upcoming and upcoming[0][0] is not None else now + 1
 
-    def _attempt(self, delivery_id: str) -> None:
-        try:
-            rows = self.db.query("SELECT * FROM webhook_deliveries WHERE id = ? AND status = 'pending'", (delivery_id,))
-            if not rows:
-                return  # erased with its job meanwhile
-            row = rows[0]
-            error = self._send(row["tenant"], row["url"], row["id"], row["payload"])
-            self._record(row, error)
-        except Exception:
-            log.exception("webhook delivery %s", delivery_id)
-        finally:
-            with self._lock:
-                self._in_flight.discard(delivery_id)
-            self._wake.set()
+    def _load(self, delivery_id: str) -> Delivery | None:
+        rows = self.db.query("SELECT * FROM webhook_deliveries WHERE id = ? AND status = 'pending'", (delivery_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        return Delivery(row["id"], row["tenant"], row["url"], row["payload"], row["attempts"])
 
-    def _send(self, tenant: str, url: str, event_id: str, payload: bytes) -> str | None:
-        """None when the receiver took it, else why not."""
-        secret = self.keys.webhook_secret(tenant)
-        if secret is None:
-            return "the tenant has no webhook secret"
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature_header(secret, payload),
-            EVENT_ID_HEADER: event_id,
-        }
-        try:
-            response = self.fetcher.post(url, payload, headers)
-        except FitroomError as exc:
-            return f"{exc.code}: {exc.message}"
-        return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-
-    def _record(self, row: Any, error: str | None) -> None:
-        attempts = row["attempts"] + 1
-        now = time.time()
-        if error is None:
-            self.metrics.webhook_attempts.labels("delivered").inc()
-            self.db.execute(
-                "UPDATE webhook_deliveries SET status = 'delivered', attempts = ?, delivered_at = ?, last_error = NULL"
-                " WHERE id = ?",
-                (attempts, now, row["id"]),
-            )
-            return
-        gave_up = attempts >= self.settings.webhook_max_attempts
-        self.metrics.webhook_attempts.labels("failed" if gave_up else "retry").inc()
-        delay = min(self.settings.webhook_backoff_s * 2 ** (attempts - 1), self.settings.webhook_backoff_max_s)
-        log.info("webhook %s attempt %d failed (%s)%s", row["id"], attempts, error, "; giving up" if gave_up else "")
+    def _record(self, delivery: Delivery, outcome: Attempted) -> None:
         self.db.execute(
-            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-            ("failed" if gave_up else "pending", attempts, now + delay, error[:500], row["id"]),
+            "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?,"
+            " delivered_at = CASE WHEN ? = 'delivered' THEN ? END WHERE id = ?",
+            (
+                outcome.status,
+                outcome.attempts,
+                outcome.next_attempt_at,
+                outcome.last_error,
+                outcome.status,
+                outcome.at,
+                delivery.id,
+            ),
         )
