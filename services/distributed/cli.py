@@ -27,6 +27,9 @@ def add_commands(commands: Any) -> None:
         "--pool", default="prefork", choices=["prefork", "solo"], help="prefork (default) survives a task that crashes"
     )
     worker.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    worker.add_argument(
+        "--name", help="the node name before '@<host>' (default: the stage); unique per worker on one host"
+    )
     worker.set_defaults(func=cmd_worker)
 
     health = commands.add_parser("worker-health", help="exit 0 when this host's worker for STAGE answers a ping")
@@ -52,7 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         [
             "worker",
             f"--queues={','.join(stages)}",
-            f"--hostname={node_name(args.stage)}",
+            f"--hostname={node_name(args.name or args.stage)}",
             f"--concurrency={args.concurrency}",
             f"--pool={args.pool}",
             f"--loglevel={args.log_level.upper()}",

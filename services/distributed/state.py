@@ -14,7 +14,10 @@ import redis
 
 from services.common.config import Settings
 from services.common.errors import QueueUnavailable
-from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, RedisWebhookOutbox
+from services.gateway.fetch import SafeFetcher, UrlPolicy
+from services.gateway.metrics import Metrics
+from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, connect
+from services.gateway.redis_webhooks import RedisWebhookOutbox
 
 # Timings are for measurement (bench/distributed.py), not state: they expire on their own.
 TIMING_TTL_S = 24 * 3600
@@ -41,7 +44,7 @@ class StageTiming:
             raw = self.client.hgetall(_timing_key(job_id))
         except redis.RedisError as exc:
             raise QueueUnavailable(f"Redis: {exc}") from exc
-        return {name.decode(): float(value) for name, value in raw.items()}
+        return {name: float(value) for name, value in raw.items()}
 
     def _set(self, job_id: str, field: str) -> None:
         key = _timing_key(job_id)
@@ -68,22 +71,19 @@ class DistributedState:
     timing: StageTiming
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A client with bounded timeouts: a Redis that is down must fail fast, not hang a request."""
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30
-    )
-
-
-def distributed_state(settings: Settings) -> DistributedState:
-    """The stores; the outbox's dispatcher is not started (only gateway replicas send webhooks)."""
-    client = redis_client(settings)
+def distributed_state(
+    settings: Settings, metrics: Metrics | None = None, fetcher: SafeFetcher | None = None
+) -> DistributedState:
+    """The stores over one Redis connection pool. The outbox's dispatcher is not started here: gateway
+    replicas start theirs (with their fetcher and metrics); a worker only adds deliveries."""
+    client = connect(settings.redis_url)
     keys = RedisKeyStore(client)
+    fetcher = fetcher or SafeFetcher(UrlPolicy(settings.allowed_url_hosts()), settings.webhook_timeout_s, 0)
     return DistributedState(
         client=client,
         jobs=RedisJobStore(client),
         garments=RedisGarmentRegistry(client),
         keys=keys,
-        outbox=RedisWebhookOutbox(client, keys, settings),
+        outbox=RedisWebhookOutbox(client, keys, fetcher, settings, metrics or Metrics()),
         timing=StageTiming(client),
     )

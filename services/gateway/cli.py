@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from services.common.config import get_settings
 
 if TYPE_CHECKING:
-    from services.gateway.keys import KeyStore
+    from services.gateway.keys import ApiKeyStore
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -67,11 +67,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _keys() -> KeyStore:  # imported lazily: the other commands need no database
+def _keys() -> ApiKeyStore:  # imported lazily: the other commands need no database
+    settings = get_settings()
+    if settings.mode == "distributed":
+        from services.gateway.redis_state import RedisKeyStore, connect
+
+        return RedisKeyStore(connect(settings.redis_url))
     from services.gateway.db import Database
     from services.gateway.keys import KeyStore
 
-    return KeyStore(Database(get_settings().gateway_db))
+    return KeyStore(Database(settings.gateway_db))
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:

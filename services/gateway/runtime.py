@@ -1,8 +1,10 @@
-"""The gateway's parts, wired for embedded mode: SQLite state, local artifacts, worker threads.
+"""The gateway's parts, wired for the mode the settings name.
 
-`Gateway` is what the routes reach through `request.app.state.gateway`. The distributed mode
-(issue 7) builds the same object with a Redis job store, an S3 artifact store and a Celery queue:
-the routes and the service functions do not change.
+`Gateway` is what the routes reach through `request.app.state.gateway`. Embedded mode: SQLite
+state, local artifacts, pipeline worker threads in this process. Distributed mode: jobs, garments,
+keys and webhooks in Redis, artifacts where FITROOM_STORAGE says (S3), jobs sent as Celery chains
+to the stage workers, and a reaper that fails jobs stuck past their deadline. The routes and the
+service functions are the same in both.
 """
 
 from __future__ import annotations
@@ -10,52 +12,74 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from services.common.artifacts import ArtifactStore, LocalArtifactStore
+from services.common.artifacts import ArtifactStore, artifact_store
 from services.common.config import Settings
 from services.common.errors import FitroomError
-from services.common.inference import LocalBackend, embedded_backend
+from services.common.inference import Infer, LocalBackend, embedded_backend
 from services.gateway.db import Database
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import GarmentRegistry, Job, JobStore, SqliteGarmentRegistry, SqliteJobStore
-from services.gateway.keys import KeyStore
+from services.gateway.keys import ApiKeyStore, KeyStore
 from services.gateway.metrics import Metrics
 from services.gateway.queue import JobQueue, ThreadQueue
 from services.gateway.storage import TenantArtifactStore, job_prefix
-from services.gateway.webhooks import WebhookOutbox
+from services.gateway.webhooks import Outbox, WebhookOutbox
 from services.gateway.worker import JobExecutor
 
 log = logging.getLogger("fitroom.gateway")
 
 _PROBE_KEY = "health/probe"
 _JANITOR_INTERVAL_S = 60.0
+_REAPER_INTERVAL_S = 10.0
 
 
 class Gateway:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.db = Database(settings.gateway_db)
-        self.jobs: JobStore = SqliteJobStore(self.db)
-        self.garments: GarmentRegistry = SqliteGarmentRegistry(self.db)
-        self.keys = KeyStore(self.db)
-        self.artifacts: ArtifactStore = LocalArtifactStore(settings.data_dir / "artifacts")
-        self.infer: LocalBackend = embedded_backend(settings)
         self.metrics = metrics or Metrics()
+        self.artifacts: ArtifactStore = artifact_store(settings)
         policy = UrlPolicy(settings.allowed_url_hosts())
         self.fetcher = SafeFetcher(policy, settings.fetch_timeout_s, settings.fetch_max_redirects)
         # Webhooks get their own client: a slow receiver must not hold up image fetches.
-        self.outbox = WebhookOutbox(
-            self.db, self.keys, SafeFetcher(policy, settings.webhook_timeout_s, 0), settings, self.metrics
-        )
-        self.executor = JobExecutor(
-            self.jobs, self.garments, self.artifacts, self.infer, self.outbox, self.metrics, settings
-        )
-        self.queue: JobQueue = ThreadQueue(self.executor, settings.workers, settings.queue_size)
+        webhook_fetcher = SafeFetcher(policy, settings.webhook_timeout_s, 0)
+        # Garment registration analyses on request threads (no model involved): bounded like the workers.
         self.analysis_slots = threading.BoundedSemaphore(settings.workers)
+        self.jobs: JobStore
+        self.garments: GarmentRegistry
+        self.keys: ApiKeyStore
+        self.outbox: Outbox
+        self.queue: JobQueue
+        self.infer: Infer
+        self._background: list[Callable[[], None]] = [self._janitor_loop]
+        if settings.mode == "distributed":
+            from services.distributed.queue import CeleryQueue
+            from services.distributed.state import distributed_state
+
+            self.state = distributed_state(settings, self.metrics, webhook_fetcher)
+            self.jobs, self.garments, self.keys = self.state.jobs, self.state.garments, self.state.keys
+            self.outbox = self.state.outbox
+            self.queue = CeleryQueue(self.state.client, settings.queue_size)
+            self.infer = LocalBackend(settings.model_repository)  # never loads a model here: the workers do
+            self.models_error: str | None = None
+            self._check_state: Callable[[], object] = self.state.client.ping
+            self._background.append(self._reaper_loop)
+        else:
+            self.db = Database(settings.gateway_db)
+            self.jobs = SqliteJobStore(self.db)
+            self.garments = SqliteGarmentRegistry(self.db)
+            self.keys = KeyStore(self.db)
+            self.infer = embedded_backend(settings)
+            self.outbox = WebhookOutbox(self.db, self.keys, webhook_fetcher, settings, self.metrics)
+            self.executor = JobExecutor(
+                self.jobs, self.garments, self.artifacts, self.infer, self.outbox, self.metrics, settings
+            )
+            self.queue = ThreadQueue(self.executor, settings.workers, settings.queue_size)
+            self.models_error = "models are loading"
+            self._check_state = self.db.ping
         self.metrics.watch(self.jobs.count_by_status, self.queue.depth)
-        self.models_error: str | None = "models are loading"
         self._stopping = threading.Event()
-        self._janitor = threading.Thread(target=self._janitor_loop, name="fitroom-janitor", daemon=True)
 
     def start(self) -> None:
         """Re-queue what a previous run left unfinished, then start the workers and background threads."""
@@ -65,12 +89,15 @@ class Gateway:
         self.queue.restore(recovered)
         self.queue.start()
         self.outbox.start()
-        self._janitor.start()
-        threading.Thread(target=self._load_models, name="fitroom-warmup", daemon=True).start()
+        for loop in self._background:
+            threading.Thread(target=loop, name=f"fitroom{loop.__name__}", daemon=True).start()
+        if self.settings.mode == "embedded":
+            threading.Thread(target=self._load_models, name="fitroom-warmup", daemon=True).start()
 
     def stop(self) -> None:
         self._stopping.set()
-        self.executor.stopping.set()  # running jobs stop at their next stage and go back to the queue
+        if self.settings.mode == "embedded":
+            self.executor.stopping.set()  # running jobs stop at their next stage and go back to the queue
         self.queue.stop(self.settings.shutdown_grace_s)
         self.outbox.stop()
         self.fetcher.close()
@@ -79,7 +106,7 @@ class Gateway:
         """Each dependency's state: "ok", or why it is not."""
         checks = {"models": self.models_error or "ok"}
         try:
-            self.db.ping()
+            self._check_state()
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
@@ -118,6 +145,17 @@ class Gateway:
                 self.expire_jobs(time.time() - self.settings.job_retention_s)
             except Exception:
                 log.exception("janitor error")
+
+    def _reaper_loop(self) -> None:
+        """Distributed mode: fail jobs stuck past FITROOM_JOB_DEADLINE_S (every replica runs one; safe)."""
+        from services.distributed.queue import reap_overdue
+
+        interval = min(_REAPER_INTERVAL_S, self.settings.job_deadline_s / 4)
+        while not self._stopping.wait(interval):
+            try:
+                reap_overdue(self.state, self.artifacts, self.settings)
+            except Exception:
+                log.exception("reaper error")
 
     def expire_jobs(self, cutoff: float) -> int:
         """Erase every job finished before `cutoff`; returns how many."""

@@ -1,0 +1,224 @@
+"""Distributed mode end to end, every part a real process (tests/distributed/cluster.py): the REST
+gateway, five stage queues in Redis, one Celery worker process per stage, Triton, S3.
+
+The chaos tests break one part at a time and check that no job is lost: a worker killed mid-task,
+the whole worker pool killed, redis-server restarted (AOF on), Triton gone for good.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from services.common.artifacts import LocalArtifactStore
+from services.common.config import get_settings
+from services.common.imageio import decode_image, decode_image_rgba
+from services.common.inference import LocalBackend
+from services.distributed.queues import QUEUES
+from services.pipeline import Pipeline
+from tests.distributed.cluster import VISIBILITY_TIMEOUT_S, Cluster, cluster
+from tests.gateway.helpers import Key, encode, wait_finished, wait_until
+from tests.warp.drawn import TEE, product_image
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with cluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def key(deployment: Cluster) -> Key:
+    return deployment.gateway.create_key("acme")
+
+
+@pytest.fixture(scope="module")
+def person_jpeg() -> bytes:
+    return encode(data.astronaut(), "JPEG")
+
+
+@pytest.fixture(scope="module")
+def tee_png() -> bytes:
+    return encode(product_image(TEE), "PNG")
+
+
+def submit(client: httpx.Client, person: bytes, garment: bytes) -> str:
+    response = client.post(
+        "/v1/tryon",
+        files={"person": ("person.jpg", person, "image/jpeg"), "garment": ("garment.png", garment, "image/png")},
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def result_pixels(client: httpx.Client, job_id: str) -> np.ndarray:
+    response = client.get(f"/v1/tryon/{job_id}/result")
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+
+
+def bucket_keys(deployment: Cluster, prefix: str = "") -> list[str]:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=deployment.s3.endpoint_url,
+        region_name=deployment.s3.region,
+        aws_access_key_id=deployment.s3.access_key,
+        aws_secret_access_key=deployment.s3.secret_key,
+    )
+    keys: list[str] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=deployment.s3.bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def embedded_result(person: bytes, garment: bytes, workdir: Path) -> np.ndarray:
+    """What `fitroom tryon` makes of the same bytes: one process, local models, local disk."""
+    pipeline = Pipeline(LocalArtifactStore(workdir), LocalBackend(get_settings().model_repository))
+    image = pipeline.tryon(decode_image(person), decode_image_rgba(garment)).image
+    return decode_image(encode(image, "JPEG"))  # the gateway's default output is JPEG too
+
+
+def test_rest_to_four_stage_queues_to_triton_and_s3_equals_the_embedded_result(
+    deployment: Cluster, key: Key, person_jpeg: bytes, tee_png: bytes, tmp_path: Path
+) -> None:
+    with deployment.gateway.client(key) as client:
+        job_id = submit(client, person_jpeg, tee_png)
+        job = wait_finished(client, job_id)
+        assert job["status"] == "succeeded", job
+        assert job["detected_category"] == "upper"
+        assert {name: stage["status"] for name, stage in job["stages"].items()} == dict.fromkeys(QUEUES, "done")
+        image = result_pixels(client, job_id)
+
+    expected = embedded_result(person_jpeg, tee_png, tmp_path)
+    assert image.shape == expected.shape
+    # Same stage code, same model files; Triton runs them in another process, so the JPEG may
+    # differ by a rounding step where a float sum was ordered differently.
+    difference = np.abs(image.astype(int) - expected.astype(int))
+    assert difference.mean() < 0.05 and difference.max() <= 8, (difference.mean(), difference.max())
+
+    # In S3: the result under the job, the cached pose and parse under the photo's hash, the garment
+    # analysis under the garment's; the inputs and the intermediate warped garment are gone.
+    job_keys = bucket_keys(deployment, f"fitroom-test/tenants/acme/jobs/{job_id}/")
+    assert job_keys == [f"fitroom-test/tenants/acme/jobs/{job_id}/result.jpg"]
+    tenant_keys = bucket_keys(deployment, "fitroom-test/tenants/acme/")
+    assert any(k.endswith("/pose.json") for k in tenant_keys) and any(k.endswith("/labels.npy") for k in tenant_keys)
+    assert any("/garment/" in k and k.endswith(".json") for k in tenant_keys)
+
+
+def test_a_second_garment_reuses_the_persons_pose_and_parse(
+    deployment: Cluster, key: Key, person_jpeg: bytes
+) -> None:
+    other = encode(product_image(TEE, seed=1), "PNG")
+    with deployment.gateway.client(key) as client:
+        job = wait_finished(client, submit(client, person_jpeg, other))
+    assert job["status"] == "succeeded", job
+    assert job["stages"]["pose"]["status"] == "cached" and job["stages"]["parser"]["status"] == "cached"
+    assert job["stages"]["garment"]["status"] == "done"
+
+
+def test_a_worker_killed_mid_task_and_replaced_the_job_still_succeeds(
+    deployment: Cluster, key: Key, person_jpeg: bytes, tee_png: bytes
+) -> None:
+    triton = deployment.triton
+    assert triton is not None
+    person = encode(np.ascontiguousarray(data.astronaut()[:, ::-1]), "JPEG")  # a new photo: pose must run
+    triton._signal_all(signal.SIGSTOP)  # the pose task blocks inside its inference call: mid-task, for sure
+    try:
+        with deployment.gateway.client(key) as client:
+            job_id = submit(client, person, tee_png)
+            assert wait_until(
+                lambda: client.get(f"/v1/tryon/{job_id}").json()["stages"]["pose"]["status"] == "running", 30
+            )
+            (pose_worker,) = deployment.workers.of("pose")
+            deployment.workers.kill(pose_worker)
+            triton._signal_all(signal.SIGCONT)
+            deployment.workers.start("pose")
+            started = time.monotonic()
+            job = wait_finished(client, job_id, timeout=VISIBILITY_TIMEOUT_S + 60)
+    finally:
+        triton._signal_all(signal.SIGCONT)
+    assert job["status"] == "succeeded", job
+    # The broker handed the task back once the visibility timeout passed, not before.
+    assert time.monotonic() - started < VISIBILITY_TIMEOUT_S + 30
+
+
+def test_a_pool_process_killed_mid_task_is_replaced_and_the_task_rerun(
+    deployment: Cluster, key: Key, tee_png: bytes
+) -> None:
+    triton = deployment.triton
+    assert triton is not None
+    person = encode(np.ascontiguousarray(data.astronaut()[20:]), "JPEG")
+    triton._signal_all(signal.SIGSTOP)
+    try:
+        with deployment.gateway.client(key) as client:
+            job_id = submit(client, person, tee_png)
+            assert wait_until(
+                lambda: client.get(f"/v1/tryon/{job_id}").json()["stages"]["pose"]["status"] == "running", 30
+            )
+            (pose_worker,) = deployment.workers.of("pose")
+            assert pose_worker.kill_pool_process()  # as the OOM killer would
+            triton._signal_all(signal.SIGCONT)
+            started = time.monotonic()
+            job = wait_finished(client, job_id, timeout=60)
+    finally:
+        triton._signal_all(signal.SIGCONT)
+    assert job["status"] == "succeeded", job
+    # reject_on_worker_lost: the worker hands the task straight back, no visibility timeout to wait.
+    assert time.monotonic() - started < VISIBILITY_TIMEOUT_S
+
+
+def test_jobs_resume_when_the_whole_worker_pool_returns(
+    deployment: Cluster, key: Key, person_jpeg: bytes
+) -> None:
+    garments = [encode(product_image(TEE, seed=10 + i), "PNG") for i in range(4)]
+    with deployment.gateway.client(key) as client:
+        job_ids = [submit(client, person_jpeg, garment) for garment in garments]
+        time.sleep(1.0)  # let some of them get into the stages
+        deployment.workers.kill_all()
+        statuses = {client.get(f"/v1/tryon/{job_id}").json()["status"] for job_id in job_ids}
+        assert statuses & {"queued", "running"}, "every job finished before the pool went down: nothing tested"
+        deployment.workers.start_all()
+        jobs = [wait_finished(client, job_id, timeout=VISIBILITY_TIMEOUT_S + 90) for job_id in job_ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * len(jobs), jobs
+
+
+def test_no_job_is_lost_when_redis_restarts_mid_run(deployment: Cluster, key: Key, person_jpeg: bytes) -> None:
+    garments = [encode(product_image(TEE, seed=20 + i), "PNG") for i in range(4)]
+    with deployment.gateway.client(key) as client:
+        job_ids = [submit(client, person_jpeg, garment) for garment in garments]
+        time.sleep(0.5)
+        deployment.redis.stop()  # SHUTDOWN: the AOF is flushed, as in a rolling restart
+        time.sleep(2.0)
+        deployment.redis.start()
+        jobs = [wait_finished(client, job_id, timeout=VISIBILITY_TIMEOUT_S + 90) for job_id in job_ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * len(jobs), jobs
+
+
+def test_with_triton_down_jobs_retry_then_fail_with_inference_unavailable(
+    deployment: Cluster, key: Key, tee_png: bytes
+) -> None:
+    triton = deployment.triton
+    assert triton is not None
+    person = encode(np.ascontiguousarray(data.astronaut()[:, 30:]), "JPEG")  # pose must run: Triton is needed
+    triton.kill()
+    try:
+        with deployment.gateway.client(key) as client:
+            job = wait_finished(client, submit(client, person, tee_png), timeout=90)
+    finally:
+        triton.start()
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "inference_unavailable", job
+    assert "retries" in job["error"]["message"]
+    assert job["stages"]["pose"]["status"] == "failed"
