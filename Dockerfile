@@ -37,6 +37,8 @@ RUN FITROOM_MODEL_REPOSITORY=/models FITROOM_CACHE_DIR=/tmp/fitroom-cache /opt/f
 
 # ---------------------------------------------------------------- CPU runtime
 FROM ${PYTHON_IMAGE} AS cpu
+# /data: FITROOM_DATA_DIR. /model-export: empty, owned by the image's user, so a fresh volume
+# mounted there (docker-compose.yml's `models` service) is writable without root.
 RUN groupadd --gid 10001 fitroom \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /data --shell /usr/sbin/nologin fitroom \
  && install -d -o 10001 -g 10001 /data /model-export
