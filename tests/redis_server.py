@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 REDIS_SERVER = "/usr/bin/redis-server"
 _PR_SET_PDEATHSIG = 1
@@ -29,6 +31,11 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _client(port: int, timeout: float) -> redis.Redis:
+    # No retries: a refused PING should be seen at once, and SHUTDOWN's closed connection is its answer.
+    return redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
 
 
 def _die_with_parent() -> None:
@@ -72,7 +79,7 @@ class RedisProcess:
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=1)
+        client = _client(self.port, timeout=1)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
@@ -93,7 +100,7 @@ class RedisProcess:
         """SHUTDOWN SAVE: the server writes its data and exits."""
         if self.process is None:
             return
-        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=5)
+        client = _client(self.port, timeout=5)
         try:
             client.shutdown(save=True)
         except redis.exceptions.ConnectionError:

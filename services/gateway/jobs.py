@@ -161,7 +161,9 @@ class JobStore(Protocol):
 
     def of_shopper(self, tenant: str, shopper_id: str) -> list[Job]: ...
 
-    def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]: ...
+    def finished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
+        """Jobs finished before cutoff, in no particular order (the janitor erases them all)."""
+        ...
 
     def unfinished_before(self, cutoff: float, limit: int = 100) -> list[Job]:
         """Queued or running jobs created before cutoff, oldest first (a reaper fails those past their deadline)."""

@@ -80,14 +80,17 @@ R = TypeVar("R")
 
 
 def connect(url: str, timeout_s: float = 2.0) -> redis.Redis:
-    """A client the stores accept: text replies, short timeouts, two quick retries. (redis-py's default
-    retries back off for seconds, and a request waiting on a dead Redis should get its 503 at once.)"""
+    """A client the stores accept: text replies, short timeouts, two quick retries of a lost connection
+    (a pooled connection goes stale when Redis restarts). redis-py's default retries back off for seconds,
+    and a request waiting on a dead Redis should get its 503 at once. Timeouts are not retried: the command
+    may have run, and running a script twice would count an attempt twice or make the first writer of an
+    outcome lose to itself."""
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(redis.exceptions.ConnectionError,)),
         health_check_interval=30,
     )
 
