@@ -18,6 +18,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -27,12 +28,15 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -45,6 +49,7 @@ REGION = "us-east-1"
 # them explicitly makes it second-guess them), so those two HTTP ports are drawn low enough for that.
 _GRPC_OFFSET = 10000
 _PR_SET_PDEATHSIG = 1
+_VOLUME_FILE = re.compile(r"(\d+)\.dat$")  # "<collection>_<id>.dat" or "<id>.dat"
 
 
 def weed_binary() -> Path:
@@ -211,11 +216,34 @@ class S3Server:
                     client.create_bucket(Bucket=self.bucket)
                 client.put_object(Bucket=self.bucket, Key="readiness-probe", Body=b"")
                 client.delete_object(Bucket=self.bucket, Key="readiness-probe")
-                return
-            except (BotoCoreError, ClientError) as e:
+                missing = self._volumes_unknown_to_master()
+                if not missing:
+                    return
+                last_error = RuntimeError(f"volumes {missing} on disk but not yet registered with the master")
+                time.sleep(0.05)
+            except (BotoCoreError, ClientError, OSError, ValueError) as e:
                 last_error = e
                 time.sleep(0.05)
         raise TimeoutError(f"SeaweedFS S3 not ready at {self.endpoint_url}: {last_error}; its log:\n{self._log_tail()}")
+
+    def _volumes_unknown_to_master(self) -> list[int]:
+        """Volume ids in the data directory that the master cannot locate yet. After a restart the S3
+        gateway takes writes (into a new volume) before the volume server has re-registered the old
+        ones, and reads of data from before the restart fail with 500 until it has."""
+        on_disk = sorted(
+            {int(m[1]) for f in (self.workdir / "data").glob("*.dat") if (m := _VOLUME_FILE.search(f.name))}
+        )
+        unknown = []
+        for volume_id in on_disk:
+            url = f"http://127.0.0.1:{self.ports['master']}/dir/lookup?volumeId={volume_id}"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    located = json.loads(response.read()).get("locations")
+            except urllib.error.HTTPError:  # 404 with an error body: not registered yet
+                located = None
+            if not located:
+                unknown.append(volume_id)
+        return unknown
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
@@ -293,3 +321,12 @@ def _die_with(parent_pid: int) -> Callable[[], None]:
             os._exit(1)
 
     return arm
+
+
+def seaweedfs_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Body of a session fixture: one server for the whole run. In a conftest:
+
+    s3_server = pytest.fixture(scope="session", name="s3_server")(seaweedfs_session)
+    """
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -236,7 +236,8 @@ class S3ArtifactStore:
             signature_version="s3v4",
             connect_timeout=self.timeout_s,
             read_timeout=self.timeout_s,
-            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try; Config's "max_attempts" would count retries only.
+            retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
             # Custom endpoints are often a bare host (a compose service, an IP) that cannot take the
             # bucket as a subdomain; AWS itself prefers virtual-hosted addressing.
             s3={"addressing_style": "path" if self.endpoint_url else "auto"},
