@@ -82,7 +82,7 @@ def reap_overdue(state: DistributedState, artifacts: ArtifactStore, settings: Se
             outcome = state.jobs.finish(job.id, "failed", error=(error.code, error.message))
             if outcome is not None:
                 log.warning("job %s reaped after %.0f s (%s)", job.id, time.time() - job.created_at, job.status)
-                conclude(job, outcome, TenantArtifactStore(artifacts, job.tenant), state.outbox, settings)
+                conclude(job, outcome, state.jobs, TenantArtifactStore(artifacts, job.tenant), state.outbox, settings)
                 reaped += 1
         if reaped == before:  # every one was finished meanwhile by someone else: the next read differs
             break

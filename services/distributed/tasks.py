@@ -20,13 +20,14 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 from celery import Task, chain
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from services.common.artifacts import ArtifactStore, artifact_store
@@ -35,7 +36,7 @@ from services.common.contracts import WarpResult
 from services.common.errors import TRANSIENT_ERRORS, FitroomError, JobTimeout, QueueUnavailable, WorkerLost
 from services.common.inference import Infer, inference_backend
 from services.common.mediapipe_models import FACE_LANDMARK, POSE_DETECTION, POSE_LANDMARK
-from services.distributed.app import app, task_name
+from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
@@ -119,30 +120,51 @@ Step = Callable[[Worker, Job, TenantArtifactStore, StageRecorder], None]
 
 
 def run_stage(task: Task, stage: str, job_id: str, step: Step) -> None:
-    """One delivery of one stage of a job; see the module docstring."""
+    """One delivery of one stage of a job; see the module docstring.
+
+    While the job store (Redis) is unreachable nothing can be recorded, and the broker, the same
+    Redis in most deployments, can neither take a retry nor an acknowledgement: the task waits for
+    it in place and then runs the stage again from the start (every stage is idempotent).
+    """
+    settings = worker().settings
+    deadline = time.monotonic() + settings.task_time_limit_s - 2 * SOFT_LIMIT_MARGIN_S
+    pause = settings.task_retry_backoff_s
+    while True:
+        try:
+            return _run_once(task, stage, job_id, step)
+        except QueueUnavailable as exc:
+            if time.monotonic() + pause > deadline:
+                # Back to the queue (or, with the broker down too, left unacknowledged: the broker
+                # hands it out again after the visibility timeout). Never dropped.
+                raise Reject(exc.message, requeue=True) from exc
+            log.warning("job %s %s: %s; trying again in %.1f s", job_id, stage, exc.message, pause)
+            time.sleep(pause)
+            pause = min(2 * pause, settings.task_retry_backoff_max_s)
+
+
+def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
     context = worker()
     settings, state = context.settings, context.state
-    try:
-        job = state.jobs.start(job_id)
-        if job is None:
-            raise Ignore()  # deleted, or finished (failed earlier or by the reaper): the chain stops here
-        state.timing.started(job_id, stage)
-        # Keyed by the retry number too: a planned retry is a new message, not a lost worker.
-        attempt = state.jobs.count_attempt(job_id, f"{stage}.{task.request.retries}")
-    except QueueUnavailable as exc:  # the job store is down: nothing can be recorded, so try again later
-        raise task.retry(countdown=_backoff(settings, task.request.retries), max_retries=settings.task_retries) from exc
+    retries = task.request.retries
+    job = state.jobs.start(job_id)
+    if job is None:
+        raise Ignore()  # deleted, or finished (failed earlier, by the reaper, or a duplicate delivery)
     store = TenantArtifactStore(context.artifacts, job.tenant)
     recorder = StageRecorder(state.jobs, None, job_id)
     try:
-        if attempt > settings.max_task_attempts:
+        state.timing.started(job_id, stage)
+        # Every start of this stage counts; planned retries (one each) are not deaths.
+        deaths = state.jobs.count_attempt(job_id, stage) - 1 - retries
+        if deaths >= settings.max_task_attempts:
             raise WorkerLost(
-                f"the {stage} stage's worker died on each of {attempt - 1} attempts at this job "
+                f"the {stage} stage's worker died on each of {deaths} attempts at this job "
                 "(a poison input, or too little memory)"
             )
         step(context, job, store, recorder)
         state.timing.finished(job_id, stage)
-    except TRANSIENT_ERRORS as exc:
-        retries = task.request.retries
+    except QueueUnavailable:
+        raise
+    except TRANSIENT_ERRORS as exc:  # Triton or S3: the broker is up, so a retry message can be sent
         if retries < settings.task_retries:
             countdown = _backoff(settings, retries)
             log.warning("job %s %s: %s; retry %d in %.1f s", job_id, stage, exc.message, retries + 1, countdown)
@@ -165,7 +187,7 @@ def _backoff(settings: Settings, retries: int) -> float:
 def _fail(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder, code: str, message: str):
     recorder.failed()
     outcome = context.state.jobs.finish(job.id, "failed", error=(code, message))
-    conclude(job, outcome, store, context.state.outbox, context.settings)
+    conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
     raise Ignore()  # the job is over: the rest of the chain is not sent
 
 
@@ -206,7 +228,7 @@ def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder:
     store_result(store, job, image)
     store.delete_prefix(warped_key(job.id))
     outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category)
-    conclude(job, outcome, store, context.state.outbox, context.settings)
+    conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
 
 
 STEPS: dict[str, Step] = {

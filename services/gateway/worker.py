@@ -32,7 +32,7 @@ from services.gateway.storage import (
     person_input_key,
     result_key,
 )
-from services.gateway.webhooks import WebhookOutbox
+from services.gateway.webhooks import Outbox
 from services.pipeline import Pipeline
 
 log = logging.getLogger("fitroom.gateway.worker")
@@ -100,16 +100,22 @@ class StageRecorder:
 def conclude(
     job: Job,
     outcome: Job | None,
+    jobs: JobStore,
     store: TenantArtifactStore,
-    outbox: WebhookOutbox,
+    outbox: Outbox,
     settings: Settings,
     metrics: Metrics | None = None,
 ) -> None:
-    """After `jobs.finish`: drop the inputs (personal data) and queue the webhook. `outcome` None: the
-    job was deleted (or already finished elsewhere) while this run went on; erase what the run wrote."""
+    """After `jobs.finish`: drop the inputs (personal data) and queue the webhook.
+
+    `outcome` None means this run did not finish the job: either it was deleted meanwhile (erase
+    what the run wrote after the deletion) or something else finished it first, a reaper or
+    another delivery of the same task (leave everything as the winner left it).
+    """
     if outcome is None:
-        store.delete_prefix(job_prefix(job.id))
-        store.delete_prefix(job.person_prefix)
+        if jobs.get(job.tenant, job.id) is None:
+            store.delete_prefix(job_prefix(job.id))
+            store.delete_prefix(job.person_prefix)
         return
     store.delete_prefix(job_inputs_prefix(job.id))  # photos are personal data: keep them no longer than needed
     if metrics:
@@ -133,7 +139,7 @@ class JobExecutor:
         garments: GarmentRegistry,
         artifacts: ArtifactStore,
         infer: Infer,
-        outbox: WebhookOutbox,
+        outbox: Outbox,
         metrics: Metrics,
         settings: Settings,
     ) -> None:
@@ -168,4 +174,4 @@ class JobExecutor:
             log.exception("job %s failed unexpectedly", job.id)
             recorder.failed()
             outcome = self.jobs.finish(job.id, "failed", error=("internal_error", "internal error; it has been logged"))
-        conclude(job, outcome, store, self.outbox, self.settings, self.metrics)
+        conclude(job, outcome, self.jobs, store, self.outbox, self.settings, self.metrics)

@@ -57,9 +57,9 @@ def cluster_env(redis: RedisProcess, s3: S3Server, triton: TritonProcess | None,
         "FITROOM_TASK_RETRY_BACKOFF_MAX_S": "2",
         "FITROOM_JOB_DEADLINE_S": "600",
         "FITROOM_QUEUE_SIZE": "1000",
-        # Many processes share two cores: one thread each keeps them from fighting over them.
-        "FITROOM_TORCH_THREADS": "1",
-        "OMP_NUM_THREADS": "1",
+        # Torch threads are left at their default, as in the embedded reference: on the CPU a float
+        # sum split over another number of threads rounds differently, and a landmark moved by a
+        # tenth of a pixel moves a label boundary.
     }
 
 
