@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from services.common.inference import LocalBackend
 from services.common.model_repository import ModelSignature, TensorSpec
@@ -91,19 +92,32 @@ def _tensors(specs: Sequence[TensorSpec]) -> list[object]:
     return [Tensor(name=spec.name, dtype=np.dtype(spec.dtype), shape=spec.dims) for spec in specs]
 
 
-def serve(repository: Path, grpc_port: int, http_port: int, metrics_port: int, workspace: Path | None = None) -> None:
-    """Serve every model of `repository` until SIGINT or SIGTERM."""
+def serve(
+    repository: Path,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    workspace: Path | None = None,
+    torch_threads: int = 0,
+) -> None:
+    """Serve every model of `repository` until SIGINT or SIGTERM.
+
+    `torch_threads` (0: torch's default) matters for exact comparisons: a convolution's float32
+    sums come out differently split over 1 or 2 threads (1e-3 apart on pose_detection's boxes).
+    """
     os.environ.update(python_library_env())  # inherited by tritonserver and its stubs
     from pytriton.model_config import DynamicBatcher, ModelConfig
     from pytriton.triton import Triton, TritonConfig
 
-    backend = LocalBackend(Path(repository))
+    backend = LocalBackend(Path(repository), threads=torch_threads)
     config = TritonConfig(
         grpc_port=grpc_port,
         http_port=http_port,
         metrics_port=metrics_port,
         grpc_address="127.0.0.1",
         http_address="127.0.0.1",
+        # On SIGINT Triton waits this long for clients' open keep-alive connections (default 30 s).
+        exit_timeout_secs=2,
     )
     # SIGTERM as SIGINT: PyTriton's serve() then stops tritonserver and its stubs before returning.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -223,6 +237,7 @@ class TritonProcess:
             "--http-port", str(self.http_port),
             "--metrics-port", str(self.metrics_port),
             "--workspace", str(self.workdir / f"workspace-{self._runs}"),
+            "--torch-threads", str(torch.get_num_threads()),  # this process's: the same float32 sums
         ]  # fmt: skip
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
@@ -346,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--workspace", type=Path, default=None, help="PyTriton's workspace (must not exist)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
-    serve(args.repository, args.grpc_port, args.http_port, args.metrics_port, args.workspace)
+    serve(args.repository, args.grpc_port, args.http_port, args.metrics_port, args.workspace, args.torch_threads)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,10 @@ class TritonBackend:
                 return self._grpc_client[1]
         made: tuple[int, Any] | None = getattr(self._http_clients, "client", None)
         if made is None or made[0] != pid:
+            if made is not None:  # forked: the gevent hub this thread inherited still waits on the parent's loop
+                import gevent
+
+                gevent.reinit()
             client = self._module().InferenceServerClient(
                 self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
             )

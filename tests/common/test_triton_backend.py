@@ -1,13 +1,19 @@
 """TritonBackend against a real Triton server (PyTriton's tritonserver, tests/triton_server.py).
 
-The server executes the same model.pt files with the same TorchScript runtime as LocalBackend,
-so every answer must be bit-identical: what is under test is the transport (names, order,
-dtypes, shapes, batching) and the failure handling, not the models.
+The server executes the same model.pt files with the same TorchScript runtime as LocalBackend.
+Names, order, dtypes and shapes must match exactly; values to float32 noise. The pose models'
+float32 sums depend on the memory layout they are handed (one input in two numpy buffers gives
+pose_detection boxes 5.5e-4 apart inside a single process), and Triton's answers differ from
+LocalBackend's by that much: 8.4e-4 on boxes ranging to 746, 0.69 on pose_landmark_full's
+segmentation logits ranging to 1600. face_landmark, garment_warp and tryon_fusion come back
+bit-identical. Tensors are therefore compared to 1e-3 of their range, and whole stages to what
+that noise can move (a fraction of a pixel, a few parser labels at region borders).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +25,7 @@ import pytest
 
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import Settings
+from services.common.contracts import PoseResult
 from services.common.errors import FitroomError, InferenceUnavailable, ModelUnavailable
 from services.common.inference import LocalBackend, inference_backend
 from services.common.model_repository import ModelSignature, TensorSpec, config_text, read_signature
@@ -46,8 +53,13 @@ class Recorder:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
-    with triton_process(repository, tmp_path_factory.mktemp("triton")) as process:
+def server(repository: Path) -> Iterator[TritonProcess]:
+    # Not under pytest's basetemp: concurrent pytest sessions prune each other's older basetemps,
+    # and the server's workspace (its binaries, sockets, model store) must outlive this module.
+    with (
+        tempfile.TemporaryDirectory(prefix="fitroom-triton-") as workdir,
+        triton_process(repository, Path(workdir)) as process,
+    ):
         yield process
 
 
@@ -73,11 +85,13 @@ def triton(request: pytest.FixtureRequest, server: TritonProcess, repository: Pa
 
 
 def assert_same_outputs(got: dict[str, np.ndarray], expected: dict[str, np.ndarray], model: str) -> None:
-    assert list(got) == list(expected), model  # config names, config order
+    """Config names in config order, dtypes and shapes exactly; values to 1e-3 of the tensor's range."""
+    assert list(got) == list(expected), model
     for name, array in expected.items():
         assert got[name].dtype == array.dtype and got[name].shape == array.shape, (model, name)
         assert got[name].flags.writeable, (model, name)
-        np.testing.assert_array_equal(got[name], array, err_msg=f"{model}.{name}")
+        noise = 1e-3 * max(float(np.abs(array).max()), 1.0)
+        np.testing.assert_allclose(got[name], array, rtol=0, atol=noise, err_msg=f"{model}.{name}")
 
 
 def test_server_serves_every_model_of_the_repository(server: TritonProcess, repository: Path) -> None:
@@ -91,12 +105,18 @@ def test_every_model_answers_as_local_backend_on_a_real_tryon(local_tryon: Recor
         assert_same_outputs(triton(model, inputs), expected, model)
 
 
+def assert_same_pose(remote: PoseResult, local: PoseResult) -> None:
+    """The same pose to a fraction of a pixel (observed: 0.007 px in x, 0.02 in y, 0.07 in depth)."""
+    assert remote.image_width == local.image_width and remote.image_height == local.image_height
+    difference = np.abs(remote.landmark_array() - local.landmark_array()).max(axis=0)
+    assert (difference <= [0.05, 0.05, 0.25, 1e-3, 1e-3]).all(), difference  # x, y, z px; visibility, presence
+    assert np.abs(remote.mask - local.mask).max() < 0.05
+
+
 def test_pose_stage_through_triton_equals_local(
     triton: TritonBackend, infer: LocalBackend, astronaut: np.ndarray
 ) -> None:
-    local, remote = pose_stage.run(astronaut, infer), pose_stage.run(astronaut, triton)
-    assert remote.model_dump() == local.model_dump()
-    np.testing.assert_array_equal(remote.mask, local.mask)
+    assert_same_pose(pose_stage.run(astronaut, triton), pose_stage.run(astronaut, infer))
 
 
 def test_tryon_through_triton_equals_local(
@@ -106,8 +126,13 @@ def test_tryon_through_triton_equals_local(
     local = Pipeline(LocalArtifactStore(tmp_path / "local"), infer).tryon(astronaut, garment)
     remote = Pipeline(LocalArtifactStore(tmp_path / "remote"), triton).tryon(astronaut, garment)
     assert remote.category == local.category == "upper"
-    np.testing.assert_array_equal(remote.warped.rgba, local.warped.rgba)
-    np.testing.assert_array_equal(remote.image, local.image)
+    assert_same_pose(remote.pose, local.pose)
+    # A pose 0.02 px off moves a few parser labels at region borders (observed: 106 of 262144 pixels)...
+    assert (remote.parse.labels != local.parse.labels).mean() < 1e-3
+    assert (remote.parse.agnostic != local.parse.agnostic).mean() < 1e-3
+    # ...so a few repaint-border pixels differ; the picture is the same (observed: mean 0.046 levels).
+    difference = np.abs(remote.image.astype(np.int16) - local.image.astype(np.int16))
+    assert difference.mean() < 0.25 and (difference > 16).mean() < 1e-3, (difference.mean(), (difference > 16).mean())
 
 
 def test_load_and_ready(triton: TritonBackend, repository: Path) -> None:
@@ -122,15 +147,7 @@ def test_concurrent_threads_share_the_backend(triton: TritonBackend, local_tryon
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda call: triton(call[0], call[1]), calls))
     for (model, _, expected), got in zip(calls, answers, strict=True):
-        # A dynamic batch runs the convolutions over several images at once: the same result up
-        # to float32 summation order (observed equal; a tolerance keeps this test about threads).
-        assert list(got) == list(expected)
-        for name in expected:
-            np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-4, err_msg=f"{model}.{name}")
-
-
-def _infer_in_child(backend: TritonBackend, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return backend(model, inputs)
+        assert_same_outputs(got, expected, model)  # each request gets its own answer back out of a batch
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -141,9 +158,26 @@ def test_a_forked_worker_makes_its_own_client(
     backend = backend_for(server, protocol, repository, timeout_s=10, retries=1, retry_backoff_s=0.1)
     model, inputs, expected = next(call for call in local_tryon.calls if call[0] == "pose_detection")
     assert_same_outputs(backend(model, inputs), expected, model)
-    with multiprocessing.get_context("fork").Pool(1) as pool:
-        answer = pool.apply_async(_infer_in_child, (backend, model, inputs)).get(timeout=60)
-    np.testing.assert_array_equal(answer["boxes__0"], expected["boxes__0"])
+    fork = multiprocessing.get_context("fork")
+    receive, send = fork.Pipe(duplex=False)
+
+    def child() -> None:  # runs in the forked process, on the backend object it inherited
+        try:
+            send.send(backend(model, inputs))
+        except Exception as exc:
+            send.send(exc)
+
+    worker = fork.Process(target=child)
+    worker.start()
+    try:
+        assert receive.poll(30), "the forked worker did not answer"
+        answer = receive.recv()
+    finally:
+        worker.join(10)
+        if worker.is_alive():
+            worker.kill()
+    assert isinstance(answer, dict), answer
+    assert_same_outputs(answer, expected, model)
     assert_same_outputs(backend(model, inputs), expected, model)  # the parent's client still works
 
 
