@@ -106,6 +106,11 @@ class JobOut(BaseModel):
     stages: dict[str, StageOut] = Field(description="pose, parser, garment, warp, fusion")
     status_url: str
     result_url: str | None = Field(None, description="set once the job has succeeded")
+    download_url: str | None = Field(
+        None,
+        description="with S3 storage, once the job has succeeded: a presigned URL of the result image that "
+        "needs no API key and expires after FITROOM_S3_PRESIGN_EXPIRY_S (ask the status again for a fresh one)",
+    )
     error: ErrorDetail | None = None
     webhook: WebhookOut | None = None
 
@@ -140,7 +145,9 @@ def timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def job_view(job: Job, base_url: str, webhook: DeliveryState | None = None) -> JobOut:
+def job_view(
+    job: Job, base_url: str, webhook: DeliveryState | None = None, download_url: str | None = None
+) -> JobOut:
     """A job as the API shows it, in GET /v1/tryon/{id} and in webhooks. `base_url` has no trailing '/'."""
     status_url = f"{base_url}/v1/tryon/{job.id}"
     return JobOut(
@@ -158,6 +165,7 @@ def job_view(job: Job, base_url: str, webhook: DeliveryState | None = None) -> J
         stages={name: StageOut(status=s.status, seconds=s.seconds) for name, s in job.stages.items()},
         status_url=status_url,
         result_url=f"{status_url}/result" if job.status == "succeeded" else None,
+        download_url=download_url if job.status == "succeeded" else None,
         error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
         webhook=WebhookOut(status=webhook.status, attempts=webhook.attempts, last_error=webhook.last_error)
         if webhook

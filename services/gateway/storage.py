@@ -36,6 +36,12 @@ class TenantArtifactStore:
     def list(self, prefix: str = "") -> list[str]:
         return [key[len(self.prefix) :] for key in self.base.list(self.prefix + prefix)]
 
+    def presigned_url(self, key: str) -> str | None:
+        """A time-limited URL of the artifact that needs no credentials, when the store can make
+        one (S3); None for local storage."""
+        presign = getattr(self.base, "presigned_url", None)
+        return presign(self.prefix + validate_key(key)) if presign else None
+
 
 # Key layout inside a tenant's store. Job inputs are deleted once the job has finished.
 def job_prefix(job_id: str) -> str:

@@ -64,7 +64,11 @@ async def get_tryon(
     job = await wait_for_job(gateway, tenant, job_id, wait)
     if job is None:
         raise JobNotFound(f"no try-on job {job_id}")
-    return job_view(job, base, await to_thread.run_sync(gateway.outbox.state, job.id))
+    download_url = None
+    if job.status == "succeeded":
+        store = TenantArtifactStore(gateway.artifacts, tenant)
+        download_url = await to_thread.run_sync(store.presigned_url, result_key(job.id, job.output_format))
+    return job_view(job, base, await to_thread.run_sync(gateway.outbox.state, job.id), download_url)
 
 
 @router.get(
