@@ -11,6 +11,7 @@ The process dies with the test process (PR_SET_PDEATHSIG), so a killed pytest le
 from __future__ import annotations
 
 import ctypes
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"  # Debian: apt-get install redis-server
 _PR_SET_PDEATHSIG = 1
 
 
