@@ -27,7 +27,7 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 4  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 6  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = ("repaint", "body", "skin_source", "background_source", "shading_source", "garment_allowed")
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
 FILL_SCALE = 4  # the skin and background fills are interpolated at this fraction of the resolution
@@ -46,6 +46,12 @@ SIGNATURE = ModelSignature(
 )
 
 
+def _resize(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Bilinear resize through the ATen op itself: scripting F.interpolate copies the whole Python
+    function, whose branches name ops that older libtorch builds (Triton's) do not have."""
+    return torch._C._nn.upsample_bilinear2d(x, size, False, None)
+
+
 def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Tensor:
     """Fill the unknown pixels of each `image` (N, C, H, W) smoothly from its `known` ones
     (N, 1, H, W): average down a pyramid counting only known pixels, then fill each level's gaps
@@ -61,11 +67,11 @@ def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Te
     mean = values[-1].sum(dim=(2, 3), keepdim=True) / coarsest.clamp_min(1e-6)
     filled = torch.where(coarsest > 0, mean, torch.full_like(mean, 0.5)).expand_as(values[-1])
     for level in range(len(values) - 1, -1, -1):
-        coarse = F.interpolate(filled, size=values[level].shape[-2:], mode="bilinear", align_corners=False)
+        coarse = _resize(filled, list(values[level].shape[-2:]))
         w = weights[level]
         trust = (w * 4.0).clamp(0.0, 1.0)  # a quarter of a cell known is enough to trust it
         filled = trust * (values[level] / w.clamp_min(1e-6)) + (1.0 - trust) * coarse
-    return F.interpolate(filled, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return _resize(filled, list(image.shape[-2:]))
 
 
 def _luminance(rgb: torch.Tensor) -> torch.Tensor:
@@ -81,7 +87,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     small = F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
     s = max(sigma / factor, 0.5)
     radius = int(3.0 * s) + 1
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-(taps**2) / (2.0 * s * s))
     kernel = kernel / kernel.sum()
     channels = small.shape[1]
@@ -91,7 +97,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     small = F.conv2d(small, horizontal, groups=channels)
     small = F.pad(small, (0, 0, radius, radius), mode="replicate")
     small = F.conv2d(small, vertical, groups=channels)
-    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False) if factor > 1 else small
+    return _resize(small, [height, width]) if factor > 1 else small
 
 
 class TryonFusion(nn.Module):

@@ -26,7 +26,7 @@ from services.warp.tps import MAX_POINTS
 NAME = "garment_warp"
 PARTS = 3  # torso + two limbs (sleeves or trouser legs); absent parts have zero alpha
 GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
-VERSION = 4  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 5  # bump when the module changes, so that installed copies are rebuilt
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -59,10 +59,11 @@ class GarmentWarp(nn.Module):
         canvas_size: torch.Tensor,
     ) -> torch.Tensor:
         height, width = int(canvas_size[0, 0]), int(canvas_size[0, 1])
+        device = rgb.device  # every tensor made here goes where Triton put the inputs (GPU or CPU)
         grid_h, grid_w = (height - 1) // self.stride + 2, (width - 1) // self.stride + 2
         unit = float(max(height, width))
-        ys = torch.linspace(0.0, float(height - 1), grid_h) / unit
-        xs = torch.linspace(0.0, float(width - 1), grid_w) / unit
+        ys = torch.linspace(0.0, float(height - 1), grid_h, device=device) / unit
+        xs = torch.linspace(0.0, float(width - 1), grid_w, device=device) / unit
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)  # (M, 2)
 
@@ -70,7 +71,7 @@ class GarmentWarp(nn.Module):
         n = control_points.shape[2]
         coarse_grids: list[torch.Tensor] = []
         present: list[int] = []
-        inside = torch.zeros(grid_h, grid_w, dtype=torch.bool)
+        inside = torch.zeros(grid_h, grid_w, dtype=torch.bool, device=device)
         for p in range(self.parts):
             if not bool((part_alpha[0, p] > 0).any()):  # an absent part costs nothing
                 continue
@@ -81,7 +82,7 @@ class GarmentWarp(nn.Module):
             inside |= (coarse.abs() <= 1.0).all(dim=-1)
             coarse_grids.append(coarse.permute(2, 0, 1).unsqueeze(0))
             present.append(p)
-        output = torch.zeros(1, 4, height, width)
+        output = torch.zeros(1, 4, height, width, device=device)
         rows = torch.nonzero(inside.any(dim=1)).flatten()
         cols = torch.nonzero(inside.any(dim=0)).flatten()
         if rows.numel() == 0:
@@ -95,13 +96,13 @@ class GarmentWarp(nn.Module):
         x1 = min(width, int(float(cols[-1] + 1) * to_canvas_x) + 2)
         # The box's pixels in the coarse grid's own [-1, 1] coordinates (align_corners: the grid's
         # first and last nodes sit on the canvas's first and last pixels).
-        fine_y = torch.arange(y0, y1, dtype=torch.float32) / float(height - 1) * 2.0 - 1.0
-        fine_x = torch.arange(x0, x1, dtype=torch.float32) / float(width - 1) * 2.0 - 1.0
+        fine_y = torch.arange(y0, y1, dtype=torch.float32, device=device) / float(height - 1) * 2.0 - 1.0
+        fine_x = torch.arange(x0, x1, dtype=torch.float32, device=device) / float(width - 1) * 2.0 - 1.0
         at_y, at_x = torch.meshgrid(fine_y, fine_x, indexing="ij")
         box = torch.stack([at_x, at_y], dim=-1).unsqueeze(0)  # (1, bh, bw, 2)
 
-        colour = torch.zeros(3, y1 - y0, x1 - x0)
-        alpha = torch.zeros(1, y1 - y0, x1 - x0)
+        colour = torch.zeros(3, y1 - y0, x1 - x0, device=device)
+        alpha = torch.zeros(1, y1 - y0, x1 - x0, device=device)
         for i in range(len(present)):  # "over" compositing, part 0 at the back
             mask = part_alpha[0, present[i]].unsqueeze(0).unsqueeze(0)  # (1, 1, Hg, Wg)
             grid = F.grid_sample(coarse_grids[i], box, mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
