@@ -51,6 +51,8 @@ bench: models
 	$(BIN)/python bench/warp_accuracy.py
 	$(BIN)/python bench/tryon_speed.py
 	$(BIN)/python bench/tryon_quality.py
+	$(BIN)/python bench/distributed.py
+	@echo "bench/gpu_models.py needs a CUDA machine: see its docstring"
 
 clean:
 	rm -rf $(VENV) $(OUT) triton_models/*/1
