@@ -1,4 +1,5 @@
-"""The REST gateway retailers call (issue 6): `fitroom serve` runs it with the embedded pipeline.
+"""The REST gateway retailers call: `fitroom serve`, in embedded mode (pipeline threads in this
+process, SQLite) or distributed mode (Celery chains to stage workers, Redis; services/distributed).
 
 Where things are:
     app.py        create_app(): routes, error envelope, body limit, metrics middleware, lifespan
@@ -6,11 +7,13 @@ Where things are:
     deps.py       FastAPI dependencies: auth (API key -> tenant), path ids, request bodies
     inputs.py     JSON / multipart bodies -> submissions; uploads, data URLs and URLs -> checked images
     service.py    what the routes do: submit (idempotency, inputs, queue), register garments, erase
-    runtime.py    Gateway: the parts wired for embedded mode, start/stop, readiness, retention
-    jobs.py       JobStore and GarmentRegistry (the seams for Redis) with their SQLite versions
-    queue.py      JobQueue (the seam for Celery) and ThreadQueue, the bounded in-process one
-    worker.py     JobExecutor: one job through services.pipeline, stage by stage
-    webhooks.py   signing, verification, the SQLite outbox with retries
+    runtime.py    Gateway: the parts wired for the configured mode, start/stop, readiness, retention, reaper
+    jobs.py       JobStore and GarmentRegistry (protocols) with their SQLite versions
+    redis_state.py  the Redis versions of the job store, garment registry and API keys (distributed mode)
+    queue.py      JobQueue (protocol) and ThreadQueue, the bounded in-process one (CeleryQueue: services/distributed)
+    worker.py     JobExecutor: one job through services.pipeline; the pieces the Celery tasks share
+    webhooks.py   signing, verification, the dispatcher and the SQLite outbox with retries
+    redis_webhooks.py  the Redis outbox: deliveries shared by every replica through leased claims
     fetch.py      outbound HTTP for untrusted URLs: the SSRF guard
     storage.py    per-tenant view of the artifact store and the key layout in it
     keys.py, db.py, metrics.py, middleware.py, errors.py, schemas.py, cli.py

@@ -1,9 +1,9 @@
-"""Running one job: the worker side of the gateway, the same for every queue implementation.
-
-A worker claims the job (queued -> running), reads its inputs from the tenant's store, drives the
-embedded pipeline, stores the result and records the outcome; every stage's progress goes to the
-job store as it happens, so GET /v1/tryon/{id} shows it live. Expected failures (no person, no
-garment, ...) fail the job with their code; anything else fails it as internal_error, logged.
+"""Running a job: reading its inputs, recording each stage's progress, storing the result and
+concluding (inputs erased, webhook queued). `JobExecutor` runs a whole job in this process
+(embedded mode); the Celery tasks of services/distributed run it stage by stage with the same
+pieces. Every stage's progress goes to the job store as it happens, so GET /v1/tryon/{id} shows
+it live. Expected failures (no person, no garment, ...) fail the job with their code; anything
+else fails it as internal_error, logged.
 """
 
 from __future__ import annotations
