@@ -40,7 +40,7 @@ from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
-from services.gateway.jobs import Job
+from services.gateway.jobs import Job, StageState
 from services.gateway.storage import TenantArtifactStore, job_prefix
 from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
 from services.pipeline import Pipeline, for_category
@@ -169,23 +169,23 @@ def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
             countdown = _backoff(settings, retries)
             log.warning("job %s %s: %s; retry %d in %.1f s", job_id, stage, exc.message, retries + 1, countdown)
             raise task.retry(countdown=countdown, max_retries=settings.task_retries) from exc
-        _fail(context, job, store, recorder, exc.code, f"{exc.message} (after {retries} retries)")
+        _fail(context, job, store, stage, exc.code, f"{exc.message} (after {retries} retries)")
     except FitroomError as exc:
-        _fail(context, job, store, recorder, exc.code, exc.message)
+        _fail(context, job, store, stage, exc.code, exc.message)
     except SoftTimeLimitExceeded:
         error = JobTimeout(f"the {stage} stage ran past FITROOM_TASK_TIME_LIMIT_S ({settings.task_time_limit_s} s)")
-        _fail(context, job, store, recorder, error.code, error.message)
+        _fail(context, job, store, stage, error.code, error.message)
     except Exception:
         log.exception("job %s failed unexpectedly in %s", job_id, stage)
-        _fail(context, job, store, recorder, "internal_error", "internal error; it has been logged")
+        _fail(context, job, store, stage, "internal_error", "internal error; it has been logged")
 
 
 def _backoff(settings: Settings, retries: int) -> float:
     return min(settings.task_retry_backoff_s * 2**retries, settings.task_retry_backoff_max_s)
 
 
-def _fail(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder, code: str, message: str):
-    recorder.failed()
+def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, code: str, message: str) -> None:
+    context.state.jobs.set_stage(job.id, stage, StageState("failed"))
     outcome = context.state.jobs.finish(job.id, "failed", error=(code, message))
     conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
     raise Ignore()  # the job is over: the rest of the chain is not sent

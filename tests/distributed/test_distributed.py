@@ -8,6 +8,7 @@ the whole worker pool killed, redis-server restarted (AOF on), Triton gone for g
 from __future__ import annotations
 
 import io
+import os
 import signal
 import time
 import urllib.request
@@ -26,6 +27,7 @@ from services.common.config import get_settings
 from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg
 from services.common.inference import inference_backend
 from services.distributed.queues import QUEUES
+from services.gateway.redis_state import connect
 from services.pipeline import Pipeline
 from tests.distributed.cluster import VISIBILITY_TIMEOUT_S, Cluster, cluster
 from tests.gateway.helpers import Key, encode, wait_finished, wait_until
@@ -233,4 +235,36 @@ def test_with_triton_down_jobs_retry_then_fail_with_inference_unavailable(
     assert job["status"] == "failed", job
     assert job["error"]["code"] == "inference_unavailable", job
     assert "retries" in job["error"]["message"]
+    assert job["stages"]["pose"]["status"] == "failed"
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_with_worker_lost(
+    deployment: Cluster, key: Key, tee_png: bytes
+) -> None:
+    """A poison input: each time its pose task runs, the pool process running it dies. After
+    FITROOM_MAX_TASK_ATTEMPTS (3) deaths the next delivery fails the job instead of dying again."""
+    triton = deployment.triton
+    assert triton is not None and triton.process is not None
+    person = encode(np.ascontiguousarray(data.astronaut()[40:, 40:]), "JPEG")
+    # Freeze only the process that executes the models: tritonserver still accepts every request,
+    # so each delivery, from whatever new pool process, blocks in its first inference call.
+    os.kill(triton.process.pid, signal.SIGSTOP)
+    try:
+        with deployment.gateway.client(key) as client:
+            job_id = submit(client, person, tee_png)
+            (pose_worker,) = deployment.workers.of("pose")
+            redis = connect(deployment.redis.url)
+            for started in range(1, 4):
+                # The job store counts every start of the stage: wait for this delivery's.
+                assert wait_until(
+                    lambda n=started: int(redis.hget(f"fitroom:job:{job_id}", "stage_attempts:pose") or 0) == n, 30
+                )
+                time.sleep(0.5)  # the task is inside its inference call
+                assert pose_worker.kill_pool_process()
+            job = wait_finished(client, job_id, timeout=60)
+    finally:
+        os.kill(triton.process.pid, signal.SIGCONT)
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "worker_lost", job
+    assert "3 attempts" in job["error"]["message"]
     assert job["stages"]["pose"]["status"] == "failed"
