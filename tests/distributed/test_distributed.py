@@ -268,3 +268,27 @@ def test_a_job_that_kills_its_worker_every_time_fails_with_worker_lost(
     assert job["error"]["code"] == "worker_lost", job
     assert "3 attempts" in job["error"]["message"]
     assert job["stages"]["pose"]["status"] == "failed"
+
+
+def test_an_s3_outage_is_retried_through_and_a_lasting_one_answered_503(
+    deployment: Cluster, key: Key, tee_png: bytes
+) -> None:
+    person = encode(np.ascontiguousarray(data.astronaut()[60:, :480]), "JPEG")
+    with deployment.gateway.client(key) as client:
+        job_id = submit(client, person, tee_png)
+        deployment.s3.stop()  # the job's tasks now fail to read and write: they retry with backoff
+        time.sleep(0.5)
+        deployment.s3.start()
+        job = wait_finished(client, job_id, timeout=60)
+        assert job["status"] == "succeeded", job
+
+        deployment.s3.stop()
+        try:
+            response = client.post(
+                "/v1/tryon",
+                files={"person": ("p.jpg", person, "image/jpeg"), "garment": ("g.png", tee_png, "image/png")},
+            )
+        finally:
+            deployment.s3.start()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "storage_unavailable"
