@@ -6,6 +6,7 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from services.distributed.queues import QUEUES
@@ -30,6 +31,9 @@ def add_commands(commands: Any) -> None:
     worker.add_argument(
         "--name", help="the node name before '@<host>' (default: the stage); unique per worker on one host"
     )
+    worker.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics (task outcomes, time worked and queued) on this port"
+    )
     worker.set_defaults(func=cmd_worker)
 
     health = commands.add_parser("worker-health", help="exit 0 when this host's worker for STAGE answers a ping")
@@ -49,7 +53,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stages = list(QUEUES) if args.stage == "all" else [args.stage]
     # Read by the worker processes as they start, to load their stages' models (tasks.py).
     os.environ["FITROOM_WORKER_STAGES"] = ",".join(stages)
+    if args.metrics_port:
+        # Pool processes write their metrics to files here (set before prometheus_client is imported).
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="fitroom-metrics-"))
     from services.distributed.app import app
+
+    if args.metrics_port:
+        from services.distributed.metrics import serve
+
+        serve(args.metrics_port)
 
     app.worker_main(
         [

@@ -14,7 +14,9 @@ import redis
 
 from services.common.config import Settings
 from services.common.errors import QueueUnavailable
+from services.distributed.queues import QUEUES
 from services.gateway.fetch import SafeFetcher, UrlPolicy
+from services.gateway.jobs import Job
 from services.gateway.metrics import Metrics
 from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, connect
 from services.gateway.redis_webhooks import RedisWebhookOutbox
@@ -38,6 +40,12 @@ class StageTiming:
 
     def finished(self, job_id: str, stage: str) -> None:
         self._set(job_id, f"{stage}.finished")
+
+    def waited(self, job: Job, stage: str) -> float:
+        """Seconds from the previous stage's finish (the job's creation for the first) until now."""
+        index = QUEUES.index(stage)
+        previous = self.of(job.id).get(f"{QUEUES[index - 1]}.finished") if index > 0 else None
+        return max(0.0, time.time() - (previous or job.created_at))
 
     def of(self, job_id: str) -> dict[str, float]:
         try:

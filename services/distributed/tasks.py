@@ -36,6 +36,7 @@ from services.common.contracts import WarpResult
 from services.common.errors import TRANSIENT_ERRORS, FitroomError, JobTimeout, QueueUnavailable, WorkerLost
 from services.common.inference import Infer, inference_backend
 from services.common.mediapipe_models import FACE_LANDMARK, POSE_DETECTION, POSE_LANDMARK
+from services.distributed import metrics
 from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
@@ -148,11 +149,14 @@ def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
     retries = task.request.retries
     job = state.jobs.start(job_id)
     if job is None:
+        metrics.TASKS.labels(stage, "skipped").inc()
         raise Ignore()  # deleted, or finished (failed earlier, by the reaper, or a duplicate delivery)
     store = TenantArtifactStore(context.artifacts, job.tenant)
     recorder = StageRecorder(state.jobs, None, job_id)
     try:
+        metrics.WAITED.labels(stage).observe(state.timing.waited(job, stage))
         state.timing.started(job_id, stage)
+        start = time.perf_counter()
         # Every start of this stage counts; planned retries (one each) are not deaths.
         deaths = state.jobs.count_attempt(job_id, stage) - 1 - retries
         if deaths >= settings.max_task_attempts:
@@ -162,12 +166,15 @@ def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
             )
         step(context, job, store, recorder)
         state.timing.finished(job_id, stage)
+        metrics.WORKED.labels(stage).observe(time.perf_counter() - start)
+        metrics.TASKS.labels(stage, "done").inc()
     except QueueUnavailable:
         raise
     except TRANSIENT_ERRORS as exc:  # Triton or S3: the broker is up, so a retry message can be sent
         if retries < settings.task_retries:
             countdown = _backoff(settings, retries)
             log.warning("job %s %s: %s; retry %d in %.1f s", job_id, stage, exc.message, retries + 1, countdown)
+            metrics.TASKS.labels(stage, "retried").inc()
             raise task.retry(countdown=countdown, max_retries=settings.task_retries) from exc
         _fail(context, job, store, stage, exc.code, f"{exc.message} (after {retries} retries)")
     except FitroomError as exc:
@@ -185,6 +192,7 @@ def _backoff(settings: Settings, retries: int) -> float:
 
 
 def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, code: str, message: str) -> None:
+    metrics.TASKS.labels(stage, "failed").inc()
     context.state.jobs.set_stage(job.id, stage, StageState("failed"))
     outcome = context.state.jobs.finish(job.id, "failed", error=(code, message))
     conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)

@@ -100,12 +100,15 @@ class Workers:
     running: list[WorkerProcess] = field(default_factory=list)
     _started: int = 0
 
-    def start(self, stage: str, wait: bool = True) -> WorkerProcess:
+    def start(self, stage: str, wait: bool = True, *options: str) -> WorkerProcess:
         self._started += 1
         log_path = self.log_dir / f"worker-{stage}-{self._started}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "worker", "--stage", stage, "--name", f"{stage}{self._started}"],
+                [
+                    *(sys.executable, "-m", "services.cli", "worker", "--stage", stage),
+                    *("--name", f"{stage}{self._started}", *options),
+                ],
                 env=self.env,
                 cwd=PROJECT_ROOT,
                 stdout=log,

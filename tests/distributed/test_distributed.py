@@ -30,7 +30,7 @@ from services.distributed.queues import QUEUES
 from services.gateway.redis_state import connect
 from services.pipeline import Pipeline
 from tests.distributed.cluster import VISIBILITY_TIMEOUT_S, Cluster, cluster
-from tests.gateway.helpers import Key, encode, wait_finished, wait_until
+from tests.gateway.helpers import Key, encode, free_port, wait_finished, wait_until
 from tests.warp.drawn import TEE, product_image
 
 pytestmark = pytest.mark.distributed
@@ -292,3 +292,17 @@ def test_an_s3_outage_is_retried_through_and_a_lasting_one_answered_503(
             deployment.s3.start()
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "storage_unavailable"
+
+
+def test_a_worker_serves_its_stage_metrics(deployment: Cluster, key: Key, tee_png: bytes) -> None:
+    port = free_port()
+    (old,) = deployment.workers.of("warp")
+    deployment.workers.kill(old)  # nothing is queued for warp now: the new worker takes the next task
+    deployment.workers.start("warp", True, "--metrics-port", str(port))
+    person = encode(np.ascontiguousarray(data.astronaut()[:480, 32:]), "JPEG")
+    with deployment.gateway.client(key) as client:
+        assert wait_finished(client, submit(client, person, tee_png))["status"] == "succeeded"
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'fitroom_worker_tasks_total{outcome="done",stage="warp"} 1.0' in text, text
+    assert 'fitroom_worker_task_seconds_count{stage="warp"} 1.0' in text
+    assert 'fitroom_worker_task_waited_seconds_count{stage="warp"} 1.0' in text
