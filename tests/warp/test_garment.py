@@ -167,3 +167,14 @@ def test_real_trousers_and_dress_are_categorised(name: str, category: str) -> No
         assert "crotch" in analysis.landmarks
         positions = outline_positions(analysis.mask, analysis.landmarks, LOWER_ORDER)
         assert positions == sorted(positions)
+
+
+def test_a_white_top_on_white_fails_cleanly_not_with_a_crash() -> None:
+    """VITON's 003323: a white top on a white backdrop once made the analysis raise IndexError
+    (an outline with no upper part); asked for a top, it is now garment_not_detected."""
+    path = SHARED_DATA / "viton" / "train" / "cloth" / "003323_1.jpg"
+    if not path.exists():
+        pytest.skip("../shared/data is not present on this machine")
+    image = read_image_file(path, rgba=True)
+    with pytest.raises(GarmentNotDetected):
+        analyse_garment(image, "upper")
