@@ -39,6 +39,7 @@ def add_commands(commands: Any) -> None:
     health = commands.add_parser("worker-health", help="exit 0 when this host's worker for STAGE answers a ping")
     health.add_argument("--stage", required=True, choices=STAGE_CHOICES)
     health.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    health.add_argument("--name", help="the worker's --name, if it was given one")
     health.set_defaults(func=cmd_worker_health)
 
 
@@ -80,10 +81,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker_health(args: argparse.Namespace) -> int:
+    from kombu.exceptions import OperationalError
+
     from services.distributed.app import app
 
-    node = node_name(args.stage, socket.gethostname())
-    replies = app.control.ping(destination=[node], timeout=args.timeout)
+    node = node_name(args.name or args.stage, socket.gethostname())
+    try:
+        replies = app.control.ping(destination=[node], timeout=args.timeout)
+    except OperationalError as exc:
+        print(f"{node}: the broker is unreachable ({exc})", file=sys.stderr)
+        return EXIT_UNHEALTHY
     if any(node in reply for reply in replies):
         print(f"{node}: ok")
         return EXIT_OK

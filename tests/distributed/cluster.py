@@ -66,6 +66,7 @@ def cluster_env(redis: RedisProcess, s3: S3Server, triton: TritonProcess | None,
 @dataclass
 class WorkerProcess:
     stage: str
+    name: str  # its --name: the node is <name>@<host>
     process: subprocess.Popen[bytes]
     log_path: Path
 
@@ -102,12 +103,13 @@ class Workers:
 
     def start(self, stage: str, wait: bool = True, *options: str) -> WorkerProcess:
         self._started += 1
+        name = f"{stage}{self._started}"
         log_path = self.log_dir / f"worker-{stage}-{self._started}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [
                     *(sys.executable, "-m", "services.cli", "worker", "--stage", stage),
-                    *("--name", f"{stage}{self._started}", *options),
+                    *("--name", name, *options),
                 ],
                 env=self.env,
                 cwd=PROJECT_ROOT,
@@ -115,7 +117,7 @@ class Workers:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        worker = WorkerProcess(stage, process, log_path)
+        worker = WorkerProcess(stage, name, process, log_path)
         self.running.append(worker)
         if wait:
             self.wait_ready([worker])

@@ -30,7 +30,7 @@ from services.distributed.queues import QUEUES
 from services.gateway.redis_state import connect
 from services.pipeline import Pipeline
 from tests.distributed.cluster import VISIBILITY_TIMEOUT_S, Cluster, cluster
-from tests.gateway.helpers import Key, encode, free_port, wait_finished, wait_until
+from tests.gateway.helpers import Key, encode, fitroom, free_port, wait_finished, wait_until
 from tests.warp.drawn import TEE, product_image
 
 pytestmark = pytest.mark.distributed
@@ -306,3 +306,12 @@ def test_a_worker_serves_its_stage_metrics(deployment: Cluster, key: Key, tee_pn
     assert 'fitroom_worker_tasks_total{outcome="done",stage="warp"} 1.0' in text, text
     assert 'fitroom_worker_task_seconds_count{stage="warp"} 1.0' in text
     assert 'fitroom_worker_task_waited_seconds_count{stage="warp"} 1.0' in text
+
+
+def test_worker_health_answers_for_a_live_worker_only(deployment: Cluster) -> None:
+    (parser_worker,) = deployment.workers.of("parser")
+    health = ("worker-health", "--stage", "parser", "--timeout")
+    alive = fitroom(*health, "5", "--name", parser_worker.name, env=deployment.env)
+    assert alive.returncode == 0, alive.stderr
+    absent = fitroom(*health, "1", "--name", "nobody", env=deployment.env)
+    assert absent.returncode == 1 and "no answer" in absent.stderr
