@@ -42,7 +42,7 @@ from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
 from services.gateway.jobs import Job, StageState
-from services.gateway.storage import TenantArtifactStore, job_prefix
+from services.gateway.storage import TenantArtifactStore, job_work_prefix
 from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
 from services.pipeline import Pipeline, for_category
 from services.warp.model import NAME as WARP_MODEL
@@ -99,9 +99,10 @@ def job_chain(job_id: str) -> chain:
     return chain(*(app.signature(task_name(stage), args=(job_id,), immutable=True) for stage in QUEUES))
 
 
-# Where a job's intermediate results live between tasks (inside its tenant's store).
+# Where a job's intermediate results live between tasks (inside its tenant's store). They stay until
+# the job is concluded, so a task that runs again after a crash still finds its inputs.
 def warped_key(job_id: str) -> str:
-    return f"{job_prefix(job_id)}warped.npz"
+    return f"{job_work_prefix(job_id)}warped.npz"
 
 
 def put_warped(store: ArtifactStore, job_id: str, warped: WarpResult) -> None:
@@ -234,7 +235,6 @@ def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder:
     warped = get_warped(store, job.id)
     image = pipeline.fuse(person, pose, for_category(pose, parse, warped.category), warped, recorder)
     store_result(store, job, image)
-    store.delete_prefix(warped_key(job.id))
     outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category)
     conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
 

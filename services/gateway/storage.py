@@ -60,6 +60,11 @@ def job_inputs_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/input/"
 
 
+def job_work_prefix(job_id: str) -> str:
+    """Intermediates passed between a job's stages in distributed mode (the warped garment)."""
+    return f"jobs/{job_id}/work/"
+
+
 def result_key(job_id: str, output_format: OutputFormat) -> str:
     return f"jobs/{job_id}/result.{'jpg' if output_format == 'jpeg' else 'png'}"
 

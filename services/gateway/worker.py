@@ -29,6 +29,7 @@ from services.gateway.storage import (
     garment_input_key,
     job_inputs_prefix,
     job_prefix,
+    job_work_prefix,
     person_input_key,
     result_key,
 )
@@ -117,7 +118,9 @@ def conclude(
             store.delete_prefix(job_prefix(job.id))
             store.delete_prefix(job.person_prefix)
         return
-    store.delete_prefix(job_inputs_prefix(job.id))  # photos are personal data: keep them no longer than needed
+    # Photos are personal data: keep them, and what was made from them on the way, no longer than needed.
+    store.delete_prefix(job_inputs_prefix(job.id))
+    store.delete_prefix(job_work_prefix(job.id))
     if metrics:
         metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
     if outcome.callback_url:
