@@ -13,12 +13,17 @@ from dataclasses import dataclass
 import redis
 
 from services.common.config import Settings
-from services.common.errors import QueueUnavailable
 from services.distributed.queues import QUEUES
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import Job
 from services.gateway.metrics import Metrics
-from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, connect
+from services.gateway.redis_state import (
+    RedisGarmentRegistry,
+    RedisJobStore,
+    RedisKeyStore,
+    connect,
+    unavailable_as_queue_error,
+)
 from services.gateway.redis_webhooks import RedisWebhookOutbox
 
 # Timings are for measurement (bench/distributed.py), not state: they expire on their own.
@@ -47,22 +52,17 @@ class StageTiming:
         previous = self.of(job.id).get(f"{QUEUES[index - 1]}.finished") if index > 0 else None
         return max(0.0, time.time() - (previous or job.created_at))
 
+    @unavailable_as_queue_error
     def of(self, job_id: str) -> dict[str, float]:
-        try:
-            raw = self.client.hgetall(_timing_key(job_id))
-        except redis.RedisError as exc:
-            raise QueueUnavailable(f"Redis: {exc}") from exc
-        return {name: float(value) for name, value in raw.items()}
+        return {name: float(value) for name, value in self.client.hgetall(_timing_key(job_id)).items()}
 
+    @unavailable_as_queue_error
     def _set(self, job_id: str, field: str) -> None:
         key = _timing_key(job_id)
-        try:
-            with self.client.pipeline() as pipe:
-                pipe.hset(key, field, repr(time.time()))
-                pipe.expire(key, TIMING_TTL_S)
-                pipe.execute()
-        except redis.RedisError as exc:
-            raise QueueUnavailable(f"Redis: {exc}") from exc
+        with self.client.pipeline() as pipe:
+            pipe.hset(key, field, repr(time.time()))
+            pipe.expire(key, TIMING_TTL_S)
+            pipe.execute()
 
 
 def _timing_key(job_id: str) -> str:

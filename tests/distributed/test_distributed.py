@@ -142,7 +142,7 @@ def test_a_worker_killed_mid_task_and_replaced_the_job_still_succeeds(
     triton = deployment.triton
     assert triton is not None
     person = encode(np.ascontiguousarray(data.astronaut()[:, ::-1]), "JPEG")  # a new photo: pose must run
-    triton._signal_all(signal.SIGSTOP)  # the pose task blocks inside its inference call: mid-task, for sure
+    triton.pause()  # the pose task blocks inside its inference call: mid-task, for sure
     try:
         with deployment.gateway.client(key) as client:
             job_id = submit(client, person, tee_png)
@@ -151,12 +151,12 @@ def test_a_worker_killed_mid_task_and_replaced_the_job_still_succeeds(
             )
             (pose_worker,) = deployment.workers.of("pose")
             deployment.workers.kill(pose_worker)
-            triton._signal_all(signal.SIGCONT)
+            triton.resume()
             deployment.workers.start("pose")
             started = time.monotonic()
             job = wait_finished(client, job_id, timeout=VISIBILITY_TIMEOUT_S + 60)
     finally:
-        triton._signal_all(signal.SIGCONT)
+        triton.resume()
     assert job["status"] == "succeeded", job
     # The broker handed the task back once the visibility timeout passed, not before.
     assert time.monotonic() - started < VISIBILITY_TIMEOUT_S + 30
@@ -168,7 +168,7 @@ def test_a_pool_process_killed_mid_task_is_replaced_and_the_task_rerun(
     triton = deployment.triton
     assert triton is not None
     person = encode(np.ascontiguousarray(data.astronaut()[20:]), "JPEG")
-    triton._signal_all(signal.SIGSTOP)
+    triton.pause()
     try:
         with deployment.gateway.client(key) as client:
             job_id = submit(client, person, tee_png)
@@ -177,11 +177,11 @@ def test_a_pool_process_killed_mid_task_is_replaced_and_the_task_rerun(
             )
             (pose_worker,) = deployment.workers.of("pose")
             assert pose_worker.kill_pool_process()  # as the OOM killer would
-            triton._signal_all(signal.SIGCONT)
+            triton.resume()
             started = time.monotonic()
             job = wait_finished(client, job_id, timeout=60)
     finally:
-        triton._signal_all(signal.SIGCONT)
+        triton.resume()
     assert job["status"] == "succeeded", job
     # reject_on_worker_lost: the worker hands the task straight back, no visibility timeout to wait.
     assert time.monotonic() - started < VISIBILITY_TIMEOUT_S
@@ -191,7 +191,7 @@ def test_jobs_resume_when_the_whole_worker_pool_returns(deployment: Cluster, key
     triton = deployment.triton
     assert triton is not None
     persons = [encode(np.ascontiguousarray(data.astronaut()[:, 5 * i :]), "JPEG") for i in range(1, 5)]
-    triton._signal_all(signal.SIGSTOP)  # every job stops at its first inference: all are mid-flight
+    triton.pause()  # every job stops at its first inference: all are mid-flight
     try:
         with deployment.gateway.client(key) as client:
             job_ids = [submit(client, person, tee_png) for person in persons]
@@ -199,12 +199,12 @@ def test_jobs_resume_when_the_whole_worker_pool_returns(deployment: Cluster, key
                 lambda: client.get(f"/v1/tryon/{job_ids[0]}").json()["stages"]["pose"]["status"] == "running", 30
             )
             deployment.workers.kill_all()
-            triton._signal_all(signal.SIGCONT)
+            triton.resume()
             assert {client.get(f"/v1/tryon/{job_id}").json()["status"] for job_id in job_ids} <= {"queued", "running"}
             deployment.workers.start_all()
             jobs = [wait_finished(client, job_id, timeout=VISIBILITY_TIMEOUT_S + 90) for job_id in job_ids]
     finally:
-        triton._signal_all(signal.SIGCONT)
+        triton.resume()
     assert [job["status"] for job in jobs] == ["succeeded"] * len(jobs), jobs
 
 
