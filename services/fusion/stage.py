@@ -5,8 +5,9 @@ model (services/fusion/model.py) does the per-pixel work.
 
 - repaint: the old garment (and its fringe) inside the agnostic region: it must go. Skin and
   backdrop in the agnostic region stay as they are unless the new garment covers them.
-- garment allowed: the agnostic region less the bare arms, which stay in front of a new top
-  as they are (an arm across the chest, a short sleeve's arm).
+- garment allowed: the agnostic region. What is in front of the new garment inside it (bare
+  arms over its torso, hair) the warp has already taken out of the garment's alpha, and a
+  sleeve longer than the old one covers its arm.
 - body: where an uncovered pixel of the repaint region is skin (the torso between the
   shoulder and hip joints, the arms' and, for bottoms, the legs' capsules); elsewhere it
   was old garment standing off the body and becomes background.
@@ -44,7 +45,6 @@ OLD_GARMENT = {
     "dress": (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"]),
 }
 BODY_SKIN = (LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], LIP["left_leg"], LIP["right_leg"])
-ARMS = (LIP["left_arm"], LIP["right_arm"])
 
 
 def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) -> np.ndarray:
@@ -88,8 +88,6 @@ def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndar
     old_garment = any_of(labels, OLD_GARMENT[category])
     fringe = max(1, round(FRINGE * height))
     repaint = agnostic & cv2.dilate(old_garment.astype(np.uint8), np.ones((2 * fringe + 1,) * 2, np.uint8)).astype(bool)
-    allowed = agnostic & ~any_of(labels, ARMS) if category in ("upper", "dress") else agnostic
-    repaint &= allowed
     skin = any_of(labels, BODY_SKIN) & ~repaint
     if skin.sum() < MIN_BODY_SKIN * labels.size:
         skin |= labels == LIP["face"]
@@ -101,7 +99,7 @@ def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndar
         "skin_source": skin,
         "background_source": background.astype(bool) & ~repaint,
         "shading_source": old_garment & repaint,
-        "garment_allowed": allowed,
+        "garment_allowed": agnostic,
     }
     return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
 

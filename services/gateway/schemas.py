@@ -145,9 +145,7 @@ def timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def job_view(
-    job: Job, base_url: str, webhook: DeliveryState | None = None, download_url: str | None = None
-) -> JobOut:
+def job_view(job: Job, base_url: str, webhook: DeliveryState | None = None, download_url: str | None = None) -> JobOut:
     """A job as the API shows it, in GET /v1/tryon/{id} and in webhooks. `base_url` has no trailing '/'."""
     status_url = f"{base_url}/v1/tryon/{job.id}"
     return JobOut(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,12 +41,36 @@ class BodyFrame:
         return t, across
 
 
+def _project(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's position along the segment a-b (0 at a, 1 at b, unclamped) and its
+    distance to the segment."""
+    ab = b - a
+    along = ((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / max(float(ab @ ab), 1e-9)
+    u = np.clip(along, 0.0, 1.0)
+    return along, np.hypot(xs - (a[0] + u * ab[0]), ys - (a[1] + u * ab[1]))
+
+
 def segment_distance(xs: np.ndarray, ys: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance of every pixel to the segment a-b."""
-    ab = b - a
-    denom = max(float(ab @ ab), 1e-9)
-    u = np.clip(((xs - a[0]) * ab[0] + (ys - a[1]) * ab[1]) / denom, 0.0, 1.0)
-    return np.hypot(xs - (a[0] + u * ab[0]), ys - (a[1] + u * ab[1]))
+    return _project(xs, ys, a, b)[1]
+
+
+def chain_coords(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's distance to the polyline `chain` and the arc length (from the chain's
+    start) of the polyline point nearest to it; pixels behind the chain's start get the
+    (negative) arc length of their projection onto its first segment."""
+    distance, arc = np.full(np.shape(xs), np.inf), np.zeros(np.shape(xs))
+    start = 0.0
+    for a, b in itertools.pairwise(chain):
+        length = float(np.linalg.norm(b - a))
+        along, d = _project(xs, ys, a, b)
+        if start > 0.0:  # only the first segment reaches back behind the chain's start
+            along = np.clip(along, 0.0, 1.0)
+        nearer = d < distance
+        distance[nearer] = d[nearer]
+        arc[nearer] = start + np.minimum(along[nearer], 1.0) * length
+        start += length
+    return distance, arc
 
 
 def limb_distance(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray], radii: list[float]) -> np.ndarray:

@@ -1,9 +1,9 @@
 """The warp stage: garment image + analysis + the person's pose and parse -> the garment on the
 person's canvas (RGBA at the person photo's resolution).
 
-Cloth-agnostic, as CP-VTON's geometric matching is: the body targets come from the pose and
-the body silhouette (the parse's non-background, with the arms taken out along the arm bones),
-never from the outline of the garment the person wears now.
+Cloth-agnostic, as CP-VTON's geometric matching is: the body targets come from the pose, the
+body silhouette (the parse's non-background), bare arms, face and hair, never from the outline
+of the garment the person wears now.
 
 1. Scale: the garment's shoulder span maps onto the person's, which fixes how far down the
    body the garment's armpits and hem fall.
@@ -11,14 +11,18 @@ never from the outline of the garment the person wears now.
    body points (neck base, shoulders, the torso's sides at the matching heights, hips), with
    the garment's centre line on the body's axis. A thin-plate spline with a bending-energy
    regulariser takes the canvas to the garment through those pairs.
-3. Sleeves go with the torso for now; whatever stands off the body (a flat-lay sleeve held
-   out sideways, spline overshoot) is trimmed to the body silhouette. Sleeves laid along
-   each arm as parts of their own were tried and folded on VITON's flat-lays (0.47 mean
-   IoU against 0.59 without, 60 pairs; see git history, commit edd32cd), and so did cuff
-   corners placed on the arms inside the one spline (on 100 pairs it covers 0.786 of the
-   true region against 0.819 without): the sleeve landmarks are too often missing or off on
-   flat-lays. The model keeps room for three parts. Trousers are one part whose hems follow the knees and ankles.
-4. The garment_warp model evaluates the splines densely and samples the garment.
+3. Sleeves: each sleeve is a part of its own whose shape comes from the body and whose
+   length and texture come from the garment. It covers the arm's silhouette around the
+   shoulder-elbow-wrist bones, from the shoulder down to the sleeve's own length (scaled like
+   the rest of the garment); its spline lays the flat-lay sleeve's axis along the arm. Shaping
+   sleeves by their flat-lay outline instead (splines through the cuff and armpit points) was
+   tried twice and folded on VITON's flat-lays (0.47 mean IoU against 0.59 without, see git
+   history, commit edd32cd): the arm gives a sleeve's shape far more reliably than its outline
+   on a product photo does.
+4. What shows: every part stays on the body's silhouette; hair and the face are in front of
+   the garment, and bare arms in front of its torso (a sleeve goes round its arm). The masks
+   go to the model with the splines.
+5. The garment_warp model evaluates the splines densely and samples the garment.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 
 from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.inference import Infer
-from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain, limb_distance
+from services.parser.geometry import BodyFrame, arm_chain, chain_coords, landmark, leg_chain
 from services.warp import tps
 from services.warp.model import NAME as MODEL_NAME
 from services.warp.model import PARTS
@@ -40,7 +44,7 @@ REGULARISATION = 2e-3  # bending-energy weight (canvas units)
 # Flat-lay garments are wider than the body they wrap around seen from the front: their
 # widths and lengths are scaled down by this much against the shoulder span (fitted on VITON).
 LENGTH_SCALE = 0.8
-SILHOUETTE_MARGIN = 0.08  # torso lengths: how far the garment may stand off the body
+FLARE_MARGIN = 0.08  # torso lengths: how far a dress's skirt may stand off the legs below the hips
 SHOULDER_OUT = 0.1  # the shoulder seam sits this far (shoulder widths) outside the joint
 SHOULDER_UP = 0.03  # and this far (torso lengths) above it
 COLLAR_ACROSS, COLLAR_UP = 0.2, 0.08
@@ -54,7 +58,10 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 TOP_HEM_PRIOR, TOP_HEM_WEIGHT = 1.05, 0.3
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
-UPPER_ARM_RADIUS = 0.17  # of the shoulder width: the arm's half-width, for the silhouette
+# Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
+# spline stays regular where the arm's tube ends (the tube, not the spline, cuts the sleeve off).
+SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
+SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
 
@@ -62,11 +69,14 @@ EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's ed
 @dataclass(frozen=True)
 class Part:
     """One piece of the garment and its spline: `garment` points (garment pixels) go to
-    `canvas` points (person pixels); `alpha` is the piece's share of the garment mask."""
+    `canvas` points (person pixels); `alpha` is the piece's share of the garment mask, or None
+    for a piece whose shape is all in `shown` and that samples the garment's colours anywhere
+    (extended past its outline); `shown` is where on the canvas the piece may show."""
 
     garment: np.ndarray
     canvas: np.ndarray
-    alpha: np.ndarray
+    alpha: np.ndarray | None
+    shown: np.ndarray
 
 
 class Body:
@@ -76,18 +86,49 @@ class Body:
     def __init__(self, pose: PoseResult, parse: ParseResult) -> None:
         self.pts = pose.landmark_array()[:, :2].astype(np.float64)
         self.frame = BodyFrame.from_points(self.pts)
-        self.person = parse.labels != LIP["background"]
-        self.arm_skin = (parse.labels == LIP["left_arm"]) | (parse.labels == LIP["right_arm"])
+        labels = parse.labels
+        self.person = labels != LIP["background"]
+        self.arm_skin = (labels == LIP["left_arm"]) | (labels == LIP["right_arm"])
+        # What the garment may show on: the silhouette less what is in front of any garment.
+        self.visible = self.person & (labels != LIP["hair"]) & (labels != LIP["face"])
         self.height, self.width = self.person.shape
-        sw = self.frame.shoulder_width
-        self.arms = [arm_chain(self.pts, side) for side in ("left", "right")]
-        self.arm_radii = [UPPER_ARM_RADIUS * sw, 0.15 * sw, 0.15 * sw]
 
-    def near_silhouette(self, margin: float) -> np.ndarray:
-        """Pixels within `margin` torso lengths of the body silhouette: nothing of the garment
-        floats further from the body (a flat-lay sleeve held out sideways, spline overshoot)."""
-        outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
-        return outside <= margin * self.frame.length
+    def torso_shown(self, flare: bool) -> np.ndarray:
+        """Where a garment's torso (or trousers) may show: the visible silhouette less bare arms
+        and hands, which are in front of it. With `flare`, a dress's skirt may also stand off
+        the legs below the hips by FLARE_MARGIN."""
+        shown = self.visible & ~self.arm_skin
+        if flare:
+            ys, xs = np.mgrid[0 : self.height, 0 : self.width]
+            t, _ = self.frame.coords(xs, ys)
+            outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
+            shown |= (t > HIPS_T) & (outside <= FLARE_MARGIN * self.frame.length)
+        return shown
+
+    def arm_tube(self, side: str, length: float) -> np.ndarray:
+        """The arm's silhouette within SLEEVE_REACH of its bones, from the shoulder joint down
+        to arc length `length`: the shape of a sleeve of that length (face and hair in front)."""
+        chain = arm_chain(self.pts, side)[:3]
+        reach = SLEEVE_REACH * self.frame.shoulder_width
+        # Only the arm down to the sleeve's end is looked at.
+        end, _ = _polyline_at(chain, length)
+        corners = np.array([chain[0], end] + [p for p in chain[1:] if np.linalg.norm(p - chain[0]) < length])
+        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
+        x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
+        x1, y1 = min(x1, self.width), min(y1, self.height)
+        tube = np.zeros((self.height, self.width), bool)
+        if x1 <= x0 or y1 <= y0:
+            return tube
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        distance, arc = chain_coords(xs, ys, chain)
+        # Round the shoulder joint the sleeve goes on outwards only: the cap towards the neck
+        # would take the sleeve's colours into the collar.
+        sign = self.side_sign(side)
+        joint_across = self.frame.coords(chain[0][:1], chain[0][1:])[1][0] * sign
+        across = self.frame.coords(xs, ys)[1] * sign
+        cap = across >= joint_across - 0.5 * reach / self.frame.length
+        tube[y0:y1, x0:x1] = (distance <= reach) & ((arc >= 0.0) | cap) & (arc <= length) & self.visible[y0:y1, x0:x1]
+        return tube
 
     def at(self, t: float, across: float) -> np.ndarray:
         """Canvas point at body-frame t (torso lengths down from the shoulder line) and
@@ -102,7 +143,7 @@ class Body:
 
     def torso_edge(self, t: float, side: str) -> np.ndarray:
         """The torso's outline at height t on `side`: walking out from the body axis, the
-        first point off the silhouette or inside an arm. Below HIPS_T the silhouette is legs
+        first point off the silhouette or on a bare arm. Below HIPS_T the silhouette is legs
         and hands, so the width found at HIPS_T is carried down."""
         sign = self.side_sign(side)
         f = self.frame
@@ -113,7 +154,9 @@ class Body:
         on_person, in_arm = np.zeros(len(line), bool), np.zeros(len(line), bool)
         on_person[inside] = self.person[ys[inside].astype(int), xs[inside].astype(int)]
         in_arm[inside] = self.arm_skin[ys[inside].astype(int), xs[inside].astype(int)]
-        in_arm |= np.min([limb_distance(xs, ys, arm, self.arm_radii) for arm in self.arms], axis=0) < 1.0
+        # A sleeved arm against the torso is not told apart from it: the torso may reach over
+        # it (the sleeve goes on top), which on VITON fits the garment's sides far better than
+        # stopping at the arm bone's capsule did.
         stop = ~on_person | in_arm
         stop[: max(1, int(0.25 * f.shoulder_width))] = False  # an arm across the chest is not the edge
         end = int(np.argmax(stop)) if stop.any() else len(line) - 1
@@ -154,7 +197,7 @@ def _side_walk(mask: np.ndarray, start: np.ndarray, end: np.ndarray, fractions: 
 
 
 def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
-    """A top or dress as one part: torso landmarks onto the body."""
+    """A top or dress: the torso part (landmarks onto the body), then a part per sleeve."""
     mask = garment.mask
     f = body.frame
     sw, length = f.shoulder_width, f.length
@@ -194,7 +237,49 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     for frac in (0.33, 0.66, 1.0):
         g_pts.append(_g(garment, "neckline") + frac * (g_hem_mid - _g(garment, "neckline")))
         c_pts.append(body.at(-NECK_UP, 0.0) + frac * (c_hem_mid - body.at(-NECK_UP, 0.0)))
-    return [Part(np.array(g_pts), np.array(c_pts), mask)]
+    torso = Part(np.array(g_pts), np.array(c_pts), mask, body.torso_shown(flare=garment.category == "dress"))
+    sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
+    return [torso, *(sleeve for sleeve in sleeves if sleeve is not None)]
+
+
+def _perpendicular(direction: np.ndarray) -> np.ndarray:
+    return np.array([-direction[1], direction[0]])
+
+
+def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float) -> Part | None:
+    """The sleeve on `side` laid along its arm, or None for a garment without one.
+
+    Its spline takes the arm's bones (shoulder, elbow, wrist) to the flat-lay sleeve's axis
+    (the middle of its root, shoulder seam to armpit, to the middle of its cuff), and the
+    sleeve's width across each. Its shape on the canvas is the arm's (Body.arm_tube) down to
+    the sleeve's length, so it has no alpha of its own in the garment: run() extends the
+    garment's colours past its outline for the pixels of the arm a narrow sleeve does not reach."""
+    if f"sleeve_{side}_outer" not in garment.landmarks:
+        return None
+    g_shoulder, g_armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
+    g_outer, g_inner = _g(garment, f"sleeve_{side}_outer"), _g(garment, f"sleeve_{side}_inner")
+    g_root, g_cuff = (g_shoulder + g_armpit) / 2, (g_outer + g_inner) / 2
+    g_length = float(np.linalg.norm(g_cuff - g_root))
+    if g_length < 1.0:
+        return None
+    g_axis = (g_cuff - g_root) / g_length
+    g_out = _perpendicular(g_axis) * (np.sign(_perpendicular(g_axis) @ (g_shoulder - g_armpit)) or 1.0)
+    half_root, half_cuff = np.linalg.norm(g_shoulder - g_armpit) / 2, np.linalg.norm(g_outer - g_inner) / 2
+    length = g_length * scale
+    chain = arm_chain(body.pts, side)[:3]
+    first = _polyline_at(chain, 0.0)[1]
+    # The arm's outer side (away from the body, where the shoulder seam goes) keeps one
+    # handedness along the whole arm, so that a bent forearm's sleeve does not flip.
+    handedness = np.sign(_perpendicular(first) @ (chain[0] - body.frame.origin)) or 1.0
+    g_pts, c_pts = [], []
+    for u in SLEEVE_STATIONS:
+        point, direction = _polyline_at(chain, u * length)
+        out = handedness * _perpendicular(direction)
+        half = half_root + min(u, 1.0) * (half_cuff - half_root)
+        for across in (-1.0, 0.0, 1.0):
+            g_pts.append(g_root + u * g_length * g_axis + across * half * g_out)
+            c_pts.append(point + across * half * scale * out)
+    return Part(np.array(g_pts), np.array(c_pts), None, body.arm_tube(side, length))
 
 
 def _polyline_at(chain: list[np.ndarray], distance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -226,7 +311,7 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
         g_len = float(np.linalg.norm(g_outer - g_waist[side])) * scale
         chain = [c_waist[side], knee, ankle]
         c_hem, direction = _polyline_at(chain, g_len)
-        normal = np.array([-direction[1], direction[0]])
+        normal = _perpendicular(direction)
         out = np.sign(normal @ (c_waist[side] - f.origin - f.axis * f.length)) or 1.0
         if g_inner is not None:
             g_inner = np.array(g_inner)
@@ -242,7 +327,28 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     if "crotch" in garment.landmarks:
         g_pts.append(_g(garment, "crotch"))
         c_pts.append(body.at(1.3, 0.0))
-    return [Part(np.array(g_pts), np.array(c_pts), garment.mask.copy())]
+    return [Part(np.array(g_pts), np.array(c_pts), garment.mask.copy(), body.torso_shown(flare=False))]
+
+
+def extend_colours(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`rgb` with every pixel outside `mask`, and its fringe, given the colour of the garment
+    nearest to it. Worked out at a quarter of the size: only the sleeves' overshoot past the
+    outline reads it. The fringe mixes in the backdrop, so it is neither kept nor spread."""
+    h, w = mask.shape
+    small_size = (max(1, w // 4), max(1, h // 4))
+    weight = cv2.resize(mask.astype(np.float32), small_size, interpolation=cv2.INTER_AREA)
+    known = cv2.erode((weight > 0.99).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if not known.any():
+        return rgb
+    small = cv2.resize(rgb, small_size, interpolation=cv2.INTER_AREA)
+    _, nearest = cv2.distanceTransformWithLabels(
+        (~known).astype(np.uint8), cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    ys, xs = np.nonzero(known)  # label k is the k-th known pixel in row-major order
+    filled = cv2.resize(small[ys, xs][nearest - 1], (w, h), interpolation=cv2.INTER_LINEAR)
+    inner = cv2.resize(known.astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR) > 0
+    cv2.copyTo(rgb, (inner & mask).astype(np.uint8), filled)
+    return filled
 
 
 def run(
@@ -256,10 +362,15 @@ def run(
     g_h, g_w = garment.mask.shape
     shrink = min(1.0, GARMENT_MAX_SIDE / max(g_h, g_w))
     size = (max(1, round(g_w * shrink)), max(1, round(g_h * shrink)))
-    rgb = garment_image[..., :3]
+    rgb = np.ascontiguousarray(garment_image[..., :3])
+    mask = garment.mask
     if shrink < 1:
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    if any(part.alpha is None for part in parts):
+        rgb = extend_colours(rgb, mask)
     control = np.zeros((1, PARTS, tps.MAX_POINTS, 2), np.float32)
+    shown = np.zeros((1, PARTS, height, width), np.uint8)
     weights = np.zeros((1, PARTS, tps.MAX_POINTS + 3, 2), np.float32)
     alpha = np.zeros((1, PARTS, size[1], size[0]), np.float32)
     to_unit = np.array([2.0 / (g_w - 1), 2.0 / (g_h - 1)])
@@ -268,6 +379,10 @@ def run(
         source = part.canvas / unit
         target = part.garment * to_unit - 1.0
         control[0, p], weights[0, p] = tps.padded(source, tps.fit(source, target, REGULARISATION))
+        shown[0, p] = part.shown
+        if part.alpha is None:  # shaped by `shown` alone, coloured from anywhere in the garment
+            alpha[0, p] = 1.0
+            continue
         part_alpha = part.alpha.astype(np.uint8)
         if trim:  # the mask's outermost pixels mix in the backdrop: a pale fringe on the person
             part_alpha = cv2.erode(part_alpha, np.ones((2 * trim + 1,) * 2, np.uint8))
@@ -281,8 +396,8 @@ def run(
             "control_points__2": control,
             "weights__3": weights,
             "canvas_size__4": np.array([[height, width]], np.int32),
+            "canvas_mask__5": shown,
         },
     )
     rgba = outputs["warped__0"][0].transpose(1, 2, 0)
-    rgba[..., 3] *= body.near_silhouette(SILHOUETTE_MARGIN)
     return WarpResult(image_width=width, image_height=height, category=garment.category, rgba=rgba)

@@ -52,7 +52,9 @@ def cluster_env(redis: RedisProcess, s3: S3Server, triton: TritonProcess | None,
         "FITROOM_TRITON_RETRY_BACKOFF_S": "0.2",
         "FITROOM_TASK_TIME_LIMIT_S": str(TASK_TIME_LIMIT_S),
         "FITROOM_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
-        "FITROOM_TASK_RETRIES": "4",
+        # Enough retries (about 13 s of backoff) to outlast a SeaweedFS restart on a loaded
+        # machine: with 4 (3 s) the S3-outage test failed once in a fresh clone.
+        "FITROOM_TASK_RETRIES": "8",
         "FITROOM_TASK_RETRY_BACKOFF_S": "0.2",
         "FITROOM_TASK_RETRY_BACKOFF_MAX_S": "2",
         "FITROOM_JOB_DEADLINE_S": "600",

@@ -42,9 +42,7 @@ def make_job(state: DistributedState, age_s: float) -> Job:
     return state.jobs.create(job, idempotency_ttl_s=3600)
 
 
-def test_overdue_jobs_fail_with_job_timeout_once(
-    state: tuple[DistributedState, Settings], tmp_path: Path
-) -> None:
+def test_overdue_jobs_fail_with_job_timeout_once(state: tuple[DistributedState, Settings], tmp_path: Path) -> None:
     distributed, settings = state
     artifacts = LocalArtifactStore(tmp_path / "artifacts")
     store = TenantArtifactStore(artifacts, "acme")

@@ -22,12 +22,10 @@ from services.warp.model import PARTS
 from tests.warp.drawn import TEE, product_image
 
 
-def test_model_reproduces_a_known_shift(infer: LocalBackend) -> None:
-    """Splines fitted to a pure translation must sample the garment 10 px to the left."""
-    rng = np.random.default_rng(0)
-    height, width = 96, 128
-    rgb = rng.random((height, width, 3)).astype(np.float32)
-    canvas = rng.uniform(10, 90, (12, 2))
+def _shifted_warp(infer: LocalBackend, rgb: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """garment_warp with every part's spline fitted to a 10 px shift to the right; part 0 only."""
+    height, width = rgb.shape[:2]
+    canvas = np.random.default_rng(0).uniform(10, 90, (12, 2))
     garment = canvas - (10, 0)
     unit = max(height, width)
     source = canvas / unit
@@ -35,7 +33,7 @@ def test_model_reproduces_a_known_shift(infer: LocalBackend) -> None:
     points, weights = tps.padded(source, tps.fit(source, target, 0.0))
     alpha = np.zeros((1, PARTS, height, width), np.float32)
     alpha[0, 0] = 1
-    out = infer(
+    return infer(
         "garment_warp",
         {
             "rgb__0": rgb.transpose(2, 0, 1)[None],
@@ -43,11 +41,33 @@ def test_model_reproduces_a_known_shift(infer: LocalBackend) -> None:
             "control_points__2": np.repeat(points[None, None], PARTS, axis=1),
             "weights__3": np.repeat(weights[None, None], PARTS, axis=1),
             "canvas_size__4": np.array([[height, width]], np.int32),
+            "canvas_mask__5": shown,
         },
     )["warped__0"][0]
+
+
+def test_model_reproduces_a_known_shift(infer: LocalBackend) -> None:
+    """Splines fitted to a pure translation must sample the garment 10 px to the left."""
+    height, width = 96, 128
+    rgb = np.random.default_rng(1).random((height, width, 3)).astype(np.float32)
+    out = _shifted_warp(infer, rgb, np.ones((1, PARTS, height, width), np.uint8))
     assert out.shape == (4, height, width)
     assert np.allclose(out[:3, :, 10:], rgb.transpose(2, 0, 1)[:, :, :-10], atol=1e-3)
     assert np.all(out[3, :, :9] == 0) and np.allclose(out[3, :, 11:], 1, atol=1e-4)
+
+
+def test_model_shows_each_part_only_inside_its_canvas_mask(infer: LocalBackend) -> None:
+    height, width = 96, 128
+    rgb = np.random.default_rng(1).random((height, width, 3)).astype(np.float32)
+    shown = np.zeros((1, PARTS, height, width), np.uint8)
+    shown[0, 0, 20:60, 30:100] = 1
+    shown[0, 1:] = 1  # other parts' masks do not matter: their alpha is zero
+    out = _shifted_warp(infer, rgb, shown)
+    inside = np.zeros((height, width), bool)
+    inside[20:60, 30:100] = True
+    assert np.allclose(out[3][inside], 1, atol=1e-4) and np.all(out[3][~inside] == 0)
+    assert np.allclose(out[:3, 20:60, 30:100], rgb.transpose(2, 0, 1)[:, 20:60, 20:90], atol=1e-3)
+    assert np.all(_shifted_warp(infer, rgb, np.zeros_like(shown)) == 0)
 
 
 def test_spline_fits_its_points_and_bends_less_when_regularised() -> None:
