@@ -75,6 +75,10 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def ready(self) -> bool:
+        """Started and serving its queue (it logs " ready." once its models are loaded)."""
+        return self.alive() and " ready." in self.log_path.read_text(errors="replace")
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes: a crash, not a shutdown (no task is handed back)."""
         pids = [self.process.pid, *_descendants(self.process.pid)]
@@ -133,7 +137,7 @@ class Workers:
     def wait_ready(self, workers: list[WorkerProcess], timeout: float = WORKER_READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         for worker in workers:
-            while " ready." not in worker.log_path.read_text(errors="replace"):
+            while not worker.ready():
                 if not worker.alive():
                     raise RuntimeError(f"worker {worker.stage} exited:\n{worker.log()}")
                 if time.monotonic() > deadline:
