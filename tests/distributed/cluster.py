@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -150,11 +149,6 @@ class Workers:
     def kill(self, worker: WorkerProcess) -> None:
         worker.kill()
         self.running.remove(worker)
-
-    def kill_random(self, rng: random.Random) -> WorkerProcess:
-        worker = rng.choice([w for w in self.running if w.alive()])
-        self.kill(worker)
-        return worker
 
     def kill_all(self) -> None:
         for worker in list(self.running):
