@@ -31,7 +31,13 @@ pytestmark = pytest.mark.distributed
 JOBS = 100
 PERSONS = 8
 GARMENTS = 5
-KILL_EVERY_S = (2.0, 5.0)
+KILL_EVERY_S = (1.0, 3.0)
+# Jobs arrive over about 40 s, as a storefront's traffic would, so that the chaos has time to
+# strike however fast the machine drains the queue (all at once, one run saw only 8 kills).
+SUBMIT_EVERY_S = 0.4
+# Each kill can hold a task back for the visibility timeout, so unbounded chaos can outlast the
+# jobs it delays (one run here kept killing for 8 minutes): it stops after this many.
+MAX_KILLS = 16
 SOAK_TIMEOUT_S = 600
 
 
@@ -45,7 +51,7 @@ def chaos(deployment: Cluster, stop: threading.Event, rng: random.Random, kills:
     """Every few seconds SIGKILL a random serving worker: its pool process (as the OOM killer would) or the
     whole worker (as a lost node would), then start a replacement, so two per stage keep running."""
     workers = deployment.workers
-    while not stop.wait(rng.uniform(*KILL_EVERY_S)):
+    while sum(kills.values()) < MAX_KILLS and not stop.wait(rng.uniform(*KILL_EVERY_S)):
         # Only serving workers: killing replacements still loading their models did no work but
         # slowed the machine, and on a loaded one that can feed on itself (a CI run took 626 s for
         # 200 jobs, one passing the job deadline).
@@ -74,7 +80,10 @@ def test_hundred_jobs_while_workers_are_killed(deployment: Cluster, tmp_path: Pa
     with deployment.gateway.client(key) as client:
         killer.start()
         try:
-            job_ids = [submit(client, persons[i % PERSONS], garments[i % GARMENTS]) for i in range(JOBS)]
+            job_ids = []
+            for i in range(JOBS):
+                job_ids.append(submit(client, persons[i % PERSONS], garments[i % GARMENTS]))
+                time.sleep(SUBMIT_EVERY_S)
             jobs = [wait_finished(client, job_id, timeout=SOAK_TIMEOUT_S) for job_id in job_ids]
         finally:
             stop.set()
