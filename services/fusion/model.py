@@ -4,10 +4,12 @@ No weights: every step is a fixed image operation, written in torch so that in p
 runs on Triton's GPU beside the other models (the region maps are decided on the CPU by
 services/fusion/stage.py; this model does the per-pixel work).
 
-1. Fill: what the new garment leaves uncovered of the repaint region becomes skin inside the
-   body and background outside it. Both are push-pull interpolations (a masked image pyramid
-   averaged down, then filled back up) of the photo's own known skin and background pixels,
-   so the fill has the person's skin tone and the backdrop's gradient.
+1. Fill: what the new garment leaves uncovered of the repaint region becomes the lower garment
+   below the waist (a shorter top shows the trousers or skirt it was covering), skin elsewhere
+   inside the body, and background outside it. All three are push-pull interpolations (a
+   masked image pyramid averaged down, then filled back up) of the photo's own known lower
+   garment, skin and background pixels, so the fill has their colours and the backdrop's
+   gradient.
 2. Lighting: the old garment's luminance, blurred with a Gaussian of `lighting_sigma` pixels
    (at least 2% of the image height: its print and edges are gone) and divided by its mean,
    is the shading the new garment is multiplied by (folds, side light, shadows under the arms).
@@ -27,9 +29,19 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 6  # bump when the module changes, so that installed copies are rebuilt
-REGIONS = ("repaint", "body", "skin_source", "background_source", "shading_source", "garment_allowed")
+VERSION = 9  # bump when the module changes, so that installed copies are rebuilt
+REGIONS = (
+    "repaint",
+    "body",
+    "lower_body",
+    "skin_source",
+    "background_source",
+    "lower_source",
+    "shading_source",
+    "garment_allowed",
+)
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
+SUPPORT_FULL = 0.5  # blurred share of the source at which its shading is trusted fully
 FILL_SCALE = 4  # the skin and background fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
 
@@ -101,45 +113,48 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class TryonFusion(nn.Module):
-    __constants__ = ("feather", "low", "high", "fill_scale")
+    __constants__ = ("feather", "low", "high", "fill_scale", "support_full")
 
     def __init__(self) -> None:
         super().__init__()
         self.feather = FEATHER
         self.fill_scale = FILL_SCALE
         self.low, self.high = SHADING_RANGE
+        self.support_full = SUPPORT_FULL
+
+    def _relative_shading(self, luminance: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The blurred luminance of the `mask`ed pixels over their mean, clamped. Where little of
+        the mask is near (its blurred weight under SUPPORT_FULL: an edge, a stray island such as
+        a button parsed as garment) the ratio fades to 1, so no lone pixel sets the light."""
+        support = _gaussian_blur(torch.cat([luminance * mask, mask], dim=1), sigma)
+        total = float(mask.sum())
+        mean = float((luminance * mask).sum()) / total if total > 0 else 1.0
+        weight = support[:, 1:2]
+        ratio = support[:, 0:1] / (weight * mean).clamp_min(1e-6)
+        trust = (weight / self.support_full).clamp(0.0, 1.0) ** 2  # squared: islands fade fast
+        return (1.0 + trust * (ratio - 1.0)).clamp(self.low, self.high)
 
     def forward(
         self, image: torch.Tensor, garment: torch.Tensor, regions: torch.Tensor, lighting_sigma: torch.Tensor
     ) -> torch.Tensor:
-        repaint, body = regions[:, 0:1], regions[:, 1:2]
-        skin_source, background_source = regions[:, 2:3], regions[:, 3:4]
-        shading_source, allowed = regions[:, 4:5], regions[:, 5:6]
+        repaint, body, lower_body = regions[:, 0:1], regions[:, 1:2], regions[:, 2:3]
+        skin_source, background_source, lower_source = regions[:, 3:4], regions[:, 4:5], regions[:, 5:6]
+        shading_source, allowed = regions[:, 6:7], regions[:, 7:8]
 
         # Lighting: the old garment's blurred luminance relative to its mean.
-        luminance = _luminance(image) * shading_source
         sigma = float(lighting_sigma[0, 0])
-        support = _gaussian_blur(torch.cat([luminance, shading_source], dim=1), sigma)
-        total = float(shading_source.sum())
-        mean = float(luminance.sum()) / total if total > 0 else 1.0
-        # Where the old garment gave no support the shading fades to 1 (no change).
-        shading = (support[:, 0:1] + 1e-3 * mean) / (support[:, 1:2] * mean + 1e-3 * mean)
-        shading = shading.clamp(self.low, self.high)
-
+        shading = self._relative_shading(_luminance(image), shading_source, sigma)
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
         # the same way, so that the garment carries the person photo's light, not both.
         alpha = garment[:, 3:4] * allowed
-        garment_luminance = _luminance(garment)
-        own = _gaussian_blur(torch.cat([garment_luminance * alpha, alpha], dim=1), sigma)
-        coverage = float(alpha.sum())
-        own_mean = float((garment_luminance * alpha).sum()) / coverage if coverage > 0 else 1.0
-        own_shading = (own[:, 0:1] + 1e-3 * own_mean) / (own[:, 1:2] * own_mean + 1e-3 * own_mean)
-        own_shading = own_shading.clamp(self.low, self.high)
+        own_shading = self._relative_shading(_luminance(garment), alpha, sigma)
 
-        # Fill: skin inside the body, background outside it.
-        fills = _push_pull(torch.cat([image, image]), torch.cat([skin_source, background_source]), self.fill_scale)
-        skin, background = fills[0:1], fills[1:2]
+        # Fill: the lower garment below the waist, skin elsewhere inside the body, background outside it.
+        sources = torch.cat([skin_source, background_source, lower_source])
+        fills = _push_pull(torch.cat([image, image, image]), sources, self.fill_scale)
+        skin, background, lower = fills[0:1], fills[1:2], fills[2:3]
         fill = body * (skin * shading).clamp(0.0, 1.0) + (1.0 - body) * background
+        fill = lower_body * lower + (1.0 - lower_body) * fill
 
         size = 2 * self.feather + 1
         soft_repaint = F.avg_pool2d(repaint, size, stride=1, padding=self.feather, count_include_pad=False)

@@ -11,8 +11,13 @@ model (services/fusion/model.py) does the per-pixel work.
 - body: where an uncovered pixel of the repaint region is skin (the torso between the
   shoulder and hip joints, the arms' and, for bottoms, the legs' capsules); elsewhere it
   was old garment standing off the body and becomes background.
-- skin and background sources: the photo's own skin (neck, arms, legs; the face only when
-  there is little else) and backdrop, outside the repaint region.
+- lower body (tops only): below the waist, across the hips and down the legs, an uncovered
+  pixel is the lower garment the old top hung over: a shorter top shows the trousers or
+  skirt, not a band of belly skin or backdrop in front of the thighs. Without a lower garment
+  in the photo (a dress, a crop at the waist) it stays skin or background.
+- skin, background and lower-garment sources: the photo's own skin (neck, arms, legs; the
+  face only when there is little else), backdrop and trousers or skirt, outside the repaint
+  region.
 - shading source: the old garment, for its low-frequency lighting only.
 The person's old garment is never copied: it only says what to repaint and, blurred by at
 least LIGHTING_SIGMA of the height, how the new garment is lit.
@@ -38,6 +43,8 @@ ARM_RADIUS, LEG_RADIUS = 0.16, 0.2  # of the shoulder width
 BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the person are not sampled
 FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is next to it
 MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
+WAIST_T = 0.85  # body-frame t: below this, what a top leaves uncovered is the lower garment
+MIN_LOWER_GARMENT = 0.002  # of the image: with fewer lower-garment pixels than this, no lower fill
 
 OLD_GARMENT = {
     "upper": (LIP["upper_clothes"], LIP["dress"], LIP["coat"]),
@@ -45,6 +52,7 @@ OLD_GARMENT = {
     "dress": (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"]),
 }
 BODY_SKIN = (LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], LIP["left_leg"], LIP["right_leg"])
+LOWER_GARMENT = (LIP["pants"], LIP["skirt"])
 
 
 def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) -> np.ndarray:
@@ -72,6 +80,27 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     return body.astype(bool)
 
 
+def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
+    """HxW bool: below the waist, the hips' width (grown as the torso's) and the legs' capsules:
+    where a lower garment would show under a top shorter than the old one."""
+    pts = pose.landmark_array()[:, :2].astype(np.float64)
+    frame = BodyFrame.from_points(pts)
+    sw = frame.shoulder_width
+    region = np.zeros(shape, np.uint8)
+    hips = [landmark(pts, f"{side}_hip") for side in ("left", "right")]
+    hip_half_width = float(np.linalg.norm(hips[0] - hips[1])) / 2 + TORSO_GROWTH * sw
+    # A band of the hips' width along the body axis, from the shoulder line to past the image's
+    # bottom; the waist line below cuts its top off.
+    down = frame.axis * 5 * frame.length
+    band = [frame.origin + s * frame.normal * hip_half_width for s in (1, -1)]
+    cv2.fillPoly(region, [np.round([band[0], band[1], band[1] + down, band[0] + down]).astype(np.int32)], 1)
+    for side in ("left", "right"):
+        for a, b in itertools.pairwise(leg_chain(pts, side)[:3]):
+            cv2.line(region, _px(a), _px(b), 1, max(1, round(2 * LEG_RADIUS * sw)))
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    return region.astype(bool) & (frame.coords(xs, ys)[0] >= WAIST_T)
+
+
 def _px(point: np.ndarray) -> tuple[int, int]:
     return round(float(point[0])), round(float(point[1]))
 
@@ -93,11 +122,15 @@ def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndar
         skin |= labels == LIP["face"]
     erosion = max(1, round(BACKGROUND_EROSION * height))
     background = cv2.erode((labels == LIP["background"]).astype(np.uint8), np.ones((2 * erosion + 1,) * 2, np.uint8))
+    lower = any_of(labels, LOWER_GARMENT) & ~repaint if category == "upper" else np.zeros_like(repaint)
+    has_lower = lower.sum() >= MIN_LOWER_GARMENT * labels.size
     maps = {
         "repaint": repaint,
         "body": body_region(pose, labels.shape, category),
+        "lower_body": lower_body_region(pose, labels.shape) if has_lower else np.zeros_like(repaint),
         "skin_source": skin,
         "background_source": background.astype(bool) & ~repaint,
+        "lower_source": lower,
         "shading_source": old_garment & repaint,
         "garment_allowed": agnostic,
     }

@@ -135,6 +135,86 @@ def test_fusion_model_runs_the_same_scripted_and_eager(infer: LocalBackend) -> N
     assert scripted.min() >= 0 and scripted.max() <= 1
 
 
+def test_fusion_fills_below_the_waist_with_the_lower_garment(infer: LocalBackend) -> None:
+    """A new top shorter than the old one: what it leaves uncovered shows the lower garment below
+    the waist, skin on the body above it and the backdrop off the body, each in the photo's own colour."""
+    h, w = 80, 60
+    skin, trousers, backdrop, old_top, new_top = (
+        (0.9, 0.7, 0.6),
+        (0.1, 0.2, 0.6),
+        (0.8, 0.8, 0.8),
+        (0.7, 0.1, 0.1),
+        (0.1, 0.6, 0.2),
+    )
+    image = np.empty((h, w, 3), np.float32)
+    image[:] = backdrop
+    image[:10, 15:45] = skin
+    image[70:, 15:45] = trousers
+    image[20:60, 10:50] = old_top
+    garment = np.zeros((h, w, 4), np.float32)
+    garment[20:35, 10:50] = (*new_top, 1.0)
+    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    maps["repaint"][20:60, 10:50] = maps["shading_source"][20:60, 10:50] = maps["garment_allowed"][20:60, 10:50] = 1
+    maps["body"][:, 15:45] = 1
+    maps["lower_body"][45:, 15:45] = 1
+    maps["skin_source"][:10, 15:45] = 1
+    maps["lower_source"][70:, 15:45] = 1
+    maps["background_source"][:, :8] = maps["background_source"][:, 52:] = 1
+    inputs = {
+        "image__0": image.transpose(2, 0, 1)[None],
+        "garment__1": garment.transpose(2, 0, 1)[None],
+        "regions__2": np.stack([maps[name] for name in fusion_model.REGIONS])[None],
+        "lighting_sigma__3": np.array([[2.0]], np.float32),
+    }
+    out = infer(fusion_model.NAME, inputs)["tryon__0"][0].transpose(1, 2, 0)
+    assert np.allclose(out[27, 30], new_top, atol=0.02)  # the new top
+    assert np.allclose(out[40, 30], skin, atol=0.05)  # uncovered, on the body, above the waist
+    assert np.allclose(out[55, 30], trousers, atol=0.05)  # uncovered, below the waist: the trousers
+    assert np.allclose(out[55, 12], backdrop, atol=0.05)  # uncovered, off the body: the backdrop
+
+
+def test_a_stray_island_of_old_garment_does_not_set_the_light(infer: LocalBackend) -> None:
+    """A dark button parsed as old garment, away from the rest of it: the new garment over it
+    keeps its own colour (the shading fades where the old garment gives little support)."""
+    h, w = 120, 80
+    image = np.full((h, w, 3), 0.8, np.float32)
+    image[10:60, 10:70] = 0.9  # the old top, white
+    image[90:93, 39:42] = 0.05  # its dark button, on the skirt below
+    garment = np.zeros((h, w, 4), np.float32)
+    garment[10:110, 10:70] = (0.5, 0.5, 0.5, 1.0)  # a longer plain grey top goes on
+    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    for name in ("repaint", "shading_source"):
+        maps[name][10:60, 10:70] = 1
+        maps[name][90:93, 39:42] = 1
+    maps["garment_allowed"][:] = 1
+    inputs = {
+        "image__0": image.transpose(2, 0, 1)[None],
+        "garment__1": garment.transpose(2, 0, 1)[None],
+        "regions__2": np.stack([maps[name] for name in fusion_model.REGIONS])[None],
+        "lighting_sigma__3": np.array([[4.0]], np.float32),
+    }
+    out = infer(fusion_model.NAME, inputs)["tryon__0"][0].transpose(1, 2, 0)
+    assert np.abs(out[85:98, 34:47] - 0.5).max() < 0.03
+    assert np.abs(out[20:50, 20:60] - 0.5).max() < 0.02  # a flat old top: no change in light
+
+
+def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:
+    pose, parse = pipeline.person(astronaut)
+    lower_body = fusion_model.REGIONS.index("lower_body")
+    # The astronaut's photo ends at the chest: no lower garment, no lower fill.
+    assert not fusion_stage.regions(parse, pose, "upper")[lower_body].any()
+    # Trousers at the bottom of the frame: below the waist line the lower fill may apply, above it never.
+    labels = parse.labels.copy()
+    labels[-40:][labels[-40:] == LIP["background"]] = LIP["pants"]
+    with_trousers = parse.model_copy(update={"labels": labels, "agnostic": None})
+    region = fusion_stage.regions(with_trousers, pose, "upper")[lower_body] > 0
+    assert region.any()
+    ys, xs = np.nonzero(region)
+    assert BodyFrame.from_points(pose.landmark_array()[:, :2]).coords(xs, ys)[0].min() >= fusion_stage.WAIST_T - 0.01
+    # A dress replaces the lower garment itself: nothing to fill from.
+    assert not fusion_stage.regions(with_trousers, pose, "dress")[lower_body].any()
+
+
 def test_person_and_garment_are_computed_once(astronaut: np.ndarray, infer: LocalBackend, tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     events: list[tuple[str, str]] = []
