@@ -11,6 +11,10 @@ Also saves a contact sheet of unpaired try-ons (persons x garments of ../shared/
 under bench/overlays/tryon/ for people to look at.
 
     .venv/bin/python bench/tryon_quality.py --limit 500
+
+With --refiner, a row for fusion followed by the learned tryon_refiner installed in the model
+repository (FITROOM_MODEL_REPOSITORY; see docs/TRAINING.md). A refiner trained on VITON must
+have been trained with these ids held out (bench/refiner_pairs.py writes such a pairs file).
 """
 
 from __future__ import annotations
@@ -96,14 +100,18 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=500, help="pairs, spread over the sample")
     parser.add_argument("--overlays", type=int, default=8, help="paired results saved under bench/overlays/tryon")
     parser.add_argument("--no-sheet", action="store_true", help="skip the unpaired contact sheet")
+    parser.add_argument("--refiner", action="store_true", help="add a row with the installed tryon_refiner")
     args = parser.parse_args()
     if not VITON.exists():
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(LocalArtifactStore(tmp), embedded_backend())
+        refined_pipeline = Pipeline(pipeline.store, pipeline.infer, refine=True) if args.refiner else None
         ids, step = select_ids(VITON, args.limit)
         rows: dict[str, list[tuple[float, float, float]]] = {"ours": [], "mean colour": [], "grey": []}
+        if refined_pipeline:
+            rows["ours + refiner"] = []
         failures: dict[str, int] = {}
         examples = []
         for n, pid in enumerate(ids):
@@ -121,13 +129,19 @@ def main() -> int:
             rows["grey"].append(scores(grey_fill, person, box))
             try:
                 result = pipeline.tryon(person, cloth, "upper").image
+                refined = refined_pipeline.tryon(person, cloth, "upper").image if refined_pipeline else None
             except FitroomError as exc:
                 failures[exc.code] = failures.get(exc.code, 0) + 1
                 result = person.copy()
                 result[gt_upper] = 128  # a failure scores as the grey fill
+                refined = result if refined_pipeline else None
             rows["ours"].append(scores(result, person, box))
+            if refined is not None:
+                rows["ours + refiner"].append(scores(refined, person, box))
             if len(examples) < args.overlays:
-                examples.append(np.hstack([cloth[..., :3], person, result]))
+                examples.append(
+                    np.hstack([cloth[..., :3], person, result, *([refined] if refined is not None else [])])
+                )
             if (n + 1) % 100 == 0:
                 print(f"  {n + 1}/{len(ids)}", file=sys.stderr)
         OVERLAYS.mkdir(parents=True, exist_ok=True)

@@ -288,7 +288,7 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     if not batch and jobs[0][2].suffix.lower() not in (".jpg", ".jpeg", ".png"):
         print("fitroom: error: -o must name a .jpg, .jpeg or .png file", file=sys.stderr)
         return EXIT_BAD_INPUT
-    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
+    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend(), get_settings().refiner)
 
     def tryon_one(person_path: str, garment_path: str, out: Path) -> dict:
         person = read_image_file(person_path)
@@ -383,6 +383,51 @@ def _add_pair_arguments(command: argparse.ArgumentParser, output_help: str) -> N
     command.add_argument("-o", "--output", required=True, help=output_help)
 
 
+# --------------------------------------------------------------------------- train
+
+
+def cmd_train_refiner(args: argparse.Namespace) -> int:
+    """Train tryon_refiner on paired photos and install it into the model repository."""
+    from services.common.artifacts import LocalArtifactStore
+    from services.fusion import refiner
+    from services.fusion.train_refiner import Examples, prepare, train
+    from services.pipeline import Pipeline
+
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    cache = Path(args.cache) if args.cache else None
+    if cache and cache.exists():
+        examples = Examples.load(cache)
+        print(f"{len(examples)} examples from {cache}", file=sys.stderr)
+    else:
+        if not (args.pairs and args.person_dir and args.garment_dir):
+            print(
+                "fitroom: error: give --pairs, --person-dir and --garment-dir (or an existing --cache)", file=sys.stderr
+            )
+            return EXIT_BAD_INPUT
+        pairs = [(Path(args.person_dir) / p, Path(args.garment_dir) / g) for p, g in _read_pairs(Path(args.pairs))]
+        pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
+        log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+        examples = prepare(pipeline, pairs, (size[0], size[1]), args.category, log)
+        if cache:
+            examples.save(cache)
+    order = np.random.default_rng(args.seed).permutation(len(examples))
+    held_out = round(args.val_fraction * len(examples))
+    validation, training = examples.split(order[:held_out]), examples.split(order[held_out:])
+    model = train(
+        training,
+        args.steps,
+        args.batch_size,
+        args.lr,
+        validation,
+        args.seed,
+        log=lambda line: print(line, file=sys.stderr),
+    )
+    repository = get_settings().model_repository
+    refiner.install(model, repository, args.trained_on)
+    print(json.dumps({"model": refiner.NAME, "repository": str(repository), "examples": len(training)}))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fitroom", description="Fitroom virtual try-on")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -434,6 +479,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
     )
     tryon.set_defaults(func=cmd_tryon)
+    train_command = commands.add_parser("train", help="train a learned model on your own paired photos")
+    train_models = train_command.add_subparsers(dest="train_command", required=True)
+    refine = train_models.add_parser(
+        "refiner", help="tryon_refiner (FITROOM_REFINER=1 runs it after fusion); see docs/TRAINING.md"
+    )
+    refine.add_argument("--pairs", help="lines of '<person file> <garment file>': each person wears that garment")
+    refine.add_argument("--person-dir", help="folder of the person photos")
+    refine.add_argument("--garment-dir", help="folder of the product images")
+    refine.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    refine.add_argument(
+        "--trained-on", required=True, help="what the data is and its licence (recorded with the model)"
+    )
+    refine.add_argument("--cache", help="an .npz of prepared examples: read if it exists, else written")
+    refine.add_argument("--size", default="192x256", help="training size WxH (default 192x256)")
+    refine.add_argument("--steps", type=int, default=3000)
+    refine.add_argument("--batch-size", type=int, default=8)
+    refine.add_argument("--lr", type=float, default=2e-3)
+    refine.add_argument("--val-fraction", type=float, default=0.05, help="pairs held out to score it as it trains")
+    refine.add_argument("--seed", type=int, default=0)
+    refine.set_defaults(func=cmd_train_refiner)
     add_gateway_commands(commands)  # serve, keys (the REST gateway)
     add_worker_commands(commands)  # worker, worker-health (distributed mode)
     return parser

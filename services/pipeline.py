@@ -88,9 +88,10 @@ class Pipeline:
     in one process (embedded mode); distributed mode runs each as its own Celery task
     (services/distributed/tasks.py), on the same methods."""
 
-    def __init__(self, store: ArtifactStore, infer: Infer) -> None:
+    def __init__(self, store: ArtifactStore, infer: Infer, refine: bool = False) -> None:
         self.store = store
         self.infer = infer
+        self.refine = refine  # run the learned tryon_refiner after fusion
 
     def pose(self, image: np.ndarray, on_stage: StageCallback | None = None) -> PoseResult:
         """The pose of a person photo, from the store or computed and stored."""
@@ -177,7 +178,7 @@ class Pipeline:
         notify = on_stage or _ignore
         notify("fusion", "running", 0.0)
         start = time.perf_counter()
-        image = fusion_stage.run(person_image, dressed, pose, warped, self.infer)
+        image = fusion_stage.run(person_image, dressed, pose, warped, self.infer, self.refine)
         notify("fusion", "done", time.perf_counter() - start)
         return image
 

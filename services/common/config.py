@@ -31,6 +31,9 @@ class Settings(BaseModel):
     torch_threads: int = Field(default_factory=lambda: int(_env("TORCH_THREADS", "0")))
     # OpenCV's own thread pool; 1 keeps it from contending with torch for the cores.
     opencv_threads: int = Field(default_factory=lambda: int(_env("OPENCV_THREADS", "1")))
+    # Run the learned tryon_refiner after fusion (1). It has no default weights: train and install
+    # it first with `fitroom train refiner` (docs/TRAINING.md).
+    refiner: bool = Field(default_factory=lambda: _env("REFINER", "0") == "1")
 
     # --- REST gateway (`fitroom serve`, services/gateway) ---
     # Base URL clients reach the gateway at, for the status, result and webhook links; unset, the

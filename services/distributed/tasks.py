@@ -201,7 +201,7 @@ def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, cod
 
 
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
-    return Pipeline(store, context.infer)
+    return Pipeline(store, context.infer, context.settings.refiner)
 
 
 def garment_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:

@@ -58,7 +58,7 @@ SIGNATURE = ModelSignature(
 )
 
 
-def _resize(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+def resize_bilinear(x: torch.Tensor, size: list[int]) -> torch.Tensor:
     """Bilinear resize through the ATen op itself: scripting F.interpolate copies the whole Python
     function, whose branches name ops that older libtorch builds (Triton's) do not have."""
     return torch._C._nn.upsample_bilinear2d(x, size, False, None)
@@ -79,11 +79,11 @@ def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Te
     mean = values[-1].sum(dim=(2, 3), keepdim=True) / coarsest.clamp_min(1e-6)
     filled = torch.where(coarsest > 0, mean, torch.full_like(mean, 0.5)).expand_as(values[-1])
     for level in range(len(values) - 1, -1, -1):
-        coarse = _resize(filled, list(values[level].shape[-2:]))
+        coarse = resize_bilinear(filled, list(values[level].shape[-2:]))
         w = weights[level]
         trust = (w * 4.0).clamp(0.0, 1.0)  # a quarter of a cell known is enough to trust it
         filled = trust * (values[level] / w.clamp_min(1e-6)) + (1.0 - trust) * coarse
-    return _resize(filled, list(image.shape[-2:]))
+    return resize_bilinear(filled, list(image.shape[-2:]))
 
 
 def _luminance(rgb: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     small = F.conv2d(small, horizontal, groups=channels)
     small = F.pad(small, (0, 0, radius, radius), mode="replicate")
     small = F.conv2d(small, vertical, groups=channels)
-    return _resize(small, [height, width]) if factor > 1 else small
+    return resize_bilinear(small, [height, width]) if factor > 1 else small
 
 
 class TryonFusion(nn.Module):

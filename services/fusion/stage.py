@@ -34,6 +34,7 @@ from services.common.contracts import LIP, Category, ParseResult, PoseResult, Wa
 from services.common.inference import Infer
 from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.model import REGIONS
+from services.fusion.refiner import NAME as REFINER_NAME
 from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
 
@@ -44,6 +45,7 @@ BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the pe
 FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is next to it
 MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
 WAIST_T = 0.85  # body-frame t: below this, what a top leaves uncovered is the lower garment
+EDITABLE_GROWTH = 0.01  # of the height: the refiner may also touch this band around what fusion changed
 MIN_LOWER_GARMENT = 0.002  # of the image: with fewer lower-garment pixels than this, no lower fill
 
 OLD_GARMENT = {
@@ -137,16 +139,34 @@ def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndar
     return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
 
 
-def run(image: np.ndarray, parse: ParseResult, pose: PoseResult, warped: WarpResult, infer: Infer) -> np.ndarray:
-    """The try-on photo: HxWx3 uint8 at the person photo's resolution."""
+def editable_region(region_maps: np.ndarray, warped: WarpResult) -> np.ndarray:
+    """HxW bool: where the refiner may change the fused photo: the repaint region and the new
+    garment where it shows, and a thin band around them for their seams."""
+    repaint = region_maps[REGIONS.index("repaint")] > 0
+    garment = warped.rgba[..., 3] * region_maps[REGIONS.index("garment_allowed")] > 0.01
+    grow = max(1, round(EDITABLE_GROWTH * repaint.shape[0]))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
+    return cv2.dilate((repaint | garment).astype(np.uint8), kernel).astype(bool)
+
+
+def run(
+    image: np.ndarray, parse: ParseResult, pose: PoseResult, warped: WarpResult, infer: Infer, refine: bool = False
+) -> np.ndarray:
+    """The try-on photo: HxWx3 uint8 at the person photo's resolution. With `refine`, the learned
+    tryon_refiner (trained by `fitroom train refiner`) goes over the fused photo."""
     height = image.shape[0]
-    outputs = infer(
+    region_maps = regions(parse, pose, warped.category)
+    garment = np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32)
+    fused = infer(
         MODEL_NAME,
         {
             "image__0": (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None],
-            "garment__1": np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
-            "regions__2": regions(parse, pose, warped.category)[None],
+            "garment__1": garment,
+            "regions__2": region_maps[None],
             "lighting_sigma__3": np.array([[LIGHTING_SIGMA * height]], np.float32),
         },
-    )
-    return np.round(outputs["tryon__0"][0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
+    )["tryon__0"]
+    if refine:
+        editable = editable_region(region_maps, warped).astype(np.float32)[None, None]
+        fused = infer(REFINER_NAME, {"tryon__0": fused, "garment__1": garment, "editable__2": editable})["refined__0"]
+    return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)

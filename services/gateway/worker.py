@@ -163,7 +163,9 @@ class JobExecutor:
         recorder = StageRecorder(self.jobs, self.metrics, job.id, self.stopping)
         try:
             garment, category = load_garment(store, job, self.garments)
-            result = Pipeline(store, self.infer).tryon(load_person(store, job), garment, category, on_stage=recorder)
+            result = Pipeline(store, self.infer, self.settings.refiner).tryon(
+                load_person(store, job), garment, category, on_stage=recorder
+            )
             store_result(store, job, result.image)
             outcome = self.jobs.finish(job.id, "succeeded", detected_category=result.category)
         except JobInterrupted:

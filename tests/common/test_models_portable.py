@@ -23,6 +23,7 @@ import torch
 
 from services.common.model_repository import model_file
 from services.fusion import model as fusion_model
+from services.fusion import refiner
 from services.warp import model as warp_model
 from tests.triton_server import repository_models
 
@@ -52,6 +53,7 @@ PORTABLE_OPS = {
     *("matmul", "max_pool2d", "meshgrid", "mul", "ne", "neg", "nonzero", "numel", "pad", "permute", "pow"),
     *("prelu", "relu", "repeat", "reshape", "select", "sigmoid", "size", "slice", "stack", "sub", "sum"),
     *("unsqueeze", "upsample_bilinear2d", "view", "warn", "where", "zeros"),
+    *("group_norm", "pop", "remainder", "silu", "silu_"),  # tryon_refiner (not built by default)
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
@@ -92,6 +94,14 @@ def test_built_models_use_only_ops_tritons_libtorch_has(repository: Path, name: 
     assert serialized_ops(model_file(repository, name)) <= PORTABLE_OPS, sorted(
         serialized_ops(model_file(repository, name)) - PORTABLE_OPS
     )
+
+
+def test_the_refiner_is_portable_too(tmp_path: Path) -> None:
+    """tryon_refiner has no weights in the repository (the user trains it), so its source is checked."""
+    scripted = torch.jit.script(refiner.TryonRefiner())
+    scripted.save(str(tmp_path / "refiner.pt"))
+    assert serialized_ops(tmp_path / "refiner.pt") <= PORTABLE_OPS
+    assert deviceless_factories(scripted) == []
 
 
 def test_scripting_f_interpolate_would_be_caught(tmp_path: Path) -> None:
