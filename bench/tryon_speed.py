@@ -9,11 +9,16 @@ Persons: the 768x1024 photos of ../shared/data/photos/person (vitonhd_*), else t
 scaled to 768x1024; garment: ../shared/data/photos/garment/vitonhd_02305_00.jpg, else a drawn tee.
 
     .venv/bin/python bench/tryon_speed.py --runs 10
+
+--refiner adds "warm + refiner": the warm try-on with FITROOM_REFINER's learned tryon_refiner
+after fusion, from a copy of the model repository with an untrained refiner installed (its
+cost is the architecture's, whatever its weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -25,8 +30,10 @@ from shared_data import SHARED_DATA
 from skimage import data
 
 from services.common.artifacts import LocalArtifactStore
+from services.common.config import get_settings
 from services.common.imageio import encode_jpeg, read_image_file
-from services.common.inference import embedded_backend
+from services.common.inference import LocalBackend, embedded_backend
+from services.fusion import refiner
 from services.pipeline import STAGES, Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +45,7 @@ BUDGET_MS = {"cold": 400.0, "warm": 150.0}
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="passes over the persons")
+    parser.add_argument("--refiner", action="store_true", help="add a warm row with the learned refiner")
     args = parser.parse_args()
     folder = SHARED_DATA / "photos" / "person"
     persons = [read_image_file(p) for p in sorted(folder.glob("vitonhd_*.jpg"))] if folder.exists() else []
@@ -47,7 +55,14 @@ def main() -> int:
     infer = embedded_backend()
     Pipeline(LocalArtifactStore(tempfile.mkdtemp()), infer).tryon(persons[0], garment)  # load the models
 
-    totals: dict[str, list[float]] = {"cold": [], "warm": [], "reference": []}
+    refined: Pipeline | None = None
+    if args.refiner:
+        models = Path(tempfile.mkdtemp()) / "models"
+        shutil.copytree(get_settings().model_repository, models, ignore=shutil.ignore_patterns(refiner.NAME))
+        refiner.install(refiner.TryonRefiner(), models, trained_on="untrained, for timing")
+        refined = Pipeline(LocalArtifactStore(tempfile.mkdtemp()), LocalBackend(models), refine=True)
+        refined.tryon(persons[0], garment)  # load the models
+    totals: dict[str, list[float]] = {"cold": [], "warm": [], "warm + refiner": [], "reference": []}
     stages: dict[str, dict[str, list[float]]] = {"cold": {s: [] for s in STAGES}, "warm": {s: [] for s in STAGES}}
     for _ in range(args.runs):
         for person in persons:
@@ -59,6 +74,11 @@ def main() -> int:
                     totals[kind].append(1000 * (time.perf_counter() - start))
                     for stage, seconds in result.seconds.items():
                         stages[kind][stage].append(1000 * seconds)
+                if refined:
+                    refined.tryon(person, garment)  # its store warm too
+                    start = time.perf_counter()
+                    refined.tryon(person, garment)
+                    totals["warm + refiner"].append(1000 * (time.perf_counter() - start))
                 start = time.perf_counter()
                 encode_jpeg(result.image)
                 totals["reference"].append(1000 * (time.perf_counter() - start))
@@ -73,6 +93,12 @@ def main() -> int:
         print(
             f"| {kind} | {np.median(v):.1f} | {np.percentile(v, 90):.1f} | {np.median(v) / reference:.1f} "
             f"| <= {BUDGET_MS[kind]:.0f} ms median: {verdict} |"
+        )
+    if refined:
+        v = np.array(totals["warm + refiner"])
+        print(
+            f"| warm + refiner (opt-in) | {np.median(v):.1f} | {np.percentile(v, 90):.1f} "
+            f"| {np.median(v) / reference:.1f} | |"
         )
     v = np.array(totals["reference"])
     print(f"| reference: JPEG encode of the result | {np.median(v):.1f} | {np.percentile(v, 90):.1f} | 1.0 | |")

@@ -41,6 +41,7 @@ from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
+from services.fusion.refiner import NAME as REFINER_MODEL
 from services.gateway.jobs import Job, StageState
 from services.gateway.storage import TenantArtifactStore, job_work_prefix
 from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
@@ -87,7 +88,8 @@ def _warm_up(**_: object) -> None:
     if load is None:
         return
     for stage in stages:
-        for model in STAGE_MODELS.get(stage, ()):
+        refiner = (REFINER_MODEL,) if stage == "fusion" and worker().settings.refiner else ()
+        for model in STAGE_MODELS.get(stage, ()) + refiner:
             try:
                 load(model)
             except FitroomError as exc:  # the task will fail (or retry) with the same error, visibly
