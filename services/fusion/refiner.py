@@ -7,7 +7,8 @@ in one file: a U-Net (four levels, WIDTHS channels) that looks at the fused phot
 garment and where it may change the photo, and renders a correction, blended in with a
 predicted weight as CP-VTON's try-on module does: out = m * render + (1 - m) * fused. The
 weight is zero outside the editable region (the repaint region and the new garment), so the
-face, hands, background and lower garment are the fused photo's pixels exactly.
+face, hands, background and lower garment are the fused photo's pixels exactly. It works at
+the height it was trained at: taller photos get the correction computed there and scaled up.
 
 It has no default weights: `fitroom train refiner` trains it on the user's own paired photos
 (services/fusion/train_refiner.py) and installs it into the model repository;
@@ -65,11 +66,16 @@ class Block(nn.Module):
 
 
 class TryonRefiner(nn.Module):
-    __constants__ = ("multiple",)
+    """`work_height` is the height it was trained at: a taller photo is refined at that height
+    (the network sees garments at the scale it learned them) and the correction is brought back
+    up and added to the full-resolution fused photo, whose own detail stays."""
 
-    def __init__(self) -> None:
+    __constants__ = ("multiple", "work_height")
+
+    def __init__(self, work_height: int = 256) -> None:
         super().__init__()
         self.multiple = MULTIPLE
+        self.work_height = work_height
         widths = list(WIDTHS)
         self.down = nn.ModuleList([Block(a, b) for a, b in zip([IN_CHANNELS, *widths[:-1]], widths, strict=True)])
         self.up = nn.ModuleList([Block(a + b, b) for a, b in zip(widths[:0:-1], widths[-2::-1], strict=True)])
@@ -77,7 +83,8 @@ class TryonRefiner(nn.Module):
         with torch.no_grad():  # start as the identity: the blend weight begins near zero
             self.head.bias[3] = -4.0
 
-    def forward(self, tryon: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
+    def correction(self, tryon: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
+        """What to add to `tryon`, at the inputs' own size: a rendering blended in by a predicted weight."""
         height, width = tryon.shape[-2:]
         pad_h, pad_w = (-height) % self.multiple, (-width) % self.multiple
         x = F.pad(torch.cat([tryon, garment, editable], dim=1), (0, pad_w, 0, pad_h), mode="replicate")
@@ -92,7 +99,16 @@ class TryonRefiner(nn.Module):
         out = self.head(x)[:, :, :height, :width]
         render = torch.sigmoid(out[:, 0:3])
         blend = torch.sigmoid(out[:, 3:4]) * editable
-        return blend * render + (1.0 - blend) * tryon
+        return blend * (render - tryon)
+
+    def forward(self, tryon: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
+        height, width = tryon.shape[-2:]
+        if height <= self.work_height:
+            return tryon + self.correction(tryon, garment, editable)
+        size = [self.work_height, max(1, int(round(width * self.work_height / height)))]  # noqa: RUF046 (TorchScript's round gives a float)
+        small = [F.adaptive_avg_pool2d(x, size) for x in (tryon, garment, editable)]
+        correction = resize_bilinear(self.correction(small[0], small[1], small[2]), [height, width])
+        return (tryon + correction * editable).clamp(0.0, 1.0)
 
 
 def weights_digest(model: TryonRefiner) -> str:

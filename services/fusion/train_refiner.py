@@ -155,7 +155,7 @@ def train(
     """AdamW with a cosine learning rate; random horizontal flips (a garment flipped is still one)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = TryonRefiner().train()
+    model = TryonRefiner(work_height=examples.target.shape[1]).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(steps, 2), pct_start=0.05)
     start, running = time.perf_counter(), []

@@ -53,7 +53,7 @@ PORTABLE_OPS = {
     *("matmul", "max_pool2d", "meshgrid", "mul", "ne", "neg", "nonzero", "numel", "pad", "permute", "pow"),
     *("prelu", "relu", "repeat", "reshape", "select", "sigmoid", "size", "slice", "stack", "sub", "sum"),
     *("unsqueeze", "upsample_bilinear2d", "view", "warn", "where", "zeros"),
-    *("group_norm", "pop", "remainder", "silu", "silu_"),  # tryon_refiner (not built by default)
+    *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # tryon_refiner
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
