@@ -13,7 +13,8 @@ under bench/overlays/tryon/ for people to look at.
     .venv/bin/python bench/tryon_quality.py --limit 500
 
 With --refiner, a row for fusion followed by the learned tryon_refiner installed in the model
-repository (FITROOM_MODEL_REPOSITORY; see docs/TRAINING.md). A refiner trained on VITON must
+repository (FITROOM_MODEL_REPOSITORY; see docs/TRAINING.md), a fourth column in the paired
+overlay and a second contact sheet (unpaired_sheet_refiner.jpg). A refiner trained on VITON must
 have been trained with these ids held out (bench/refiner_pairs.py writes such a pairs file).
 """
 
@@ -61,7 +62,7 @@ def scores(result: np.ndarray, truth: np.ndarray, box: tuple[slice, slice]) -> t
     return ssim(result, truth), ssim(result[box], truth[box]), float(peak_signal_noise_ratio(truth, result))
 
 
-def contact_sheet(pipeline: Pipeline) -> Path | None:
+def contact_sheet(pipeline: Pipeline, name: str = "unpaired_sheet.jpg") -> Path | None:
     if not (SHARED_DATA / "photos").exists():
         return None
     height = 384
@@ -90,7 +91,7 @@ def contact_sheet(pipeline: Pipeline) -> Path | None:
     pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     strip = pad(np.hstack([np.full((160, 160, 3), 255, np.uint8), *thumbnails]))
     OVERLAYS.mkdir(parents=True, exist_ok=True)
-    path = OVERLAYS / "unpaired_sheet.jpg"
+    path = OVERLAYS / name
     path.write_bytes(encode_jpeg(np.vstack([strip, *[pad(r) for r in rows]]), quality=88))
     return path
 
@@ -148,6 +149,8 @@ def main() -> int:
         if examples:
             (OVERLAYS / "viton_paired.jpg").write_bytes(encode_jpeg(np.vstack(examples), quality=88))
         sheet = None if args.no_sheet else contact_sheet(pipeline)
+        if refined_pipeline and not args.no_sheet:
+            contact_sheet(refined_pipeline, "unpaired_sheet_refiner.jpg")
 
     reference = np.array(rows["mean colour"]).mean(axis=0)
     print(f"VITON pairs: {len(rows['ours'])} (every {step}th id); failures: {failures or 'none'}")

@@ -388,8 +388,12 @@ def _add_pair_arguments(command: argparse.ArgumentParser, output_help: str) -> N
 
 def cmd_train_refiner(args: argparse.Namespace) -> int:
     """Train tryon_refiner on paired photos and install it into the model repository."""
+    if args.install_only:
+        if not Path(args.install_only).is_file():
+            print(f"fitroom: error: no checkpoint at {args.install_only}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return _install_refiner(Path(args.install_only), args.trained_on)
     from services.common.artifacts import LocalArtifactStore
-    from services.fusion import refiner
     from services.fusion.train_refiner import Examples, prepare, train
     from services.pipeline import Pipeline
 
@@ -422,9 +426,29 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
         args.seed,
         log=lambda line: print(line, file=sys.stderr),
     )
+    import torch
+
+    # The weights first: installing scripts the model from its source, and a failure there must
+    # not cost the training (`fitroom train refiner --install-only CHECKPOINT` retries it).
+    checkpoint = Path(args.checkpoint) if args.checkpoint else get_settings().data_dir / "tryon_refiner.ckpt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": model.state_dict(), "work_height": model.work_height}, checkpoint)
+    return _install_refiner(checkpoint, args.trained_on, len(training))
+
+
+def _install_refiner(checkpoint: Path, trained_on: str, examples: int | None = None) -> int:
+    import torch
+
+    from services.fusion import refiner
+
+    saved = torch.load(checkpoint, map_location="cpu")
+    model = refiner.TryonRefiner(work_height=saved["work_height"])
+    model.load_state_dict(saved["state_dict"])
     repository = get_settings().model_repository
-    refiner.install(model, repository, args.trained_on)
-    print(json.dumps({"model": refiner.NAME, "repository": str(repository), "examples": len(training)}))
+    refiner.install(model, repository, trained_on)
+    record = {"model": refiner.NAME, "repository": str(repository), "checkpoint": str(checkpoint)}
+    print(json.dumps(record | ({"examples": examples} if examples is not None else {})))
+    return EXIT_OK
     return EXIT_OK
 
 
@@ -498,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--lr", type=float, default=2e-3)
     refine.add_argument("--val-fraction", type=float, default=0.05, help="pairs held out to score it as it trains")
     refine.add_argument("--seed", type=int, default=0)
+    refine.add_argument(
+        "--checkpoint", help="where to save the trained weights (default FITROOM_DATA_DIR/tryon_refiner.ckpt)"
+    )
+    refine.add_argument("--install-only", metavar="CHECKPOINT", help="install saved weights, no training")
     refine.set_defaults(func=cmd_train_refiner)
     add_gateway_commands(commands)  # serve, keys (the REST gateway)
     add_worker_commands(commands)  # worker, worker-health (distributed mode)

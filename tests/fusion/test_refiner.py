@@ -133,9 +133,23 @@ def test_cli_train_refiner_from_a_cache_installs_the_model(tmp_path: Path, repos
         [*command, "--batch-size", "4", "--trained-on", "synthetic"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["model"] == refiner.NAME
+    record = json.loads(result.stdout)
+    assert record["model"] == refiner.NAME and record["examples"] == 12 - round(0.05 * 12)
     assert "held-out SSIM" in result.stderr
     assert (models / refiner.NAME / "1" / "model.pt").is_file()
+    # The weights are kept apart from the install: a second repository gets them without training.
+    checkpoint = Path(record["checkpoint"])
+    assert checkpoint.is_file() and checkpoint.is_relative_to(tmp_path / "data")
+    other = tmp_path / "other"
+    installed = subprocess.run(
+        [*command[:5], "--install-only", str(checkpoint), "--trained-on", "synthetic"],
+        capture_output=True,
+        text=True,
+        env={**env, "FITROOM_MODEL_REPOSITORY": str(other)},
+    )
+    assert installed.returncode == 0, installed.stderr
+    a, b = (torch.jit.load(str(root / refiner.NAME / "1" / "model.pt")) for root in (models, other))
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     # No data and no cache: a usage error, nothing installed.
     missing = subprocess.run(
         [*command[:5], "--trained-on", "x"],
