@@ -135,6 +135,19 @@ def test_fusion_model_runs_the_same_scripted_and_eager(infer: LocalBackend) -> N
     assert scripted.min() >= 0 and scripted.max() <= 1
 
 
+def run_fusion_model(
+    infer: LocalBackend, image: np.ndarray, garment: np.ndarray, maps: dict[str, np.ndarray], lighting_sigma: float
+) -> np.ndarray:
+    """tryon_fusion on HxWx3 `image` and HxWx4 `garment` (floats in [0, 1]) and the named region maps."""
+    inputs = {
+        "image__0": image.transpose(2, 0, 1)[None],
+        "garment__1": garment.transpose(2, 0, 1)[None],
+        "regions__2": np.stack([maps[name] for name in fusion_model.REGIONS])[None],
+        "lighting_sigma__3": np.array([[lighting_sigma]], np.float32),
+    }
+    return infer(fusion_model.NAME, inputs)["tryon__0"][0].transpose(1, 2, 0)
+
+
 def test_fusion_fills_below_the_waist_with_the_lower_garment(infer: LocalBackend) -> None:
     """A new top shorter than the old one: what it leaves uncovered shows the lower garment below
     the waist, skin on the body above it and the backdrop off the body, each in the photo's own colour."""
@@ -160,13 +173,7 @@ def test_fusion_fills_below_the_waist_with_the_lower_garment(infer: LocalBackend
     maps["skin_source"][:10, 15:45] = 1
     maps["lower_source"][70:, 15:45] = 1
     maps["background_source"][:, :8] = maps["background_source"][:, 52:] = 1
-    inputs = {
-        "image__0": image.transpose(2, 0, 1)[None],
-        "garment__1": garment.transpose(2, 0, 1)[None],
-        "regions__2": np.stack([maps[name] for name in fusion_model.REGIONS])[None],
-        "lighting_sigma__3": np.array([[2.0]], np.float32),
-    }
-    out = infer(fusion_model.NAME, inputs)["tryon__0"][0].transpose(1, 2, 0)
+    out = run_fusion_model(infer, image, garment, maps, lighting_sigma=2.0)
     assert np.allclose(out[27, 30], new_top, atol=0.02)  # the new top
     assert np.allclose(out[40, 30], skin, atol=0.05)  # uncovered, on the body, above the waist
     assert np.allclose(out[55, 30], trousers, atol=0.05)  # uncovered, below the waist: the trousers
@@ -187,13 +194,7 @@ def test_a_stray_island_of_old_garment_does_not_set_the_light(infer: LocalBacken
         maps[name][10:60, 10:70] = 1
         maps[name][90:93, 39:42] = 1
     maps["garment_allowed"][:] = 1
-    inputs = {
-        "image__0": image.transpose(2, 0, 1)[None],
-        "garment__1": garment.transpose(2, 0, 1)[None],
-        "regions__2": np.stack([maps[name] for name in fusion_model.REGIONS])[None],
-        "lighting_sigma__3": np.array([[4.0]], np.float32),
-    }
-    out = infer(fusion_model.NAME, inputs)["tryon__0"][0].transpose(1, 2, 0)
+    out = run_fusion_model(infer, image, garment, maps, lighting_sigma=4.0)
     assert np.abs(out[85:98, 34:47] - 0.5).max() < 0.03
     assert np.abs(out[20:50, 20:60] - 0.5).max() < 0.02  # a flat old top: no change in light
 
