@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
+from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.model import REGIONS
@@ -168,5 +169,12 @@ def run(
     )["tryon__0"]
     if refine:
         editable = editable_region(region_maps, warped).astype(np.float32)[None, None]
-        fused = infer(REFINER_NAME, {"tryon__0": fused, "garment__1": garment, "editable__2": editable})["refined__0"]
+        inputs = {"tryon__0": fused, "garment__1": garment, "editable__2": editable}
+        try:
+            fused = infer(REFINER_NAME, inputs)["refined__0"]
+        except ModelUnavailable as exc:  # `models build` does not make this one: it has no shipped weights
+            raise ModelUnavailable(
+                f"{exc.message.split(';')[0]}; FITROOM_REFINER=1 needs a refiner trained and installed with "
+                "`fitroom train refiner` (docs/TRAINING.md)"
+            ) from exc
     return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)

@@ -115,11 +115,13 @@ def test_pipeline_runs_the_installed_refiner_only_when_asked(
     assert source["trained_on"] == "synthetic test data"
 
 
-def test_refine_without_a_trained_refiner_is_a_clear_error(astronaut: np.ndarray, tmp_path: Path) -> None:
-    empty = tmp_path / "models"
-    empty.mkdir()
-    pipeline = Pipeline(LocalArtifactStore(tmp_path / "artifacts"), LocalBackend(empty), refine=True)
-    with pytest.raises(ModelUnavailable):
+def test_refine_without_a_trained_refiner_is_a_clear_error(
+    astronaut: np.ndarray, tmp_path: Path, repository: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(repository, models, ignore=shutil.ignore_patterns(refiner.NAME))
+    pipeline = Pipeline(LocalArtifactStore(tmp_path / "artifacts"), LocalBackend(models), refine=True)
+    with pytest.raises(ModelUnavailable, match="fitroom train refiner"):
         pipeline.tryon(astronaut, product_image(TEE))
 
 
