@@ -408,10 +408,17 @@ def cmd_train_refiner(args: argparse.Namespace) -> int:
                 "fitroom: error: give --pairs, --person-dir and --garment-dir (or an existing --cache)", file=sys.stderr
             )
             return EXIT_BAD_INPUT
+        if not Path(args.pairs).is_file():
+            print(f"fitroom: error: no pairs file at {args.pairs}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         pairs = [(Path(args.person_dir) / p, Path(args.garment_dir) / g) for p, g in _read_pairs(Path(args.pairs))]
         pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
         log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-        examples = prepare(pipeline, pairs, (size[0], size[1]), args.category, log)
+        try:
+            examples = prepare(pipeline, pairs, (size[0], size[1]), args.category, log)
+        except ValueError as exc:  # no usable pair
+            print(f"fitroom: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if cache:
             examples.save(cache)
     order = np.random.default_rng(args.seed).permutation(len(examples))

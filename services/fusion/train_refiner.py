@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.contracts import Category
 from services.common.errors import FitroomError
 from services.common.imageio import read_image_file
 from services.fusion import stage as fusion_stage
@@ -68,7 +69,7 @@ def prepare(
     pipeline: Pipeline,
     pairs: list[tuple[Path, Path]],
     size: tuple[int, int],
-    category: str | None = None,
+    category: Category | None = None,
     log: Log = print,
 ) -> Examples:
     """Run each (person, garment) pair through the pipeline; examples resized to `size` (w, h).

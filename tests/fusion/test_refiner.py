@@ -161,3 +161,13 @@ def test_cli_train_refiner_from_a_cache_installs_the_model(tmp_path: Path, repos
     )
     assert missing.returncode == 2 and "--pairs" in missing.stderr
     assert not (tmp_path / "m2").exists()
+    # Pairs none of which the pipeline can use (the images are not there): a usage error too.
+    (tmp_path / "pairs.txt").write_text("nobody.jpg nothing.jpg\n")
+    dirs = ["--person-dir", str(tmp_path), "--garment-dir", str(tmp_path), "--trained-on", "x"]
+    unusable = subprocess.run(
+        [*command[:5], "--pairs", str(tmp_path / "pairs.txt"), *dirs],
+        capture_output=True,
+        text=True,
+        env={**env, "FITROOM_MODEL_REPOSITORY": str(repository)},
+    )
+    assert unusable.returncode == 2 and "no pair" in unusable.stderr and "Traceback" not in unusable.stderr
