@@ -456,7 +456,6 @@ def _install_refiner(checkpoint: Path, trained_on: str, examples: int | None = N
     record = {"model": refiner.NAME, "repository": str(repository), "checkpoint": str(checkpoint)}
     print(json.dumps(record | ({"examples": examples} if examples is not None else {})))
     return EXIT_OK
-    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ REGIONS = (
 )
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
 SUPPORT_FULL = 0.5  # blurred share of the source at which its shading is trusted fully
-FILL_SCALE = 4  # the skin and background fills are interpolated at this fraction of the resolution
+FILL_SCALE = 4  # the skin, background and lower-garment fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
 
 SIGNATURE = ModelSignature(

@@ -92,16 +92,21 @@ def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
     region = np.zeros(shape, np.uint8)
     hips = [landmark(pts, f"{side}_hip") for side in ("left", "right")]
     hip_half_width = float(np.linalg.norm(hips[0] - hips[1])) / 2 + TORSO_GROWTH * sw
-    # A band of the hips' width along the body axis, from the shoulder line to past the image's
-    # bottom; the waist line below cuts its top off.
-    down = frame.axis * 5 * frame.length
-    band = [frame.origin + s * frame.normal * hip_half_width for s in (1, -1)]
+    # A band of the hips' width down the body axis from the waist line to past the image's
+    # bottom, and the legs; then everything above the waist line is cleared (the legs' round caps
+    # at the hips reach over it). Polygons, not a per-pixel test: this runs on every try-on.
+    far = 5 * (frame.length + shape[0] + shape[1])
+    waist = frame.origin + frame.axis * WAIST_T * frame.length
+    band = [waist + s * frame.normal * hip_half_width for s in (1, -1)]
+    down = frame.axis * far
     cv2.fillPoly(region, [np.round([band[0], band[1], band[1] + down, band[0] + down]).astype(np.int32)], 1)
     for side in ("left", "right"):
         for a, b in itertools.pairwise(leg_chain(pts, side)[:3]):
             cv2.line(region, _px(a), _px(b), 1, max(1, round(2 * LEG_RADIUS * sw)))
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-    return region.astype(bool) & (frame.coords(xs, ys)[0] >= WAIST_T)
+    side = frame.normal * far
+    above = [waist + side, waist - side, waist - side - down, waist + side - down]
+    cv2.fillPoly(region, [np.round(above).astype(np.int32)], 0)
+    return region.astype(bool)
 
 
 def _px(point: np.ndarray) -> tuple[int, int]:
@@ -174,7 +179,7 @@ def run(
             fused = infer(REFINER_NAME, inputs)["refined__0"]
         except ModelUnavailable as exc:  # `models build` does not make this one: it has no shipped weights
             raise ModelUnavailable(
-                f"{exc.message.split(';')[0]}; FITROOM_REFINER=1 needs a refiner trained and installed with "
-                "`fitroom train refiner` (docs/TRAINING.md)"
+                f"{exc.message} (FITROOM_REFINER=1 needs a refiner trained and installed with "
+                "`fitroom train refiner`, docs/TRAINING.md)"
             ) from exc
     return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
