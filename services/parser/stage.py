@@ -51,6 +51,7 @@ PENALTY_HAIR_ON_ARMS = 2.0  # hands raised to the head are still hands
 PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above them, per torso length
 GUIDED_RADIUS_FRACTION = 0.008  # of the working height
 GUIDED_EPS = 1e-3
+ARMS_OVER_LOWER_T = 0.85  # above this, what lies along an arm is arm or sleeve, never the lower garment
 UNREACHABLE = 1e4  # the cost of a class its zone rules out
 MAX_COLOUR_COST = 40.0
 
@@ -154,13 +155,16 @@ def label_pixels(
     log_not_p = -np.log(np.clip(1.0 - person_prob, 1e-3, 1.0))
     garment_zone = np.where(above_chin, UNREACHABLE, 0.0)
     priors = {
-        "background": log_not_p,
+        "background": log_not_p + np.where(sure, UNREACHABLE, 0.0),
         "upper": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(t - 1.1, 0, None),
         # Above the chin, skin just around the outline is forehead or ears the mesh missed.
         "skin": log_p
         + np.where(above_chin & ~face_margin, UNREACHABLE, 0.0)
         + PENALTY_TORSO_SKIN * (~arm_zone & ~neck_zone & ~above_chin & (t < 1.0)),
-        "lower": log_p + garment_zone + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None),
+        "lower": log_p
+        + garment_zone
+        + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None)
+        + np.where(arm_zone & (t < ARMS_OVER_LOWER_T), UNREACHABLE, 0.0),
         "hair": log_p
         + np.where(head_zone, 0.0, UNREACHABLE)
         + PENALTY_HAIR_ON_NECK * neck_zone

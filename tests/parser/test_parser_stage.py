@@ -23,6 +23,7 @@ from services.pose import stage as pose_stage
 SIZES = [(192, 256), (768, 1024), (1500, 2000)]  # (width, height): VITON, VITON-HD, a phone photo
 HALF_BODY_PHOTO = "vitonhd_03191_00.jpg"  # in ../shared/data/photos/person
 FULL_BODY_PHOTO = "catvton_Simon_1.png"
+TRACKSUIT_PHOTO = "vitonhd_00008_00.jpg"  # red top with white stripes on the sleeves, red trousers
 NOT_ON_A_WAIST_UP_PHOTO = ("left_leg", "right_leg", "left_shoe", "right_shoe", "socks")
 LOWER_BODY = ("pants", "skirt", "dress", "left_leg", "right_leg", "socks", "left_shoe", "right_shoe")
 
@@ -236,3 +237,23 @@ def test_full_body_photo_has_its_lower_body(shared_person_photos: list[Path], pa
     assert upper[torso].mean() >= 0.8 and upper[thighs].mean() <= 0.2
     assert dress[thighs].mean() >= 0.8 and dress[torso].mean() >= 0.8
     assert not (dress & (labels == LIP["face"])).any()
+
+
+def test_same_colour_top_and_trousers_keep_their_sleeves(shared_person_photos: list[Path], parse: Parse) -> None:
+    """A tracksuit (red top, red trousers): colour cannot tell the sleeves from the trousers, so
+    the geometry must. Along the arms above the waist there is no lower garment; the sleeves
+    are upper clothes (or arm, where the stripes look like skin), so an "upper" try-on repaints them."""
+    image = shared_photo(shared_person_photos, TRACKSUIT_PHOTO)
+    pose, result = parse("tracksuit", image, "upper")
+    assert result.agnostic is not None
+    for side in ("left", "right"):
+        shoulder, elbow = point(pose, f"{side}_shoulder"), point(pose, f"{side}_elbow")
+        # A short segment of the upper arm's bone, away from the torso's side and the hands.
+        on_arm = np.zeros(image.shape[:2], np.uint8)
+        a, b = shoulder + 0.3 * (elbow - shoulder), shoulder + 0.9 * (elbow - shoulder)
+        thickness = max(3, image.shape[0] // 100)
+        cv2.line(on_arm, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), 1, thickness)
+        on_arm = on_arm.astype(bool)
+        assert share(result.labels, on_arm, "pants", "skirt") <= 0.05, side
+        assert share(result.labels, on_arm, "upper_clothes", "left_arm", "right_arm") >= 0.9, side
+        assert result.agnostic[on_arm].mean() >= 0.95, side
