@@ -54,6 +54,7 @@ GUIDED_EPS = 1e-3
 ARMS_OVER_LOWER_T = 0.85  # above this, what lies along an arm is arm or sleeve, never the lower garment
 UNREACHABLE = 1e4  # the cost of a class its zone rules out
 MAX_COLOUR_COST = 40.0
+UNEXPLAINED = 16.0  # a colour cost (nats) above which no class's colour model explains a pixel
 
 
 def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -184,6 +185,13 @@ def label_pixels(
     for k, name in enumerate(names):
         if models[name] is not None:
             costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST) + priors[name][near]
+    # A colour no model of this photo explains, on the person, is garment (a stripe, a print, a
+    # logo): skin and hair colours are known from the face and head, garments' are not.
+    colour_costs = costs - np.stack([priors[name][near] for name in names])
+    on_person = names.index("background") != np.argmin(costs, axis=0)
+    person_classes = [names.index(n) for n in ("upper", "skin", "lower", "hair")]
+    unexplained = on_person & (colour_costs[person_classes].min(axis=0) > UNEXPLAINED)
+    costs[[names.index("skin"), names.index("hair")]] += np.where(unexplained, UNREACHABLE, 0.0)
     choice = np.full((h, w), names.index("background"))
     choice[near] = np.argmin(costs, axis=0)
     is_ = lambda n: (choice == names.index(n)) & ~face  # noqa: E731
