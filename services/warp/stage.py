@@ -18,7 +18,9 @@ of the garment the person wears now.
    sleeves by their flat-lay outline instead (splines through the cuff and armpit points) was
    tried twice and folded on VITON's flat-lays (0.47 mean IoU against 0.59 without, see git
    history, commit edd32cd): the arm gives a sleeve's shape far more reliably than its outline
-   on a product photo does.
+   on a product photo does. The torso lies over the sleeves: where its spline lays the
+   flat-lay's own sleeves on the body the garment stays whole, and the sleeve parts show only
+   where the arm reaches past them.
 4. What shows: every part stays on the body's silhouette; hair and the face are in front of
    the garment, and bare arms in front of its torso (a sleeve goes round its arm). The masks
    go to the model with the splines.
@@ -239,7 +241,10 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
         c_pts.append(body.at(-NECK_UP, 0.0) + frac * (c_hem_mid - body.at(-NECK_UP, 0.0)))
     torso = Part(np.array(g_pts), np.array(c_pts), mask, body.torso_shown(flare=garment.category == "dress"))
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
-    return [torso, *(sleeve for sleeve in sleeves if sleeve is not None)]
+    # The torso goes on top: where its spline lays the flat-lay's own sleeves on the body they
+    # keep the garment whole (the print runs on across the shoulder seam); the sleeve parts show
+    # where the arm goes beyond them, as a long sleeve down a hanging arm does.
+    return [*(sleeve for sleeve in sleeves if sleeve is not None), torso]
 
 
 def _perpendicular(direction: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from services.warp import stage as warp_stage
 from services.warp import tps
 from services.warp.garment import analyse_garment
 from services.warp.model import PARTS
-from tests.warp.drawn import TEE, product_image
+from tests.warp.drawn import TEE, drawn_mask, product_image
 
 
 def _shifted_warp(infer: LocalBackend, rgb: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -109,6 +109,31 @@ def test_tee_lands_on_the_torso_of_a_real_photo(
     # The garment's colours are the product image's (navy and its lighter stripes).
     colours = warped.rgba[alpha][:, :3] * 255
     assert np.abs(colours.mean(axis=0) - (45, 60, 120)).max() < 25
+
+
+def test_torso_lies_over_the_sleeve_parts(astronaut_inputs: tuple, infer: LocalBackend) -> None:
+    """The sleeve parts follow the arms, but where the torso's own spline covers the body the
+    torso is on top: a tee with red sleeves keeps its navy chest whole out to the shoulders."""
+    pose, parse = astronaut_inputs
+    image = product_image(TEE)
+    garment = analyse_garment(image)
+    sleeves = drawn_mask(TEE).astype(bool)
+    sleeves[:, TEE["armpit_right"][0] : TEE["armpit_left"][0] + 1] = False
+    image[sleeves] = (200, 30, 30)
+    warped = warp_stage.run(image, garment, pose, parse, infer).rgba
+    pts = pose.landmark_array()[:, :2]
+    shoulders = pts[[LANDMARK_INDEX["left_shoulder"], LANDMARK_INDEX["right_shoulder"]]]
+    hips = pts[[LANDMARK_INDEX["left_hip"], LANDMARK_INDEX["right_hip"]]]
+    x0, x1 = sorted(shoulders[:, 0])
+    top, bottom = shoulders[:, 1].mean(), hips[:, 1].mean()
+    chest = warped[
+        int(top + 0.15 * (bottom - top)) : int(top + 0.4 * (bottom - top)),
+        int(x0 + 0.1 * (x1 - x0)) : int(x1 - 0.1 * (x1 - x0)),
+    ]
+    shown = chest[..., 3] > 0.5
+    assert shown.mean() > 0.9
+    red = (chest[..., 0] > 0.5) & (chest[..., 2] < 0.3)
+    assert red[shown].mean() < 0.02
 
 
 def test_warp_ignores_the_outline_of_the_garment_worn_now(astronaut_inputs: tuple, infer: LocalBackend) -> None:
