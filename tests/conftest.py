@@ -25,6 +25,10 @@ def repository() -> Path:
     missing = [name for name in names if not model_file(repo, name).exists()]
     if missing:
         pytest.fail(f"models {missing} are not built: run `make models` (fitroom models build)")
+    # The models built from this checkout's code are rebuilt when their source changed, so that
+    # the tests never run an installed copy older than the code they test.
+    warp_model.build(repo)
+    fusion_model.build(repo)
     return repo
 
 

@@ -13,6 +13,8 @@ services/fusion/stage.py; this model does the per-pixel work).
 2. Lighting: the old garment's luminance, blurred with a Gaussian of `lighting_sigma` pixels
    (at least 2% of the image height: its print and edges are gone) and divided by its mean,
    is the shading the new garment is multiplied by (folds, side light, shadows under the arms).
+   A dark old garment lends proportionally less of it: its luminance is sheen and noise over a
+   tiny mean (black satin would print grey blotches on a white tee).
 3. Blend: the repaint region is feathered by a pixel or two, and the garment goes over it with
    its own soft alpha: no hard cut-out edges.
 """
@@ -29,7 +31,7 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 9  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 10  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = (
     "repaint",
     "body",
@@ -42,6 +44,7 @@ REGIONS = (
 )
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
 SUPPORT_FULL = 0.5  # blurred share of the source at which its shading is trusted fully
+DARK_FULL = 0.25  # mean luma (0 to 1) under which a source's shading is trusted proportionally less
 FILL_SCALE = 4  # the skin, background and lower-garment fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
 
@@ -113,7 +116,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class TryonFusion(nn.Module):
-    __constants__ = ("feather", "low", "high", "fill_scale", "support_full")
+    __constants__ = ("feather", "low", "high", "fill_scale", "support_full", "dark_full")
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,6 +124,7 @@ class TryonFusion(nn.Module):
         self.fill_scale = FILL_SCALE
         self.low, self.high = SHADING_RANGE
         self.support_full = SUPPORT_FULL
+        self.dark_full = DARK_FULL
 
     def _relative_shading(self, luminance: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
         """The blurred luminance of the `mask`ed pixels over their mean, clamped. Where little of
@@ -132,6 +136,9 @@ class TryonFusion(nn.Module):
         weight = support[:, 1:2]
         ratio = support[:, 0:1] / (weight * mean).clamp_min(1e-6)
         trust = (weight / self.support_full).clamp(0.0, 1.0) ** 2  # squared: islands fade fast
+        # A dark garment's luminance is mostly sheen and noise over a tiny mean: its ratios are
+        # not the light, so they count less the darker it is.
+        trust = trust * min(1.0, mean / self.dark_full)
         return (1.0 + trust * (ratio - 1.0)).clamp(self.low, self.high)
 
     def forward(

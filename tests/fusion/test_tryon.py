@@ -199,6 +199,27 @@ def test_a_stray_island_of_old_garment_does_not_set_the_light(infer: LocalBacken
     assert np.abs(out[20:50, 20:60] - 0.5).max() < 0.02  # a flat old top: no change in light
 
 
+def test_a_dark_old_garment_lends_less_of_its_light(infer: LocalBackend) -> None:
+    """The same relative light and shade on a white old top and on a black satin one: the white
+    top's shading carries over in full, the black one's (sheen over a tiny mean) much less."""
+    h, w = 100, 80
+    variation = np.ones((h, w), np.float32)
+    variation[20:50, 10:40] = 0.5  # a shaded half
+    variation[20:50, 40:70] = 1.5  # a lit (or shiny) half
+    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    maps["repaint"][10:90, 10:70] = maps["shading_source"][10:90, 10:70] = maps["garment_allowed"][:] = 1
+    garment = np.zeros((h, w, 4), np.float32)
+    garment[10:90, 10:70] = (0.6, 0.6, 0.6, 1.0)
+    spread = {}
+    for name, level in (("white", 0.6), ("black", 0.06)):
+        image = np.full((h, w, 3), 0.8, np.float32)
+        image[10:90, 10:70] = level * variation[10:90, 10:70, None]
+        out = run_fusion_model(infer, image, garment, maps, lighting_sigma=3.0)
+        spread[name] = float(out[30:40, 50:60].mean() - out[30:40, 20:30].mean())
+    assert spread["white"] > 0.3
+    assert 0 <= spread["black"] < 0.4 * spread["white"]
+
+
 def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:
     pose, parse = pipeline.person(astronaut)
     lower_body = fusion_model.REGIONS.index("lower_body")
