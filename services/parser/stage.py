@@ -35,8 +35,6 @@ PERSON_THRESHOLD = 0.5
 SURE_PERSON, SURE_BACKGROUND = 0.9, 0.1  # colour models learn only from pixels this certain
 FACE_GROWTH = 0.03  # of the face width
 SKIN_COLOURED_GARMENT = 0.4  # a garment seed keeps its skin-like pixels when they are over 60% of it
-MIN_ARM_SKIN_WIDTH = 0.06  # of the shoulder width: skin on an arm thinner than this is a stripe
-HAND_RADIUS = 0.15  # of the shoulder width, around the wrist-fingertip line
 SHOE_RADIUS = 0.2  # of the shoulder width, around the heel-toe and ankle-toe lines
 FACE_MARGIN = 0.12  # skin this close to the face outline (face widths) is face
 LANDMARK_VISIBLE = 0.5
@@ -219,20 +217,6 @@ def label_pixels(
         shoe = near_foot & (t > 1.5) & (is_("lower") | is_("upper"))
         labels[shoe] = LIP[f"{side}_shoe"]
     skin = is_("skin")
-    # Bare skin on an arm is a band about as wide as the arm; thinner slivers there are a
-    # sleeve's stripes or piping that look like skin, and are garment. Hands keep theirs: fingers are thin.
-    arm_skin = (skin & arm_zone).astype(np.uint8)
-    width = max(2, round(MIN_ARM_SKIN_WIDTH * sw))
-    banded = cv2.morphologyEx(arm_skin, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width)))
-    hands = np.zeros((h, w), bool)
-    for side in ("left", "right"):
-        wrist, tip = arm_chain(pts, side)[2:]
-        hands |= segment_distance(xs, ys, wrist, tip) < HAND_RADIUS * sw
-    # A sliver at the silhouette's edge is the arm's own rim, not a stripe.
-    rim = cv2.dilate((choice == names.index("background")).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    sliver = arm_skin.astype(bool) & ~banded.astype(bool) & ~hands & ~rim
-    labels[sliver] = LIP["upper_clothes"]
-    skin &= ~sliver
     closer_left = left_arm < right_arm
     labels[skin & arm_zone & closer_left] = LIP["left_arm"]
     labels[skin & arm_zone & ~closer_left] = LIP["right_arm"]
