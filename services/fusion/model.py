@@ -10,7 +10,8 @@ services/fusion/stage.py; this model does the per-pixel work).
    masked image pyramid averaged down, then filled back up) of the photo's own known lower
    garment, skin and background pixels, so the fill has their colours and the backdrop's
    gradient.
-2. Lighting: the old garment's luminance, blurred with a Gaussian of `lighting_sigma` pixels
+2. Lighting: the old garment's luminance over its dye's (the `shading_albedo` map: a red
+   top's white stripes are not highlights), blurred with a Gaussian of `lighting_sigma` pixels
    (at least 2% of the image height: its print and edges are gone) and divided by its mean,
    is the shading the new garment is multiplied by (folds, side light, shadows under the arms).
    A dark old garment lends proportionally less of it: its luminance is sheen and noise over a
@@ -31,7 +32,7 @@ from torch import nn
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 
 NAME = "tryon_fusion"
-VERSION = 10  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 11  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = (
     "repaint",
     "body",
@@ -41,9 +42,11 @@ REGIONS = (
     "lower_source",
     "shading_source",
     "garment_allowed",
+    "shading_albedo",
 )
 SHADING_RANGE = (0.45, 1.6)  # the shading multiplier is clamped: a dark print is not a shadow
 SUPPORT_FULL = 0.5  # blurred share of the source at which its shading is trusted fully
+MAX_LIGHT = 4.0  # luminance over albedo is clamped here: a misassigned dye's edge is no lamp
 DARK_FULL = 0.25  # mean luma (0 to 1) under which a source's shading is trusted proportionally less
 FILL_SCALE = 4  # the skin, background and lower-garment fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
@@ -116,7 +119,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class TryonFusion(nn.Module):
-    __constants__ = ("feather", "low", "high", "fill_scale", "support_full", "dark_full")
+    __constants__ = ("feather", "low", "high", "fill_scale", "support_full", "dark_full", "max_light")
 
     def __init__(self) -> None:
         super().__init__()
@@ -125,20 +128,26 @@ class TryonFusion(nn.Module):
         self.low, self.high = SHADING_RANGE
         self.support_full = SUPPORT_FULL
         self.dark_full = DARK_FULL
+        self.max_light = MAX_LIGHT
 
-    def _relative_shading(self, luminance: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The blurred luminance of the `mask`ed pixels over their mean, clamped. Where little of
-        the mask is near (its blurred weight under SUPPORT_FULL: an edge, a stray island such as
-        a button parsed as garment) the ratio fades to 1, so no lone pixel sets the light."""
-        support = _gaussian_blur(torch.cat([luminance * mask, mask], dim=1), sigma)
+    def _relative_shading(
+        self, luminance: torch.Tensor, albedo: torch.Tensor, mask: torch.Tensor, sigma: float
+    ) -> torch.Tensor:
+        """The blurred light of the `mask`ed pixels (luminance over `albedo`, each pixel's dye)
+        over its mean, clamped. Where little of the mask is near (its blurred weight under
+        SUPPORT_FULL: an edge, a stray island such as a button parsed as garment) the ratio fades
+        to 1, so no lone pixel sets the light."""
+        light = (luminance / albedo.clamp_min(1e-3)).clamp(0.0, self.max_light)
+        support = _gaussian_blur(torch.cat([light * mask, mask], dim=1), sigma)
         total = float(mask.sum())
-        mean = float((luminance * mask).sum()) / total if total > 0 else 1.0
+        mean = float((light * mask).sum()) / total if total > 0 else 1.0
         weight = support[:, 1:2]
         ratio = support[:, 0:1] / (weight * mean).clamp_min(1e-6)
         trust = (weight / self.support_full).clamp(0.0, 1.0) ** 2  # squared: islands fade fast
         # A dark garment's luminance is mostly sheen and noise over a tiny mean: its ratios are
         # not the light, so they count less the darker it is.
-        trust = trust * min(1.0, mean / self.dark_full)
+        mean_luminance = float((luminance * mask).sum()) / total if total > 0 else 1.0
+        trust = trust * min(1.0, mean_luminance / self.dark_full)
         return (1.0 + trust * (ratio - 1.0)).clamp(self.low, self.high)
 
     def forward(
@@ -146,15 +155,15 @@ class TryonFusion(nn.Module):
     ) -> torch.Tensor:
         repaint, body, lower_body = regions[:, 0:1], regions[:, 1:2], regions[:, 2:3]
         skin_source, background_source, lower_source = regions[:, 3:4], regions[:, 4:5], regions[:, 5:6]
-        shading_source, allowed = regions[:, 6:7], regions[:, 7:8]
+        shading_source, allowed, albedo = regions[:, 6:7], regions[:, 7:8], regions[:, 8:9]
 
-        # Lighting: the old garment's blurred luminance relative to its mean.
+        # Lighting: the old garment's blurred light (luminance over its dye's) relative to its mean.
         sigma = float(lighting_sigma[0, 0])
-        shading = self._relative_shading(_luminance(image), shading_source, sigma)
+        shading = self._relative_shading(_luminance(image), albedo, shading_source, sigma)
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
         # the same way, so that the garment carries the person photo's light, not both.
         alpha = garment[:, 3:4] * allowed
-        own_shading = self._relative_shading(_luminance(garment), alpha, sigma)
+        own_shading = self._relative_shading(_luminance(garment), torch.full_like(alpha, 1.0), alpha, sigma)
 
         # Fill: the lower garment below the waist, skin elsewhere inside the body, background outside it.
         sources = torch.cat([skin_source, background_source, lower_source])

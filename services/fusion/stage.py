@@ -19,6 +19,10 @@ model (services/fusion/model.py) does the per-pixel work.
   face only when there is little else), backdrop and trousers or skirt, outside the repaint
   region.
 - shading source: the old garment, for its low-frequency lighting only.
+- shading albedo: under the old garment, the mean luma of each pixel's dye (its chroma
+  cluster), so that the light is told from the print: a red top's white stripes or a logo of
+  another colour do not read as highlights. Clustered by chroma alone, so that a plain
+  garment's lit and shaded sides stay one dye.
 The person's old garment is never copied: it only says what to repaint and, blurred by at
 least LIGHTING_SIGMA of the height, how the new garment is lit.
 """
@@ -36,6 +40,7 @@ from services.common.inference import Infer
 from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.model import REGIONS
 from services.fusion.refiner import NAME as REFINER_NAME
+from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
 
@@ -47,6 +52,10 @@ FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is ne
 MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
 WAIST_T = 0.85  # body-frame t: below this, what a top leaves uncovered is the lower garment
 EDITABLE_GROWTH = 0.01  # of the height: the refiner may also touch this band around what fusion changed
+DYES = 3  # colour clusters of the old garment, at most
+CHROMA_SAME = 12.0  # Lab a-b distance under which two clusters are one dye (light shifts chroma a little)
+CHROMA_MIN_STD = np.array([1.0, 3.0, 3.0])
+ALBEDO_SCALE = 4
 MIN_LOWER_GARMENT = 0.002  # of the image: with fewer lower-garment pixels than this, no lower fill
 
 OLD_GARMENT = {
@@ -113,8 +122,31 @@ def _px(point: np.ndarray) -> tuple[int, int]:
     return round(float(point[0])), round(float(point[1]))
 
 
-def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndarray:
-    """(len(REGIONS), H, W) float32 region maps, in the order the model reads them."""
+def garment_albedo(image: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """HxW float32: inside `source` (the old garment) the mean luma (0 to 1) of the dye each pixel
+    has, 1 elsewhere. Dyes are chroma clusters (Lab a, b) of the garment, those closer than
+    CHROMA_SAME merged; worked out at 1/ALBEDO_SCALE of the resolution (the light is blurred far
+    more than that)."""
+    height, width = source.shape
+    size = (max(1, width // ALBEDO_SCALE), max(1, height // ALBEDO_SCALE))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    inside = cv2.resize(source.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    albedo = np.ones(inside.shape, np.float32)
+    chroma = cv2.cvtColor(small, cv2.COLOR_RGB2Lab)[inside]
+    chroma[:, 0] = 0.0  # lightness is the light's as much as the dye's
+    model = colour.fit(chroma, DYES, CHROMA_MIN_STD)
+    if model is not None:
+        dye = model.assign(chroma)
+        same = np.linalg.norm(model.means[:, None, 1:] - model.means[None, :, 1:], axis=2) < CHROMA_SAME
+        dye = same.argmax(axis=1)[dye]  # each dye joins the first one of nearly its chroma
+        luma = small[inside] @ np.array([0.299, 0.587, 0.114], np.float32)
+        means = np.bincount(dye, luma, minlength=len(same)) / np.maximum(np.bincount(dye, minlength=len(same)), 1)
+        albedo[inside] = means[dye]
+    return cv2.resize(albedo, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def regions(image: np.ndarray, parse: ParseResult, pose: PoseResult, category: Category) -> np.ndarray:
+    """(len(REGIONS), H, W) float32 region maps of the photo `image`, in the order the model reads them."""
     labels = parse.labels
     height = labels.shape[0]
     agnostic = parse.agnostic if parse.agnostic is not None and parse.category == category else None
@@ -141,6 +173,7 @@ def regions(parse: ParseResult, pose: PoseResult, category: Category) -> np.ndar
         "lower_source": lower,
         "shading_source": old_garment & repaint,
         "garment_allowed": agnostic,
+        "shading_albedo": garment_albedo(image, old_garment & repaint),
     }
     return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
 
@@ -161,7 +194,7 @@ def run(
     """The try-on photo: HxWx3 uint8 at the person photo's resolution. With `refine`, the learned
     tryon_refiner (trained by `fitroom train refiner`) goes over the fused photo."""
     height = image.shape[0]
-    region_maps = regions(parse, pose, warped.category)
+    region_maps = regions(image, parse, pose, warped.category)
     garment = np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32)
     fused = infer(
         MODEL_NAME,

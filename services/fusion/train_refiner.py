@@ -88,7 +88,7 @@ def prepare(
             skipped[exc.code] = skipped.get(exc.code, 0) + 1
             continue
         fused = fusion_stage.run(person, dressed, pose, warped, pipeline.infer)
-        editable = fusion_stage.editable_region(fusion_stage.regions(dressed, pose, warped.category), warped)
+        editable = fusion_stage.editable_region(fusion_stage.regions(person, dressed, pose, warped.category), warped)
         rows["target"].append(cv2.resize(person, size, interpolation=area))
         rows["fused"].append(cv2.resize(fused, size, interpolation=area))
         garment = np.round(warped.rgba * 255).astype(np.uint8)

@@ -18,14 +18,22 @@ class ColourModel:
     inv_var: np.ndarray  # (K, 3)
     log_norm: np.ndarray  # (K,): 0.5 * sum(log var) - log(weight)
 
-    def nll(self, pixels: np.ndarray) -> np.ndarray:
-        """Negative log-likelihood of (N, 3) pixels under the best-fitting cluster.
+    def cluster_nll(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, K) negative log-likelihood of (N, 3) pixels under each cluster.
 
         0.5 * sum_c (x_c - m_c)^2 / v_c, expanded into two small matrix products so that
         no (N, K, 3) temporary is built."""
         quadratic = (pixels * pixels) @ (0.5 * self.inv_var.T) - pixels @ (self.means * self.inv_var).T
         constant = 0.5 * (self.means * self.means * self.inv_var).sum(axis=1) + self.log_norm
-        return (quadratic + constant[None]).min(axis=1)
+        return quadratic + constant[None]
+
+    def nll(self, pixels: np.ndarray) -> np.ndarray:
+        """Negative log-likelihood of (N, 3) pixels under the best-fitting cluster."""
+        return self.cluster_nll(pixels).min(axis=1)
+
+    def assign(self, pixels: np.ndarray) -> np.ndarray:
+        """(N,) index of the best-fitting cluster of each of (N, 3) pixels."""
+        return self.cluster_nll(pixels).argmin(axis=1)
 
 
 def fit(samples: np.ndarray, clusters: int, min_std: np.ndarray) -> ColourModel | None:

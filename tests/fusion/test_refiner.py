@@ -108,7 +108,7 @@ def test_pipeline_runs_the_installed_refiner_only_when_asked(
     # Outside what fusion may touch, the refiner changes nothing.
     from services.fusion import stage as fusion_stage
 
-    region_maps = fusion_stage.regions(refined.parse, refined.pose, refined.category)
+    region_maps = fusion_stage.regions(astronaut, refined.parse, refined.pose, refined.category)
     outside = ~fusion_stage.editable_region(region_maps, refined.warped)
     assert np.array_equal(refined.image[outside], plain.image[outside])
     source = json.loads((repository_with_refiner / refiner.NAME / "1" / "source.json").read_text())

@@ -57,7 +57,7 @@ def test_tryon_keeps_face_hair_and_background_and_puts_the_garment_on_the_torso(
     labels = result.parse.labels
     # Face and hair, and everything else outside the repaint region (and its feathered edge)
     # and the garment, are the photo's own pixels.
-    regions = fusion_stage.regions(result.parse, result.pose, "upper")
+    regions = fusion_stage.regions(astronaut, result.parse, result.pose, "upper")
     near_repaint = cv2.dilate(regions[0], np.ones((2 * fusion_model.FEATHER + 1,) * 2, np.uint8)) > 0
     untouched = ~near_repaint & (result.warped.rgba[..., 3] == 0)
     assert (np.isin(labels, KEPT) & untouched).sum() > 5000
@@ -135,6 +135,13 @@ def test_fusion_model_runs_the_same_scripted_and_eager(infer: LocalBackend) -> N
     assert scripted.min() >= 0 and scripted.max() <= 1
 
 
+def empty_region_maps(height: int, width: int) -> dict[str, np.ndarray]:
+    """Every region map empty, and the old garment's dye flat (albedo 1: luminance is light)."""
+    maps = {name: np.zeros((height, width), np.float32) for name in fusion_model.REGIONS}
+    maps["shading_albedo"][:] = 1.0
+    return maps
+
+
 def run_fusion_model(
     infer: LocalBackend, image: np.ndarray, garment: np.ndarray, maps: dict[str, np.ndarray], lighting_sigma: float
 ) -> np.ndarray:
@@ -166,7 +173,7 @@ def test_fusion_fills_below_the_waist_with_the_lower_garment(infer: LocalBackend
     image[20:60, 10:50] = old_top
     garment = np.zeros((h, w, 4), np.float32)
     garment[20:35, 10:50] = (*new_top, 1.0)
-    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    maps = empty_region_maps(h, w)
     maps["repaint"][20:60, 10:50] = maps["shading_source"][20:60, 10:50] = maps["garment_allowed"][20:60, 10:50] = 1
     maps["body"][:, 15:45] = 1
     maps["lower_body"][45:, 15:45] = 1
@@ -189,7 +196,7 @@ def test_a_stray_island_of_old_garment_does_not_set_the_light(infer: LocalBacken
     image[90:93, 39:42] = 0.05  # its dark button, on the skirt below
     garment = np.zeros((h, w, 4), np.float32)
     garment[10:110, 10:70] = (0.5, 0.5, 0.5, 1.0)  # a longer plain grey top goes on
-    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    maps = empty_region_maps(h, w)
     for name in ("repaint", "shading_source"):
         maps[name][10:60, 10:70] = 1
         maps[name][90:93, 39:42] = 1
@@ -206,7 +213,7 @@ def test_a_dark_old_garment_lends_less_of_its_light(infer: LocalBackend) -> None
     variation = np.ones((h, w), np.float32)
     variation[20:50, 10:40] = 0.5  # a shaded half
     variation[20:50, 40:70] = 1.5  # a lit (or shiny) half
-    maps = {name: np.zeros((h, w), np.float32) for name in fusion_model.REGIONS}
+    maps = empty_region_maps(h, w)
     maps["repaint"][10:90, 10:70] = maps["shading_source"][10:90, 10:70] = maps["garment_allowed"][:] = 1
     garment = np.zeros((h, w, 4), np.float32)
     garment[10:90, 10:70] = (0.6, 0.6, 0.6, 1.0)
@@ -220,21 +227,47 @@ def test_a_dark_old_garment_lends_less_of_its_light(infer: LocalBackend) -> None
     assert 0 <= spread["black"] < 0.4 * spread["white"]
 
 
+def test_the_old_garments_print_is_not_its_light(infer: LocalBackend) -> None:
+    """A red top with broad white stripes: the stripes are dye, not light, so a plain new garment
+    over it stays plain. The same red top lit from one side passes that light on."""
+    h, w = 100, 80
+    red, white = np.array((0.7, 0.1, 0.1)), np.array((0.95, 0.95, 0.95))
+    maps = empty_region_maps(h, w)
+    maps["repaint"][10:90, 10:70] = maps["shading_source"][10:90, 10:70] = maps["garment_allowed"][:] = 1
+    garment = np.zeros((h, w, 4), np.float32)
+    garment[10:90, 10:70] = (0.5, 0.5, 0.5, 1.0)
+    rows = np.arange(h)[:, None]
+
+    def fuse(top: np.ndarray) -> np.ndarray:
+        image = np.full((h, w, 3), 0.8, np.float32)
+        image[10:90, 10:70] = top[10:90, 10:70]
+        photo = np.round(image * 255).astype(np.uint8)
+        maps["shading_albedo"] = fusion_stage.garment_albedo(photo, maps["shading_source"] > 0)
+        return run_fusion_model(infer, image, garment, maps, lighting_sigma=3.0)
+
+    striped = np.where(((rows // 12) % 2 == 0)[..., None], white, red) * np.ones((h, w, 1))
+    out = fuse(striped.astype(np.float32))
+    assert np.abs(out[25:75, 25:55] - 0.5).max() < 0.04
+    lit = red * np.where(np.arange(w)[None, :, None] < 40, 0.6, 1.0) * np.ones((h, 1, 1))
+    out = fuse(lit.astype(np.float32))
+    assert out[40:60, 50:60].mean() - out[40:60, 20:30].mean() > 0.1
+
+
 def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:
     pose, parse = pipeline.person(astronaut)
     lower_body = fusion_model.REGIONS.index("lower_body")
     # The astronaut's photo ends at the chest: no lower garment, no lower fill.
-    assert not fusion_stage.regions(parse, pose, "upper")[lower_body].any()
+    assert not fusion_stage.regions(astronaut, parse, pose, "upper")[lower_body].any()
     # Trousers at the bottom of the frame: below the waist line the lower fill may apply, above it never.
     labels = parse.labels.copy()
     labels[-40:][labels[-40:] == LIP["background"]] = LIP["pants"]
     with_trousers = parse.model_copy(update={"labels": labels, "agnostic": None})
-    region = fusion_stage.regions(with_trousers, pose, "upper")[lower_body] > 0
+    region = fusion_stage.regions(astronaut, with_trousers, pose, "upper")[lower_body] > 0
     assert region.any()
     ys, xs = np.nonzero(region)
     assert BodyFrame.from_points(pose.landmark_array()[:, :2]).coords(xs, ys)[0].min() >= fusion_stage.WAIST_T - 0.01
     # A dress replaces the lower garment itself: nothing to fill from.
-    assert not fusion_stage.regions(with_trousers, pose, "dress")[lower_body].any()
+    assert not fusion_stage.regions(astronaut, with_trousers, pose, "dress")[lower_body].any()
 
 
 def test_person_and_garment_are_computed_once(astronaut: np.ndarray, infer: LocalBackend, tmp_path: Path) -> None:
