@@ -9,7 +9,9 @@ the image's left.
 
 Landmarks, in the order they are met along the outline (counter-clockwise on screen, from
 the neckline): see UPPER_ORDER and LOWER_ORDER. Points that a garment has no part for
-(sleeves of a tank top, the crotch of a skirt) are left out.
+(sleeves of a tank top, the crotch of a skirt) are left out. One landmark is inside the
+outline: "neckline_front", the front collar's centre, where the inside back shows through the
+neck opening above it (the outline's "neckline" is then the back collar).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ POLYGON_TOLERANCE = 0.005  # of the garment's width
 MIN_ARMPIT_DEPTH = 0.03  # of the width: shallower side dents are seams, not armpits
 MIN_CROTCH_DEPTH = 0.2  # of the height
 DRESS_ASPECT = 1.8  # height / width beyond which a top is a dress
+# The front neckline, when the inside back shows through the neck opening (the flat-lay's
+# top-centre is then the back collar): a colour step down the centre line, this deep (of the
+# garment's height) and this strong (Lab units); only where the top-centre lies within
+# BACK_CLOSES of the height below the collar points.
+FRONT_DEPTH = (0.02, 0.2)
+FRONT_EDGE = 25.0
+BACK_CLOSES = 0.06
 
 
 Dent = tuple[int, int, int, float]  # a convexity defect: start, end and deepest polygon index, depth
@@ -278,6 +287,33 @@ def _lower_landmarks(outline: Outline) -> dict[str, np.ndarray]:
     return marks
 
 
+def front_neckline(rgb: np.ndarray, mask: np.ndarray, top: np.ndarray, height: float) -> np.ndarray | None:
+    """Where the front collar starts below `top` (the outline's top-centre, the back collar when
+    the inside back shows through the neck opening): the strongest colour step down the centre
+    line within FRONT_DEPTH of the garment's `height`, if it is at least FRONT_EDGE Lab units
+    and the strip above it is all garment. None when there is no such step."""
+    x, y0 = round(float(top[0])), round(float(top[1]))
+    y1 = min(mask.shape[0], y0 + round(FRONT_DEPTH[1] * height))
+    half = max(1, round(0.01 * mask.shape[1]))
+    if y1 - y0 < 8 or not 0 <= x - half < x + half < mask.shape[1]:
+        return None
+    strip = np.ascontiguousarray(rgb[y0:y1, x - half : x + half + 1])
+    lab = cv2.cvtColor(strip.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).mean(axis=1)  # (rows, 3)
+    step = max(1, round(0.01 * height))
+    jump = np.linalg.norm(lab[2 * step :] - lab[: -2 * step], axis=1)  # across 2 steps, centred
+    first = max(0, round(FRONT_DEPTH[0] * height) - step)
+    if len(jump) <= first:
+        return None
+    row = first + int(np.argmax(jump[first:]))
+    if jump[row] < FRONT_EDGE:
+        return None
+    # The edge itself: the largest row-to-row change within the step found.
+    y = y0 + row + 1 + int(np.argmax(np.linalg.norm(np.diff(lab[row : row + 2 * step + 1], axis=0), axis=1)))
+    if not mask[y0:y, x].all():
+        return None
+    return np.array([float(x), float(y)])
+
+
 def analyse_garment(image: np.ndarray, category: Category | None = None) -> GarmentAnalysis:
     """Mask, category (detected when None) and landmarks of an RGB or RGBA product image."""
     mask, small = garment_mask(image)
@@ -285,6 +321,14 @@ def analyse_garment(image: np.ndarray, category: Category | None = None) -> Garm
     category = category or detect_category(outline)
     marks = _lower_landmarks(outline) if category == "lower" else _upper_landmarks(outline)
     scale = np.array([image.shape[1] / small.shape[1], image.shape[0] / small.shape[0]])
+    if category != "lower":
+        front = front_neckline(image[..., :3], mask, marks["neckline"] * scale, outline.height * scale[1])
+        if front is not None and "collar_left" in marks and "collar_right" in marks:
+            collars_y = (marks["collar_left"][1] + marks["collar_right"][1]) / 2 * scale[1]
+            # Only when the back closes the opening at the top: a V-neck's top-centre is its
+            # front point already, well below the collar points.
+            if marks["neckline"][1] * scale[1] - collars_y < BACK_CLOSES * outline.height * scale[1]:
+                marks["neckline_front"] = front / scale
     return GarmentAnalysis(
         image_width=image.shape[1],
         image_height=image.shape[0],

@@ -26,9 +26,9 @@ from services.common.model_repository import ModelSignature, TensorSpec, install
 from services.warp.tps import MAX_POINTS
 
 NAME = "garment_warp"
-PARTS = 3  # torso + two limbs (sleeves or trouser legs); absent parts have zero alpha
+PARTS = 4  # inside back + two limbs (sleeves or trouser legs) + torso; absent parts have zero alpha
 GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
-VERSION = 11  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 12  # bump when the module changes, so that installed copies are rebuilt
 
 SIGNATURE = ModelSignature(
     NAME,

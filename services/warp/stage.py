@@ -60,6 +60,7 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 TOP_HEM_PRIOR, TOP_HEM_WEIGHT = 1.05, 0.3
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
+NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of a garment's inside back
 # Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
 # spline stays regular where the arm's tube ends (the tube, not the spline, cuts the sleeve off).
 SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
@@ -94,6 +95,11 @@ class Body:
         # What the garment may show on: the silhouette less what is in front of any garment.
         self.visible = self.person & (labels != LIP["hair"]) & (labels != LIP["face"])
         self.height, self.width = self.person.shape
+        # The neck's skin, above NECK_SKIN_T: in front of a garment's inside back.
+        ys, xs = np.nonzero(labels == LIP["torso_skin"])
+        self.neck = np.zeros(labels.shape, bool)
+        high = self.frame.coords(xs.astype(np.float32), ys.astype(np.float32))[0] < NECK_SKIN_T
+        self.neck[ys[high], xs[high]] = True
 
     def torso_shown(self, flare: bool) -> np.ndarray:
         """Where a garment's torso (or trousers) may show: the visible silhouette less bare arms
@@ -210,7 +216,10 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     t_of = lambda y: -SHOULDER_UP + (y - g_shoulder_y) * scale / length  # noqa: E731
     hem_range = HEM_T["dress" if garment.category == "dress" else "upper"]
 
-    g_pts: list[np.ndarray] = [_g(garment, "neckline")]
+    # The front neckline sits at the neck's base; where the inside back shows above it, the
+    # back collar rises behind the neck.
+    g_neck = _g(garment, "neckline_front" if "neckline_front" in garment.landmarks else "neckline")
+    g_pts: list[np.ndarray] = [g_neck]
     c_pts: list[np.ndarray] = [body.at(-NECK_UP, 0.0)]
     hem_points = {}
     for side in ("left", "right"):
@@ -237,14 +246,37 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     g_hem_mid = (_g(garment, "hem_left") + _g(garment, "hem_right")) / 2
     c_hem_mid = (hem_points["left"] + hem_points["right"]) / 2
     for frac in (0.33, 0.66, 1.0):
-        g_pts.append(_g(garment, "neckline") + frac * (g_hem_mid - _g(garment, "neckline")))
+        g_pts.append(g_neck + frac * (g_hem_mid - g_neck))
         c_pts.append(body.at(-NECK_UP, 0.0) + frac * (c_hem_mid - body.at(-NECK_UP, 0.0)))
-    torso = Part(np.array(g_pts), np.array(c_pts), mask, body.torso_shown(flare=garment.category == "dress"))
+    shown = body.torso_shown(flare=garment.category == "dress")
+    back = inside_back(garment)
+    torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
+    # The inside back, seen through the neck opening, is behind everything, and behind the neck.
+    parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck)] if back.any() else []
     # The torso goes on top: where its spline lays the flat-lay's own sleeves on the body they
     # keep the garment whole (the print runs on across the shoulder seam); the sleeve parts show
     # where the arm goes beyond them, as a long sleeve down a hanging arm does.
-    return [*(sleeve for sleeve in sleeves if sleeve is not None), torso]
+    return [*parts, *(sleeve for sleeve in sleeves if sleeve is not None), torso]
+
+
+def inside_back(garment: GarmentAnalysis) -> np.ndarray:
+    """HxW bool in garment pixels: the inside back seen through the neck opening, above the
+    front neckline (a parabola from collar point to collar point through "neckline_front");
+    all False when the analysis found no front neckline."""
+    region = np.zeros(garment.mask.shape, np.uint8)
+    if "neckline_front" not in garment.landmarks:
+        return region.astype(bool)
+    front = _g(garment, "neckline_front")
+    right, left = _g(garment, "collar_right"), _g(garment, "collar_left")
+    xs = np.linspace(right[0], left[0], 17)
+    ends_y = np.interp(xs, [right[0], left[0]], [right[1], left[1]])
+    half = max(abs(left[0] - right[0]) / 2, 1.0)
+    curve_y = front[1] + (ends_y - front[1]) * ((xs - front[0]) / half) ** 2
+    outline = np.column_stack([xs, np.minimum(curve_y, front[1])])
+    polygon = np.vstack([outline, [[left[0], 0.0], [right[0], 0.0]]])
+    cv2.fillPoly(region, [np.round(polygon).astype(np.int32)], 1)
+    return region.astype(bool)
 
 
 def _perpendicular(direction: np.ndarray) -> np.ndarray:
@@ -379,7 +411,12 @@ def run(
     weights = np.zeros((1, PARTS, tps.MAX_POINTS + 3, 2), np.float32)
     alpha = np.zeros((1, PARTS, size[1], size[0]), np.float32)
     to_unit = np.array([2.0 / (g_w - 1), 2.0 / (g_h - 1)])
+    # The mask's outermost pixels mix in the backdrop (a pale fringe on the person): the garment's
+    # outline is trimmed, not each part's, so that parts meet without a seam.
     trim = round(EDGE_TRIM * max(g_h, g_w))
+    trimmed = garment.mask
+    if trim:
+        trimmed = cv2.erode(trimmed.astype(np.uint8), np.ones((2 * trim + 1,) * 2, np.uint8)).astype(bool)
     for p, part in enumerate(parts[:PARTS]):
         source = part.canvas / unit
         target = part.garment * to_unit - 1.0
@@ -388,10 +425,7 @@ def run(
         if part.alpha is None:  # shaped by `shown` alone, coloured from anywhere in the garment
             alpha[0, p] = 1.0
             continue
-        part_alpha = part.alpha.astype(np.uint8)
-        if trim:  # the mask's outermost pixels mix in the backdrop: a pale fringe on the person
-            part_alpha = cv2.erode(part_alpha, np.ones((2 * trim + 1,) * 2, np.uint8))
-        part_alpha = part_alpha.astype(np.float32)
+        part_alpha = (part.alpha & trimmed).astype(np.float32)
         alpha[0, p] = cv2.resize(part_alpha, size, interpolation=cv2.INTER_AREA) if shrink < 1 else part_alpha
     outputs = infer(
         MODEL_NAME,

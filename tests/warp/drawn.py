@@ -56,6 +56,28 @@ def product_image(outline: dict[str, tuple[int, int]], size: tuple[int, int] = (
     return image
 
 
+# The same tee laid so that its inside back shows through the neck opening: the outline's top is
+# the back collar, level with the collar points, and the front collar is a colour edge below it.
+TEE_BACK_COLLAR = {**TEE, "neckline": (300, 70)}
+TEE_FRONT_NECKLINE = (300, 100)
+INSIDE_BACK_COLOUR = (235, 140, 40)  # a label-orange lining, unlike the navy front
+
+
+def product_image_with_inside_back() -> np.ndarray:
+    """TEE_BACK_COLLAR with its inside back (above a U from collar point to collar point through
+    TEE_FRONT_NECKLINE) in INSIDE_BACK_COLOUR."""
+    image = product_image(TEE_BACK_COLLAR)
+    (rx, ry), (lx, _), (fx, fy) = TEE["collar_right"], TEE["collar_left"], TEE_FRONT_NECKLINE
+    xs = np.arange(rx, lx + 1)
+    curve = fy + (ry - fy) * ((xs - fx) / ((lx - rx) / 2)) ** 2
+    inside = drawn_mask(TEE_BACK_COLLAR)
+    rows = np.arange(inside.shape[0])[:, None]
+    above = np.zeros_like(inside)
+    above[:, rx : lx + 1] = rows < curve[None, :]
+    image[inside & above] = INSIDE_BACK_COLOUR
+    return image
+
+
 def drawn_mask(outline: dict[str, tuple[int, int]], size: tuple[int, int] = (600, 600)) -> np.ndarray:
     mask = np.zeros(size[::-1], np.uint8)
     cv2.fillPoly(mask, [np.array(list(outline.values()), np.int32)], 1)

@@ -15,7 +15,15 @@ from services.common.imageio import read_image_file
 from services.warp import cache
 from services.warp.garment import LOWER_ORDER, UPPER_ORDER, analyse_garment
 from tests.conftest import SHARED_DATA
-from tests.warp.drawn import DRESS, TEE, TROUSERS, drawn_mask, product_image
+from tests.warp.drawn import (
+    DRESS,
+    TEE,
+    TEE_FRONT_NECKLINE,
+    TROUSERS,
+    drawn_mask,
+    product_image,
+    product_image_with_inside_back,
+)
 from tests.warp.landmark_order import outline_positions
 
 GARMENTS = SHARED_DATA / "photos" / "garment"
@@ -56,6 +64,18 @@ def test_drawn_garments_mask_category_and_landmarks(
         assert np.linalg.norm(found - (x, y)) < tolerance * width, (name, found, (x, y))
     positions = outline_positions(analysis.mask, analysis.landmarks, order)
     assert positions == sorted(positions)
+
+
+def test_front_neckline_where_the_inside_back_shows() -> None:
+    """A tee laid with its inside back showing above the front collar: the outline's top is the
+    back collar, and the front neckline is found at the colour edge below it. A neck opening
+    with no back showing (the plain drawn tee: its top-centre dips well below the collar
+    points) has none."""
+    garment = analyse_garment(product_image_with_inside_back())
+    front = np.array(garment.landmarks["neckline_front"])
+    assert np.abs(front - TEE_FRONT_NECKLINE).max() <= 0.02 * 600
+    assert garment.landmarks["neckline"][1] < front[1]
+    assert "neckline_front" not in analyse_garment(product_image(TEE)).landmarks
 
 
 def test_rgba_cutout_uses_its_alpha() -> None:

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.common.contracts import LANDMARK_INDEX, LIP
+from services.common.contracts import LANDMARK_INDEX, LIP, GarmentAnalysis
 from services.common.inference import LocalBackend
 from services.parser import stage as parser_stage
+from services.parser.geometry import BodyFrame
 from services.pose import stage as pose_stage
 from services.warp import stage as warp_stage
 from services.warp import tps
 from services.warp.garment import analyse_garment
 from services.warp.model import PARTS
-from tests.warp.drawn import TEE, drawn_mask, product_image
+from tests.warp.drawn import INSIDE_BACK_COLOUR, TEE, drawn_mask, product_image, product_image_with_inside_back
 
 
 def _shifted_warp(infer: LocalBackend, rgb: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -134,6 +135,41 @@ def test_torso_lies_over_the_sleeve_parts(astronaut_inputs: tuple, infer: LocalB
     assert shown.mean() > 0.9
     red = (chest[..., 0] > 0.5) & (chest[..., 2] < 0.3)
     assert red[shown].mean() < 0.02
+
+
+def test_inside_back_is_behind_the_neck(astronaut_inputs: tuple, infer: LocalBackend) -> None:
+    """A tee whose inside back (orange) shows above its front collar: the front collar sits at
+    the neck's base, and the inside back never shows on the neck's skin, which is in front of it."""
+    pose, parse = astronaut_inputs
+    image = product_image_with_inside_back()
+    garment = analyse_garment(image)
+    assert "neckline_front" in garment.landmarks
+    frame = BodyFrame.from_points(pose.landmark_array()[:, :2])
+    # A bare neck: skin in a band from the chin down to just below the shoulder line.
+    height, width = parse.labels.shape
+    ys, xs = np.mgrid[0:height, 0:width]
+    t, across = frame.coords(xs.astype(np.float32), ys.astype(np.float32))
+    neck = (np.abs(across) * frame.length < 0.2 * frame.shoulder_width) & (t > -0.35) & (t < 0.05)
+    labels = np.where(neck & (parse.labels != LIP["face"]), LIP["torso_skin"], parse.labels).astype(np.uint8)
+    with_neck = parse.model_copy(update={"labels": labels})
+
+    def orange_on_neck(analysis: GarmentAnalysis) -> tuple[np.ndarray, np.ndarray, int]:
+        warped = warp_stage.run(image, analysis, pose, with_neck, infer).rgba
+        shown = warped[..., 3] > 0.5
+        orange = shown & (np.abs(warped[..., :3] * 255 - INSIDE_BACK_COLOUR).max(axis=2) < 40)
+        return shown, orange, int((orange & neck).sum())
+
+    shown, orange, ours = orange_on_neck(garment)
+    # Without the front neckline (the analysis before it was found) the inside back covers the neck;
+    # with it, at most a fringe where the real neckline's curve departs from the modelled one.
+    landmarks = {k: v for k, v in garment.landmarks.items() if k != "neckline_front"}
+    _, _, unaware = orange_on_neck(garment.model_copy(update={"landmarks": landmarks}))
+    assert unaware > 500
+    assert ours < 0.1 * unaware
+    # The front collar (navy) reaches up to the neck's base.
+    centre_column = np.abs(across) * frame.length < 0.05 * frame.shoulder_width
+    front_top = t[shown & centre_column & ~orange].min()
+    assert -0.1 < front_top < 0.12
 
 
 def test_warp_ignores_the_outline_of_the_garment_worn_now(astronaut_inputs: tuple, infer: LocalBackend) -> None:
