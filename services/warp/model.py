@@ -28,7 +28,7 @@ from services.warp.tps import MAX_POINTS
 NAME = "garment_warp"
 PARTS = 4  # inside back + two limbs (sleeves or trouser legs) + torso; absent parts have zero alpha
 GRID_STRIDE = 4  # the spline is evaluated every GRID_STRIDE canvas pixels
-VERSION = 12  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 13  # bump when the module changes, so that installed copies are rebuilt
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -117,12 +117,23 @@ class GarmentWarp(nn.Module):
             )
             box = torch.stack([at_x, at_y], dim=-1).unsqueeze(0)  # (1, bh, bw, 2)
             grid = F.grid_sample(coarse.permute(2, 0, 1).unsqueeze(0), box, mode="bilinear", align_corners=True)
-            mask = part_alpha[0, p].unsqueeze(0).unsqueeze(0)  # (1, 1, Hg, Wg)
+            # Only the garment pixels the box reads are prepared: a sleeve or the inside back
+            # reads a small part of the garment image.
+            g_h, g_w = rgb.shape[2], rgb.shape[3]
+            px = (grid[0, 0] + 1.0) * 0.5 * float(g_w - 1)
+            py = (grid[0, 1] + 1.0) * 0.5 * float(g_h - 1)
+            cx0 = min(max(int(float(px.min())) - 1, 0), g_w - 2)
+            cx1 = max(min(int(float(px.max())) + 2, g_w - 1), cx0 + 1)
+            cy0 = min(max(int(float(py.min())) - 1, 0), g_h - 2)
+            cy1 = max(min(int(float(py.max())) + 2, g_h - 1), cy0 + 1)
+            local = torch.stack(
+                [(px - float(cx0)) / float(cx1 - cx0) * 2.0 - 1.0, (py - float(cy0)) / float(cy1 - cy0) * 2.0 - 1.0],
+                dim=-1,
+            ).unsqueeze(0)
+            mask = part_alpha[0:1, p : p + 1, cy0 : cy1 + 1, cx0 : cx1 + 1]  # (1, 1, h, w)
             # Premultiplied: the backdrop's colour outside the mask never bleeds into the edge.
-            source_image = torch.cat([rgb * mask, mask], dim=1)
-            part = F.grid_sample(
-                source_image, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=True
-            )[0]
+            source_image = torch.cat([rgb[:, :, cy0 : cy1 + 1, cx0 : cx1 + 1] * mask, mask], dim=1)
+            part = F.grid_sample(source_image, local, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
             part = part * shown[y0:y1, x0:x1].unsqueeze(0)
             a = part[3:4]
             colour[:, y0:y1, x0:x1] = part[:3] + colour[:, y0:y1, x0:x1] * (1.0 - a)

@@ -60,6 +60,7 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 TOP_HEM_PRIOR, TOP_HEM_WEIGHT = 1.05, 0.3
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
+COLLAR_BOX = (-0.6, 0.4, 0.6)  # body-frame t from, t to, and half-width in shoulder widths
 NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of a garment's inside back
 # Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
 # spline stays regular where the arm's tube ends (the tube, not the spline, cuts the sleeve off).
@@ -137,6 +138,15 @@ class Body:
         cap = across >= joint_across - 0.5 * reach / self.frame.length
         tube[y0:y1, x0:x1] = (distance <= reach) & ((arc >= 0.0) | cap) & (arc <= length) & self.visible[y0:y1, x0:x1]
         return tube
+
+    def collar(self) -> np.ndarray:
+        """HxW bool: a box around the neck's base (body-frame COLLAR_BOX), where a garment's
+        inside back can land; it keeps that part's sampling to a small box of the canvas."""
+        (t0, t1), half = COLLAR_BOX[:2], COLLAR_BOX[2] * self.frame.shoulder_width / self.frame.length
+        corners = [self.at(t0, -half), self.at(t0, half), self.at(t1, half), self.at(t1, -half)]
+        box = np.zeros((self.height, self.width), np.uint8)
+        cv2.fillPoly(box, [np.round(corners).astype(np.int32)], 1)
+        return box.astype(bool)
 
     def at(self, t: float, across: float) -> np.ndarray:
         """Canvas point at body-frame t (torso lengths down from the shoulder line) and
@@ -253,7 +263,7 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
     # The inside back, seen through the neck opening, is behind everything, and behind the neck.
-    parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck)] if back.any() else []
+    parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck & body.collar())] if back.any() else []
     # The torso goes on top: where its spline lays the flat-lay's own sleeves on the body they
     # keep the garment whole (the print runs on across the shoulder seam); the sleeve parts show
     # where the arm goes beyond them, as a long sleeve down a hanging arm does.

@@ -54,6 +54,7 @@ PORTABLE_OPS = {
     *("prelu", "relu", "repeat", "reshape", "select", "sigmoid", "size", "slice", "stack", "sub", "sum"),
     *("unsqueeze", "upsample_bilinear2d", "view", "warn", "where", "zeros"),
     *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # tryon_refiner
+    *("max", "min"),  # garment_warp's crop of the garment image: reductions as old as sum and abs
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
