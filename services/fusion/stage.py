@@ -54,8 +54,8 @@ WAIST_T = 0.85  # body-frame t: below this, what a top leaves uncovered is the l
 EDITABLE_GROWTH = 0.01  # of the height: the refiner may also touch this band around what fusion changed
 DYES = 3  # colour clusters of the old garment, at most
 CHROMA_SAME = 12.0  # Lab a-b distance under which two clusters are one dye (light shifts chroma a little)
-CHROMA_MIN_STD = np.array([1.0, 3.0, 3.0])
-ALBEDO_SCALE = 4
+CHROMA_MIN_STD = np.array([1.0, 3.0, 3.0])  # Lab spread floors; L is zeroed, its floor only keeps the fit finite
+ALBEDO_SCALE = 4  # the dye map is worked out at this fraction of the resolution
 MIN_LOWER_GARMENT = 0.002  # of the image: with fewer lower-garment pixels than this, no lower fill
 
 OLD_GARMENT = {
@@ -164,6 +164,7 @@ def regions(image: np.ndarray, parse: ParseResult, pose: PoseResult, category: C
     background = cv2.erode((labels == LIP["background"]).astype(np.uint8), np.ones((2 * erosion + 1,) * 2, np.uint8))
     lower = any_of(labels, LOWER_GARMENT) & ~repaint if category == "upper" else np.zeros_like(repaint)
     has_lower = lower.sum() >= MIN_LOWER_GARMENT * labels.size
+    shading_source = old_garment & repaint
     maps = {
         "repaint": repaint,
         "body": body_region(pose, labels.shape, category),
@@ -171,9 +172,9 @@ def regions(image: np.ndarray, parse: ParseResult, pose: PoseResult, category: C
         "skin_source": skin,
         "background_source": background.astype(bool) & ~repaint,
         "lower_source": lower,
-        "shading_source": old_garment & repaint,
+        "shading_source": shading_source,
         "garment_allowed": agnostic,
-        "shading_albedo": garment_albedo(image, old_garment & repaint),
+        "shading_albedo": garment_albedo(image, shading_source),
     }
     return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
 

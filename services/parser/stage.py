@@ -180,14 +180,16 @@ def label_pixels(
     }
     names = list(priors)
     # Colour costs are clipped: past a point, "very unlike" should not outweigh the priors.
+    # A class without a colour model (too few seed pixels) explains nothing.
     pix = lab[near]
-    costs = np.full((len(names), len(pix)), UNREACHABLE, np.float32)
+    colour_costs = np.full((len(names), len(pix)), UNREACHABLE, np.float32)
+    costs = colour_costs.copy()
     for k, name in enumerate(names):
         if models[name] is not None:
-            costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST) + priors[name][near]
+            colour_costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST)
+            costs[k] = colour_costs[k] + priors[name][near]
     # A colour no model of this photo explains, on the person, is garment (a stripe, a print, a
     # logo): skin and hair colours are known from the face and head, garments' are not.
-    colour_costs = costs - np.stack([priors[name][near] for name in names])
     on_person = names.index("background") != np.argmin(costs, axis=0)
     person_classes = [names.index(n) for n in ("upper", "skin", "lower", "hair")]
     unexplained = on_person & (colour_costs[person_classes].min(axis=0) > UNEXPLAINED)

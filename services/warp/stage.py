@@ -96,11 +96,7 @@ class Body:
         # What the garment may show on: the silhouette less what is in front of any garment.
         self.visible = self.person & (labels != LIP["hair"]) & (labels != LIP["face"])
         self.height, self.width = self.person.shape
-        # The neck's skin, above NECK_SKIN_T: in front of a garment's inside back.
-        ys, xs = np.nonzero(labels == LIP["torso_skin"])
-        self.neck = np.zeros(labels.shape, bool)
-        high = self.frame.coords(xs.astype(np.float32), ys.astype(np.float32))[0] < NECK_SKIN_T
-        self.neck[ys[high], xs[high]] = True
+        self.labels = labels
 
     def torso_shown(self, flare: bool) -> np.ndarray:
         """Where a garment's torso (or trousers) may show: the visible silhouette less bare arms
@@ -138,6 +134,14 @@ class Body:
         cap = across >= joint_across - 0.5 * reach / self.frame.length
         tube[y0:y1, x0:x1] = (distance <= reach) & ((arc >= 0.0) | cap) & (arc <= length) & self.visible[y0:y1, x0:x1]
         return tube
+
+    def neck(self) -> np.ndarray:
+        """HxW bool: bare skin above NECK_SKIN_T, the neck, which is in front of a garment's inside back."""
+        ys, xs = np.nonzero(self.labels == LIP["torso_skin"])
+        high = self.frame.coords(xs.astype(np.float32), ys.astype(np.float32))[0] < NECK_SKIN_T
+        neck = np.zeros((self.height, self.width), bool)
+        neck[ys[high], xs[high]] = True
+        return neck
 
     def collar(self) -> np.ndarray:
         """HxW bool: a box around the neck's base (body-frame COLLAR_BOX), where a garment's
@@ -263,7 +267,7 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
     # The inside back, seen through the neck opening, is behind everything, and behind the neck.
-    parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck & body.collar())] if back.any() else []
+    parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck() & body.collar())] if back.any() else []
     # The torso goes on top: where its spline lays the flat-lay's own sleeves on the body they
     # keep the garment whole (the print runs on across the shoulder seam); the sleeve parts show
     # where the arm goes beyond them, as a long sleeve down a hanging arm does.
