@@ -12,10 +12,11 @@ under bench/overlays/tryon/ for people to look at.
 
     .venv/bin/python bench/tryon_quality.py --limit 500
 
-With --refiner, a row for fusion followed by the learned tryon_refiner installed in the model
-repository (FITROOM_MODEL_REPOSITORY; see docs/TRAINING.md), a fourth column in the paired
-overlay and a second contact sheet (unpaired_sheet_refiner.jpg). A refiner trained on VITON must
-have been trained with these ids held out (bench/refiner_pairs.py writes such a pairs file).
+With --learned NAME, a row for the learned path (warp_gmm and tryon_generator installed as NAME
+by `fitroom models install`, docs/TRAINING.md) beside the default in the same run, a fourth
+column in the paired overlay and a second contact sheet (unpaired_sheet_learned.jpg). Weights
+trained on VITON must have been trained with these ids held out: every id of --limit 1000 and
+below is in bench/viton_split.py's validation split.
 """
 
 from __future__ import annotations
@@ -101,18 +102,18 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=500, help="pairs, spread over the sample")
     parser.add_argument("--overlays", type=int, default=8, help="paired results saved under bench/overlays/tryon")
     parser.add_argument("--no-sheet", action="store_true", help="skip the unpaired contact sheet")
-    parser.add_argument("--refiner", action="store_true", help="add a row with the installed tryon_refiner")
+    parser.add_argument("--learned", metavar="NAME", help="add a row with the learned path's installed weights")
     args = parser.parse_args()
     if not VITON.exists():
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(LocalArtifactStore(tmp), embedded_backend())
-        refined_pipeline = Pipeline(pipeline.store, pipeline.infer, refine=True) if args.refiner else None
+        refined_pipeline = Pipeline(pipeline.store, pipeline.infer, args.learned) if args.learned else None
         ids, step = select_ids(VITON, args.limit)
         rows: dict[str, list[tuple[float, float, float]]] = {"ours": [], "mean colour": [], "grey": []}
         if refined_pipeline:
-            rows["ours + refiner"] = []
+            rows[f"learned ({args.learned})"] = []
         failures: dict[str, int] = {}
         examples = []
         for n, pid in enumerate(ids):
@@ -138,7 +139,7 @@ def main() -> int:
                 refined = result if refined_pipeline else None
             rows["ours"].append(scores(result, person, box))
             if refined is not None:
-                rows["ours + refiner"].append(scores(refined, person, box))
+                rows[f"learned ({args.learned})"].append(scores(refined, person, box))
             if len(examples) < args.overlays:
                 examples.append(
                     np.hstack([cloth[..., :3], person, result, *([refined] if refined is not None else [])])
@@ -150,7 +151,7 @@ def main() -> int:
             (OVERLAYS / "viton_paired.jpg").write_bytes(encode_jpeg(np.vstack(examples), quality=88))
         sheet = None if args.no_sheet else contact_sheet(pipeline)
         if refined_pipeline and not args.no_sheet:
-            contact_sheet(refined_pipeline, "unpaired_sheet_refiner.jpg")
+            contact_sheet(refined_pipeline, "unpaired_sheet_learned.jpg")
 
     reference = np.array(rows["mean colour"]).mean(axis=0)
     print(f"VITON pairs: {len(rows['ours'])} (every {step}th id); failures: {failures or 'none'}")

@@ -9,7 +9,11 @@
    again with the ground-truth parse (pose still ours), to tell the two stages apart.
    Published for the learned GMM warps on VITON: CP-VTON about 0.79, CP-VTON+ about 0.84.
 
-    .venv/bin/python bench/warp_accuracy.py --limit 500
+    .venv/bin/python bench/warp_accuracy.py --limit 500 [--learned NAME]
+
+With --learned NAME, two more rows: the learned warp (warp_gmm installed as NAME) with our parse
+and with the GT parse, measured on the same pairs (the validation split of bench/viton_split.py
+for --limit 1000 and below).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=500, help="pairs, spread over the sample")
     parser.add_argument("--overlays", type=int, default=6, help="save this many overlays under bench/overlays/warp")
+    parser.add_argument("--learned", metavar="NAME", help="add rows for the learned warp's installed weights")
     args = parser.parse_args()
     if not VITON.exists():
         print(f"no VITON data at {VITON}", file=sys.stderr)
@@ -70,6 +75,8 @@ def main() -> int:
     infer = embedded_backend()
     ids, step = select_ids(VITON, args.limit)
     mask_all, mask_clean, warp_ours, warp_gt = [], [], [], []
+    learned_ours: list[float] = []
+    learned_gt: list[float] = []
     failures: dict[str, int] = {}
     OVERLAYS.mkdir(parents=True, exist_ok=True)
     sheet = []
@@ -86,8 +93,8 @@ def main() -> int:
             failures[exc.code] = failures.get(exc.code, 0) + 1
             mask_all.append(0.0)
             mask_clean += [0.0] if clean else []
-            warp_ours.append(0.0)
-            warp_gt.append(0.0)
+            for scores in (warp_ours, warp_gt, *((learned_ours, learned_gt) if args.learned else ())):
+                scores.append(0.0)
             continue
         score = iou(garment.mask, gt_cloth)
         mask_all.append(score)
@@ -97,8 +104,8 @@ def main() -> int:
             pose = pose_stage.run(person, infer)
         except FitroomError as exc:
             failures[exc.code] = failures.get(exc.code, 0) + 1
-            warp_ours.append(0.0)
-            warp_gt.append(0.0)
+            for scores in (warp_ours, warp_gt, *((learned_ours, learned_gt) if args.learned else ())):
+                scores.append(0.0)
             continue
         ours = parser_stage.run(person, pose, infer)
         truth = ParseResult(image_width=ours.image_width, image_height=ours.image_height, labels=gt_labels)
@@ -106,6 +113,11 @@ def main() -> int:
         warp_ours.append(iou(warped.rgba[..., 3] > 0.5, gt_upper))
         warped_gt = warp_stage.run(cloth, garment, pose, truth, infer)
         warp_gt.append(iou(warped_gt.rgba[..., 3] > 0.5, gt_upper))
+        if args.learned:
+            learned = warp_stage.learned_warp(warped.rgba, pose, ours, infer, args.learned)
+            learned_ours.append(iou(learned[..., 3] > 0.5, gt_upper))
+            learned_truth = warp_stage.learned_warp(warped_gt.rgba, pose, truth, infer, args.learned)
+            learned_gt.append(iou(learned_truth[..., 3] > 0.5, gt_upper))
         if n < args.overlays:
             sheet.append(np.hstack([cloth[..., :3], overlay(person, warped.rgba, gt_upper)]))
         if (n + 1) % 100 == 0:
@@ -124,6 +136,9 @@ def main() -> int:
     print(row("garment mask IoU, clean cloth-masks", mask_clean, "mean >= 0.95"))
     print(row("paired warp IoU, our pose + our parse", warp_ours, "mean >= 0.82"))
     print(row("paired warp IoU, our pose + GT parse", warp_gt, "(stage split)"))
+    if args.learned:
+        print(row(f"learned warp ({args.learned}) IoU, our pose + our parse", learned_ours, "mean >= 0.85"))
+        print(row(f"learned warp ({args.learned}) IoU, our pose + GT parse", learned_gt, "(stage split)"))
     return 0
 
 

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -234,6 +235,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
         print(f"fitroom: error: {jobs}", file=sys.stderr)
         return EXIT_BAD_INPUT
     infer = embedded_backend()
+    learned = args.learned or get_settings().learned or None
 
     def warp_one(person_path: str, garment_path: str, out: Path) -> dict:
         person = read_image_file(person_path)
@@ -241,7 +243,7 @@ def cmd_warp(args: argparse.Namespace) -> int:
         garment = analyse_garment(garment_image, args.category)
         pose = pose_stage.run(person, infer)
         parse = parser_stage.run(person, pose, infer)
-        warped = warp_stage.run(garment_image, garment, pose, parse, infer)
+        warped = warp_stage.run(garment_image, garment, pose, parse, infer, learned)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(encode_png(np.round(warped.rgba * 255).astype(np.uint8)))
         return {"person": person_path, "garment": garment_path, "category": garment.category, "output": str(out)}
@@ -288,7 +290,9 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     if not batch and jobs[0][2].suffix.lower() not in (".jpg", ".jpeg", ".png"):
         print("fitroom: error: -o must name a .jpg, .jpeg or .png file", file=sys.stderr)
         return EXIT_BAD_INPUT
-    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend(), get_settings().refiner)
+    pipeline = Pipeline(
+        LocalArtifactStore.from_settings(), embedded_backend(), args.learned or get_settings().learned or None
+    )
 
     def tryon_one(person_path: str, garment_path: str, out: Path) -> dict:
         person = read_image_file(person_path)
@@ -380,82 +384,84 @@ def _add_pair_arguments(command: argparse.ArgumentParser, output_help: str) -> N
     command.add_argument("--pairs", help="batch: lines of '<person file> <garment file>' (VITON's test_pairs.txt)")
     command.add_argument("--person-dir", help="with --pairs: folder of the person photos")
     command.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    command.add_argument(
+        "--learned", type=_weights_name, help="run the learned path with these installed weights (FITROOM_LEARNED)"
+    )
     command.add_argument("-o", "--output", required=True, help=output_help)
 
 
 # --------------------------------------------------------------------------- train
 
 
-def cmd_train_refiner(args: argparse.Namespace) -> int:
-    """Train tryon_refiner on paired photos and install it into the model repository."""
-    if args.install_only:
-        if not Path(args.install_only).is_file():
-            print(f"fitroom: error: no checkpoint at {args.install_only}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        return _install_refiner(Path(args.install_only), args.trained_on)
-    from services.common.artifacts import LocalArtifactStore
-    from services.fusion.train_refiner import Examples, prepare, train
-    from services.pipeline import Pipeline
+def cmd_train(args: argparse.Namespace) -> int:
+    """Prepare the paired data (cached) and train the learned warp or try-on generator."""
+    from services import train
 
-    size = tuple(int(v) for v in args.size.lower().split("x"))
-    cache = Path(args.cache) if args.cache else None
-    if cache and cache.exists():
-        examples = Examples.load(cache)
-        print(f"{len(examples)} examples from {cache}", file=sys.stderr)
-    else:
-        if not (args.pairs and args.person_dir and args.garment_dir):
-            print(
-                "fitroom: error: give --pairs, --person-dir and --garment-dir (or an existing --cache)", file=sys.stderr
-            )
+    data = Path(args.data)
+    try:
+        pairs = train.read_pairs(data)
+    except FileNotFoundError as exc:
+        print(f"fitroom: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.val_pairs and not Path(args.val_pairs).is_file():
+        print(f"fitroom: error: no validation pairs file at {args.val_pairs}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.kind == "tryon" and not (args.warp or args.resume):
+        print("fitroom: error: training the try-on needs the trained warp: --warp WARP_CHECKPOINT", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for given in (args.warp, args.resume):
+        if given and not Path(given).is_file():
+            print(f"fitroom: error: no checkpoint at {given}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        if not Path(args.pairs).is_file():
-            print(f"fitroom: error: no pairs file at {args.pairs}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        pairs = [(Path(args.person_dir) / p, Path(args.garment_dir) / g) for p, g in _read_pairs(Path(args.pairs))]
-        pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
-        log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-        try:
-            examples = prepare(pipeline, pairs, (size[0], size[1]), args.category, log)
-        except ValueError as exc:  # no usable pair
-            print(f"fitroom: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        if cache:
-            examples.save(cache)
-    order = np.random.default_rng(args.seed).permutation(len(examples))
-    held_out = round(args.val_fraction * len(examples))
-    validation, training = examples.split(order[:held_out]), examples.split(order[held_out:])
-    model = train(
-        training,
-        args.steps,
-        args.batch_size,
-        args.lr,
-        validation,
-        args.seed,
-        log=lambda line: print(line, file=sys.stderr),
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    size = train.TRAIN_SIZE
+    cache_root = Path(args.cache) if args.cache else train.default_cache(data, args.category, size)
+    cache = train.prepare(data, cache_root, args.category, size, args.workers, args.limit, log)
+    given = {"smoothness": args.smoothness, "perceptual": args.perceptual, "adversarial": args.adversarial}
+    weights = train.Weights(**{k: v for k, v in (given | {"mask": args.mask_weight}).items() if v is not None})
+    run = train.Run(
+        kind=args.kind,
+        cache=cache,
+        output=Path(args.output),
+        val_ids=train.validation_ids(Path(args.val_pairs) if args.val_pairs else None),
+        max_minutes=args.max_minutes,
+        resume=Path(args.resume) if args.resume else None,
+        warp=Path(args.warp) if args.warp else None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        eval_minutes=args.eval_minutes,
+        weights=weights,
+        trained_on=args.trained_on,
+        seed=args.seed,
     )
-    import torch
-
-    # The weights first: installing scripts the model from its source, and a failure there must
-    # not cost the training (`fitroom train refiner --install-only CHECKPOINT` retries it).
-    checkpoint = Path(args.checkpoint) if args.checkpoint else get_settings().data_dir / "tryon_refiner.ckpt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "work_height": model.work_height}, checkpoint)
-    return _install_refiner(checkpoint, args.trained_on, len(training))
-
-
-def _install_refiner(checkpoint: Path, trained_on: str, examples: int | None = None) -> int:
-    import torch
-
-    from services.fusion import refiner
-
-    saved = torch.load(checkpoint, map_location="cpu")
-    model = refiner.TryonRefiner(work_height=saved["work_height"])
-    model.load_state_dict(saved["state_dict"])
-    repository = get_settings().model_repository
-    refiner.install(model, repository, trained_on)
-    record = {"model": refiner.NAME, "repository": str(repository), "checkpoint": str(checkpoint)}
-    print(json.dumps(record | ({"examples": examples} if examples is not None else {})))
+    log(f"{len(pairs)} pairs in {data}; cache {cache_root} ({len(cache.ready())} ready)")
+    try:
+        state = train.train(run, log)
+    except ValueError as exc:
+        print(f"fitroom: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"checkpoint": args.output, "kind": args.kind, "samples": state["samples"], **state["curve"][-1]}))
     return EXIT_OK
+
+
+def cmd_models_install(args: argparse.Namespace) -> int:
+    """Export a `fitroom train` checkpoint into the model repository under --name."""
+    from services import learned
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        print(f"fitroom: error: no checkpoint at {checkpoint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    repository = get_settings().model_repository
+    names = learned.install(checkpoint, repository, args.name)
+    print(json.dumps({"installed": names, "repository": str(repository), "use": f"FITROOM_LEARNED={args.name}"}))
+    return EXIT_OK
+
+
+def _weights_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,40}", value):
+        raise argparse.ArgumentTypeError("lower-case letters, digits and '-' (at most 41)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even when the cached build is current")
     build.add_argument("--wheel", type=Path, help="use this mediapipe-0.10.21 wheel instead of downloading it")
     build.set_defaults(func=cmd_models_build)
+    install = models_commands.add_parser(
+        "install", help="export a `fitroom train` checkpoint into the repository (FITROOM_LEARNED=NAME uses it)"
+    )
+    install.add_argument("checkpoint", metavar="CHECKPOINT")
+    install.add_argument("--name", required=True, type=_weights_name, help="the weights' name, e.g. acme-2026-12")
+    install.set_defaults(func=cmd_models_install)
 
     pose = commands.add_parser("pose", help="body landmarks of each image, one JSON object per line")
     pose.add_argument("images", nargs="+", metavar="IMAGE")
@@ -509,30 +521,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
     )
     tryon.set_defaults(func=cmd_tryon)
-    train_command = commands.add_parser("train", help="train a learned model on your own paired photos")
-    train_models = train_command.add_subparsers(dest="train_command", required=True)
-    refine = train_models.add_parser(
-        "refiner", help="tryon_refiner (FITROOM_REFINER=1 runs it after fusion); see docs/TRAINING.md"
+    train_command = commands.add_parser(
+        "train", help="train the learned warp or try-on generator on paired photos (docs/TRAINING.md)"
     )
-    refine.add_argument("--pairs", help="lines of '<person file> <garment file>': each person wears that garment")
-    refine.add_argument("--person-dir", help="folder of the person photos")
-    refine.add_argument("--garment-dir", help="folder of the product images")
-    refine.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
-    refine.add_argument(
-        "--trained-on", required=True, help="what the data is and its licence (recorded with the model)"
+    train_command.add_argument("kind", choices=["warp", "tryon"], help="warp first, then tryon (which uses the warp)")
+    train_command.add_argument(
+        "--data", required=True, help="VITON's layout: train_pairs.txt, train/image/<id>_0, train/cloth/<id>_1"
     )
-    refine.add_argument("--cache", help="an .npz of prepared examples: read if it exists, else written")
-    refine.add_argument("--size", default="192x256", help="training size WxH (default 192x256)")
-    refine.add_argument("--steps", type=int, default=3000)
-    refine.add_argument("--batch-size", type=int, default=8)
-    refine.add_argument("--lr", type=float, default=2e-3)
-    refine.add_argument("--val-fraction", type=float, default=0.05, help="pairs held out to score it as it trains")
-    refine.add_argument("--seed", type=int, default=0)
-    refine.add_argument(
-        "--checkpoint", help="where to save the trained weights (default FITROOM_DATA_DIR/tryon_refiner.ckpt)"
-    )
-    refine.add_argument("--install-only", metavar="CHECKPOINT", help="install saved weights, no training")
-    refine.set_defaults(func=cmd_train_refiner)
+    train_command.add_argument("--val-pairs", help="pairs held out of training and scored as it trains")
+    train_command.add_argument("--max-minutes", type=float, default=60.0, help="stop (with a checkpoint) after this")
+    train_command.add_argument("--resume", help="a checkpoint of this kind to go on from")
+    train_command.add_argument("--warp", help="tryon: the trained warp checkpoint it builds on")
+    train_command.add_argument("-o", "--output", required=True, help="the checkpoint (rewritten atomically)")
+    train_command.add_argument("--cache", help="the prepared pairs (default FITROOM_DATA_DIR/training/...)")
+    train_command.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")
+    train_command.add_argument("--workers", type=int, default=2, help="processes preparing the pairs")
+    train_command.add_argument("--limit", type=int, help="only the first N pairs")
+    train_command.add_argument("--batch-size", type=int, default=8)
+    train_command.add_argument("--lr", type=float, default=1e-3)
+    train_command.add_argument("--eval-minutes", type=float, default=5.0, help="score and checkpoint this often")
+    train_command.add_argument("--smoothness", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument("--perceptual", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument("--adversarial", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument("--mask-weight", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument("--trained-on", default="", help="what the data is and its licence (kept with it)")
+    train_command.add_argument("--seed", type=int, default=0)
+    train_command.set_defaults(func=cmd_train)
     add_gateway_commands(commands)  # serve, keys (the REST gateway)
     add_worker_commands(commands)  # worker, worker-health (distributed mode)
     return parser

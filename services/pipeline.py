@@ -88,10 +88,10 @@ class Pipeline:
     in one process (embedded mode); distributed mode runs each as its own Celery task
     (services/distributed/tasks.py), on the same methods."""
 
-    def __init__(self, store: ArtifactStore, infer: Infer, refine: bool = False) -> None:
+    def __init__(self, store: ArtifactStore, infer: Infer, learned: str | None = None) -> None:
         self.store = store
         self.infer = infer
-        self.refine = refine  # run the learned tryon_refiner after fusion
+        self.learned = learned  # the learned path's weights (FITROOM_LEARNED), or None: geometric
 
     def pose(self, image: np.ndarray, on_stage: StageCallback | None = None) -> PoseResult:
         """The pose of a person photo, from the store or computed and stored."""
@@ -162,7 +162,7 @@ class Pipeline:
         dressed = for_category(pose, parse, garment.category)
         notify("warp", "running", 0.0)
         start = time.perf_counter()
-        warped = warp_stage.run(garment_image, garment, pose, dressed, self.infer)
+        warped = warp_stage.run(garment_image, garment, pose, dressed, self.infer, self.learned)
         notify("warp", "done", time.perf_counter() - start)
         return dressed, warped
 
@@ -178,7 +178,7 @@ class Pipeline:
         notify = on_stage or _ignore
         notify("fusion", "running", 0.0)
         start = time.perf_counter()
-        image = fusion_stage.run(person_image, dressed, pose, warped, self.infer, self.refine)
+        image = fusion_stage.run(person_image, dressed, pose, warped, self.infer, self.learned)
         notify("fusion", "done", time.perf_counter() - start)
         return image
 

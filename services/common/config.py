@@ -31,9 +31,10 @@ class Settings(BaseModel):
     torch_threads: int = Field(default_factory=lambda: int(_env("TORCH_THREADS", "0")))
     # OpenCV's own thread pool; 1 keeps it from contending with torch for the cores.
     opencv_threads: int = Field(default_factory=lambda: int(_env("OPENCV_THREADS", "1")))
-    # Run the learned tryon_refiner after fusion (1). It has no default weights: train and install
-    # it first with `fitroom train refiner` (docs/TRAINING.md).
-    refiner: bool = Field(default_factory=lambda: _env("REFINER", "0") == "1")
+    # The learned path (warp_gmm and tryon_generator), named by the weights installed with
+    # `fitroom models install CHECKPOINT --name NAME`; empty runs the geometric default. No
+    # weights are installed by default (docs/TRAINING.md).
+    learned: str = Field(default_factory=lambda: _env("LEARNED", ""), pattern=r"^[a-z0-9][a-z0-9-]{0,40}$|^$")
 
     # --- REST gateway (`fitroom serve`, services/gateway) ---
     # Base URL clients reach the gateway at, for the status, result and webhook links; unset, the

@@ -41,10 +41,10 @@ from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
-from services.fusion.refiner import NAME as REFINER_MODEL
 from services.gateway.jobs import Job, StageState
 from services.gateway.storage import TenantArtifactStore, job_work_prefix
 from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
+from services.learned import learned_models
 from services.pipeline import Pipeline, for_category
 from services.warp.model import NAME as WARP_MODEL
 
@@ -88,8 +88,8 @@ def _warm_up(**_: object) -> None:
     if load is None:
         return
     for stage in stages:
-        refiner = (REFINER_MODEL,) if stage == "fusion" and worker().settings.refiner else ()
-        for model in STAGE_MODELS.get(stage, ()) + refiner:
+        learned = learned_models(stage, worker().settings.learned)
+        for model in STAGE_MODELS.get(stage, ()) + learned:
             try:
                 load(model)
             except FitroomError as exc:  # the task will fail (or retry) with the same error, visibly
@@ -111,13 +111,17 @@ def put_warped(store: ArtifactStore, job_id: str, warped: WarpResult) -> None:
     """Lossless (the fusion stage must see what the embedded runner sees), compressed: mostly zeros."""
     buf = io.BytesIO()
     meta = np.frombuffer(json.dumps(warped.model_dump()).encode(), dtype=np.uint8)
-    np.savez_compressed(buf, rgba=warped.rgba, meta=meta)
+    extra = {} if warped.geometric is None else {"geometric": warped.geometric}
+    np.savez_compressed(buf, rgba=warped.rgba, meta=meta, **extra)
     store.put(warped_key(job_id), buf.getvalue())
 
 
 def get_warped(store: ArtifactStore, job_id: str) -> WarpResult:
     with np.load(io.BytesIO(store.get(warped_key(job_id))), allow_pickle=False) as saved:
-        return WarpResult.model_validate({**json.loads(saved["meta"].tobytes()), "rgba": saved["rgba"]})
+        geometric = saved["geometric"] if "geometric" in saved.files else None
+        return WarpResult.model_validate(
+            {**json.loads(saved["meta"].tobytes()), "rgba": saved["rgba"], "geometric": geometric}
+        )
 
 
 Step = Callable[[Worker, Job, TenantArtifactStore, StageRecorder], None]
@@ -203,7 +207,7 @@ def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, cod
 
 
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
-    return Pipeline(store, context.infer, context.settings.refiner)
+    return Pipeline(store, context.infer, context.settings.learned or None)
 
 
 def garment_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:

@@ -39,7 +39,7 @@ from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.model import REGIONS
-from services.fusion.refiner import NAME as REFINER_NAME
+from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
@@ -51,7 +51,7 @@ BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the pe
 FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is next to it
 MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
 WAIST_T = 0.85  # body-frame t: below this, what a top leaves uncovered is the lower garment
-EDITABLE_GROWTH = 0.01  # of the height: the refiner may also touch this band around what fusion changed
+EDITABLE_GROWTH = 0.01  # of the height: the generator may also touch this band around what fusion changed
 DYES = 3  # colour clusters of the old garment, at most
 CHROMA_SAME = 12.0  # Lab a-b distance under which two clusters are one dye (light shifts chroma a little)
 CHROMA_MIN_STD = np.array([1.0, 3.0, 3.0])  # Lab spread floors; L is zeroed, its floor only keeps the fit finite
@@ -180,7 +180,7 @@ def regions(image: np.ndarray, parse: ParseResult, pose: PoseResult, category: C
 
 
 def editable_region(region_maps: np.ndarray, warped: WarpResult) -> np.ndarray:
-    """HxW bool: where the refiner may change the fused photo: the repaint region and the new
+    """HxW bool: where the learned generator may change the fused photo: the repaint region and the new
     garment where it shows, and a thin band around them for their seams."""
     repaint = region_maps[REGIONS.index("repaint")] > 0
     garment = warped.rgba[..., 3] * region_maps[REGIONS.index("garment_allowed")] > 0.01
@@ -190,30 +190,37 @@ def editable_region(region_maps: np.ndarray, warped: WarpResult) -> np.ndarray:
 
 
 def run(
-    image: np.ndarray, parse: ParseResult, pose: PoseResult, warped: WarpResult, infer: Infer, refine: bool = False
+    image: np.ndarray,
+    parse: ParseResult,
+    pose: PoseResult,
+    warped: WarpResult,
+    infer: Infer,
+    learned: str | None = None,
 ) -> np.ndarray:
-    """The try-on photo: HxWx3 uint8 at the person photo's resolution. With `refine`, the learned
-    tryon_refiner (trained by `fitroom train refiner`) goes over the fused photo."""
+    """The try-on photo: HxWx3 uint8 at the person photo's resolution. With `learned` (the name of
+    installed weights), tryon_fusion lays the geometric warp as in training and the learned
+    tryon_generator (services/fusion/tom.py) composes the learned warp over it."""
     height = image.shape[0]
-    region_maps = regions(image, parse, pose, warped.category)
-    garment = np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32)
+    # Fusion's base layer is built on the geometric warp, as the generator was trained.
+    base = warped if warped.geometric is None else warped.model_copy(update={"rgba": warped.geometric})
+    region_maps = regions(image, parse, pose, base.category)
     fused = infer(
         MODEL_NAME,
         {
             "image__0": (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None],
-            "garment__1": garment,
+            "garment__1": np.ascontiguousarray(base.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
             "regions__2": region_maps[None],
             "lighting_sigma__3": np.array([[LIGHTING_SIGMA * height]], np.float32),
         },
     )["tryon__0"]
-    if refine:
-        editable = editable_region(region_maps, warped).astype(np.float32)[None, None]
-        inputs = {"tryon__0": fused, "garment__1": garment, "editable__2": editable}
+    if learned:
+        inputs = {
+            "fused__0": fused,
+            "garment__1": np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
+            "editable__2": editable_region(region_maps, base).astype(np.float32)[None, None],
+        }
         try:
-            fused = infer(REFINER_NAME, inputs)["refined__0"]
-        except ModelUnavailable as exc:  # `models build` does not make this one: it has no shipped weights
-            raise ModelUnavailable(
-                f"{exc.message} (FITROOM_REFINER=1 needs a refiner trained and installed with "
-                "`fitroom train refiner`, docs/TRAINING.md)"
-            ) from exc
+            fused = infer(tryon_model(learned), inputs)["tryon__0"]
+        except ModelUnavailable as exc:
+            raise unavailable(exc, learned) from exc
     return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)

@@ -163,7 +163,7 @@ class JobExecutor:
         recorder = StageRecorder(self.jobs, self.metrics, job.id, self.stopping)
         try:
             garment, category = load_garment(store, job, self.garments)
-            result = Pipeline(store, self.infer, self.settings.refiner).tryon(
+            result = Pipeline(store, self.infer, self.settings.learned or None).tryon(
                 load_person(store, job), garment, category, on_stage=recorder
             )
             store_result(store, job, result.image)

@@ -35,10 +35,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services import learned
 from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
+from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
+from services.parser.agnostic import any_of
 from services.parser.geometry import BodyFrame, arm_chain, chain_coords, landmark, leg_chain
-from services.warp import tps
+from services.warp import gmm, tps
 from services.warp.model import NAME as MODEL_NAME
 from services.warp.model import PARTS
 
@@ -403,9 +406,15 @@ def extend_colours(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def run(
-    garment_image: np.ndarray, garment: GarmentAnalysis, pose: PoseResult, parse: ParseResult, infer: Infer
+    garment_image: np.ndarray,
+    garment: GarmentAnalysis,
+    pose: PoseResult,
+    parse: ParseResult,
+    infer: Infer,
+    learned: str | None = None,
 ) -> WarpResult:
-    """The garment on the person's canvas: RGBA float32 in [0, 1] at the photo's resolution."""
+    """The garment on the person's canvas: RGBA float32 in [0, 1] at the photo's resolution.
+    With `learned` (the name of installed weights), the learned warp corrects the geometric one."""
     body = Body(pose, parse)
     parts = lower_parts(garment, body) if garment.category == "lower" else upper_parts(garment, body)
     height, width = parse.image_height, parse.image_width
@@ -453,4 +462,23 @@ def run(
         },
     )
     rgba = outputs["warped__0"][0].transpose(1, 2, 0)
+    if learned:
+        learned_rgba = learned_warp(rgba, pose, parse, infer, learned)
+        return WarpResult(
+            image_width=width, image_height=height, category=garment.category, rgba=learned_rgba, geometric=rgba
+        )
     return WarpResult(image_width=width, image_height=height, category=garment.category, rgba=rgba)
+
+
+def learned_warp(geometric: np.ndarray, pose: PoseResult, parse: ParseResult, infer: Infer, weights: str) -> np.ndarray:
+    """The geometric warp (HxWx4) resampled through the learned flow of warp_gmm-`weights`
+    (services/warp/gmm.py); face and hair stay in front of it, as in the geometric warp."""
+    person = gmm.person_representation(parse.labels, pose.landmark_array())
+    inputs = {"warped__0": np.ascontiguousarray(geometric.transpose(2, 0, 1)[None]), "person__1": person[None]}
+    try:
+        rgba = infer(learned.warp_model(weights), inputs)["warped__0"][0].transpose(1, 2, 0)
+    except ModelUnavailable as exc:
+        raise learned.unavailable(exc, weights) from exc
+    rgba = np.ascontiguousarray(rgba)
+    rgba[..., 3][any_of(parse.labels, (LIP["face"], LIP["hair"]))] = 0.0
+    return rgba

@@ -23,7 +23,8 @@ import torch
 
 from services.common.model_repository import model_file
 from services.fusion import model as fusion_model
-from services.fusion import refiner
+from services.fusion import tom
+from services.warp import gmm
 from services.warp import model as warp_model
 from tests.triton_server import repository_models
 
@@ -53,7 +54,8 @@ PORTABLE_OPS = {
     *("matmul", "max_pool2d", "meshgrid", "mul", "ne", "neg", "nonzero", "numel", "pad", "permute", "pow"),
     *("prelu", "relu", "repeat", "reshape", "select", "sigmoid", "size", "slice", "stack", "sub", "sum"),
     *("unsqueeze", "upsample_bilinear2d", "view", "warn", "where", "zeros"),
-    *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # tryon_refiner
+    *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # the learned U-Nets
+    *("expand", "tanh"),  # warp_gmm's identity grid and bounded flow; tryon_generator's layers
     *("max", "min"),  # garment_warp's crop of the garment image: reductions as old as sum and abs
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
@@ -97,11 +99,15 @@ def test_built_models_use_only_ops_tritons_libtorch_has(repository: Path, name: 
     )
 
 
-def test_the_refiner_is_portable_too(tmp_path: Path) -> None:
-    """tryon_refiner has no weights in the repository (the user trains it), so its source is checked."""
-    scripted = torch.jit.script(refiner.TryonRefiner())
-    scripted.save(str(tmp_path / "refiner.pt"))
-    assert serialized_ops(tmp_path / "refiner.pt") <= PORTABLE_OPS
+@pytest.mark.parametrize("network", [gmm.WarpGMM, tom.TryonGenerator])
+def test_the_learned_path_is_portable_too(tmp_path: Path, network: type[torch.nn.Module]) -> None:
+    """warp_gmm and tryon_generator are installed from checkpoints (`fitroom models install`),
+    not by `models build`, so their source is checked."""
+    scripted = torch.jit.script(network())
+    scripted.save(str(tmp_path / "learned.pt"))
+    assert serialized_ops(tmp_path / "learned.pt") <= PORTABLE_OPS, sorted(
+        serialized_ops(tmp_path / "learned.pt") - PORTABLE_OPS
+    )
     assert deviceless_factories(scripted) == []
 
 

