@@ -63,7 +63,9 @@ def scores(result: np.ndarray, truth: np.ndarray, box: tuple[slice, slice]) -> t
     return ssim(result, truth), ssim(result[box], truth[box]), float(peak_signal_noise_ratio(truth, result))
 
 
-def contact_sheet(pipeline: Pipeline, name: str = "unpaired_sheet.jpg") -> Path | None:
+def contact_sheet(pipelines: list[Pipeline], name: str = "unpaired_sheet.jpg") -> Path | None:
+    """Persons (rows) x garments; with two pipelines each garment gets two columns side by side
+    (the default, then the learned path) on the same pairs."""
     if not (SHARED_DATA / "photos").exists():
         return None
     height = 384
@@ -77,20 +79,26 @@ def contact_sheet(pipeline: Pipeline, name: str = "unpaired_sheet.jpg") -> Path 
         fit = lambda x, w=width: cv2.resize(x, (w, height), interpolation=cv2.INTER_AREA)  # noqa: E731
         row = [fit(person)]
         for garment in garments:
-            try:
-                row.append(fit(pipeline.tryon(person, garment).image))
-            except FitroomError as exc:
-                blank = np.full((height, width, 3), 255, np.uint8)
-                cv2.putText(blank, exc.code, (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 0, 0), 1)
-                row.append(blank)
+            for pipeline in pipelines:
+                try:
+                    row.append(fit(pipeline.tryon(person, garment).image))
+                except FitroomError as exc:
+                    blank = np.full((height, width, 3), 255, np.uint8)
+                    cv2.putText(blank, exc.code, (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 0, 0), 1)
+                    row.append(blank)
         rows.append(np.hstack(row))
     on_white = [read_image_file(path) for path in paths]  # transparency flattened on white by the reader
     thumbnails = [
         cv2.resize(g, (round(g.shape[1] * 160 / g.shape[0]), 160), interpolation=cv2.INTER_AREA) for g in on_white
     ]
+    cell = rows[0].shape[1] // (1 + len(garments) * len(pipelines))  # thumbnails over their columns
+    thumbnails = [
+        np.pad(t, ((0, 0), (0, max(0, cell * len(pipelines) - t.shape[1])), (0, 0)), constant_values=255)
+        for t in thumbnails
+    ]
     width = max(r.shape[1] for r in rows)
     pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
-    strip = pad(np.hstack([np.full((160, 160, 3), 255, np.uint8), *thumbnails]))
+    strip = pad(np.hstack([np.full((160, cell, 3), 255, np.uint8), *thumbnails]))
     OVERLAYS.mkdir(parents=True, exist_ok=True)
     path = OVERLAYS / name
     path.write_bytes(encode_jpeg(np.vstack([strip, *[pad(r) for r in rows]]), quality=88))
@@ -149,9 +157,9 @@ def main() -> int:
         OVERLAYS.mkdir(parents=True, exist_ok=True)
         if examples:
             (OVERLAYS / "viton_paired.jpg").write_bytes(encode_jpeg(np.vstack(examples), quality=88))
-        sheet = None if args.no_sheet else contact_sheet(pipeline)
+        sheet = None if args.no_sheet else contact_sheet([pipeline])
         if refined_pipeline and not args.no_sheet:
-            contact_sheet(refined_pipeline, "unpaired_sheet_learned.jpg")
+            contact_sheet([pipeline, refined_pipeline], "unpaired_sheet_learned.jpg")
 
     reference = np.array(rows["mean colour"]).mean(axis=0)
     print(f"VITON pairs: {len(rows['ours'])} (every {step}th id); failures: {failures or 'none'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
+from services import learned
 from services.common.artifacts import LocalArtifactStore
+from services.common.config import PROJECT_ROOT
 from services.common.contracts import LANDMARK_INDEX, LIP
 from services.common.errors import CategoryUnsupported
 from services.common.inference import LocalBackend
@@ -351,13 +354,27 @@ KNOWN_FAILURES = {
 }
 
 
-@pytest.fixture(scope="module")
-def unpaired(tmp_path_factory: pytest.TempPathFactory, infer: LocalBackend) -> tuple[Pipeline, list]:
+REFERENCE_WEIGHTS = PROJECT_ROOT / "weights" / "research" / "viton" / "tryon.pt"
+
+
+@pytest.fixture(scope="module", params=["default", "learned"])
+def unpaired(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, infer: LocalBackend, repository: Path
+) -> tuple[Pipeline, list]:
+    """The default pipeline, and the learned path with the VITON reference weights installed."""
     if not PHOTOS.is_dir():
         pytest.skip("../shared/data is not present on this machine")
     from services.common.imageio import read_image_file
 
-    pipeline = Pipeline(LocalArtifactStore(tmp_path_factory.mktemp("unpaired")), infer)
+    store = LocalArtifactStore(tmp_path_factory.mktemp("unpaired"))
+    pipeline = Pipeline(store, infer)
+    if request.param == "learned":
+        if not REFERENCE_WEIGHTS.is_file():
+            pytest.skip("no reference weights in weights/research/viton")
+        models = tmp_path_factory.mktemp("learned") / "triton_models"
+        shutil.copytree(repository, models)
+        learned.install(REFERENCE_WEIGHTS, models, "reference")
+        pipeline = Pipeline(store, LocalBackend(models), "reference")
     garments = []
     for path in sorted((PHOTOS / "garment").iterdir()):
         image = read_image_file(path, rgba=True)
