@@ -312,3 +312,24 @@ def test_full_resolution_try_on_keeps_the_garments_print(
     warp_only = np.round(result.warped.rgba[..., :3] * 255).astype(np.uint8)
     ratio = high_frequency_energy(result.image, region) / high_frequency_energy(warp_only, region)
     assert ratio >= 0.8, ratio
+
+
+def test_distributed_mode_carries_both_warps_between_the_warp_and_fusion_tasks(tmp_path: Path) -> None:
+    """The fusion task builds its base layer on the geometric warp, as in training: the warp
+    task's artifact keeps it beside the learned one, losslessly."""
+    from services.common.contracts import WarpResult
+    from services.distributed.tasks import get_warped, put_warped
+
+    store = LocalArtifactStore(tmp_path)
+    rng = np.random.default_rng(0)
+    rgba, geometric = (rng.random((64, 48, 4), dtype=np.float32) for _ in range(2))
+    warped = WarpResult(image_width=48, image_height=64, category="upper", rgba=rgba, geometric=geometric)
+    put_warped(store, "job_1", warped)
+    back = get_warped(store, "job_1")
+    np.testing.assert_array_equal(back.rgba, rgba)
+    np.testing.assert_array_equal(back.geometric, geometric)
+    put_warped(store, "job_2", warped.model_copy(update={"geometric": None}))
+    assert get_warped(store, "job_2").geometric is None
+    assert learned.learned_models("warp", "acme") == ("warp_gmm-acme",)
+    assert learned.learned_models("fusion", "acme") == ("tryon_generator-acme",)
+    assert learned.learned_models("fusion", None) == learned.learned_models("pose", "acme") == ()
