@@ -354,6 +354,10 @@ KNOWN_FAILURES = {
 }
 
 
+# The learned path with the reference weights (38 minutes of CPU training, 2026-12-03).
+LEARNED_KNOWN_FAILURES = {
+    "dresscode_050855_0.jpg": "learned path: the print of vitonhd_09290_00 ghosts and darkens over the chest",
+}
 REFERENCE_WEIGHTS = PROJECT_ROOT / "weights" / "research" / "viton" / "tryon.pt"
 
 
@@ -436,4 +440,8 @@ def test_unpaired_photos_keep_face_hands_and_lower_garment(
         covered = np.isin(chest, (LIP["upper_clothes"], LIP["dress"], LIP["coat"])).mean()
         if covered < 0.7:
             problems.append(f"{case}: {covered:.0%} of the chest parses as a garment")
+    known = LEARNED_KNOWN_FAILURES.get(person_name) if pipeline.learned else None
+    if known:  # strict: a known failure that passes is reported, so the entry is removed
+        assert problems, f"fixed, remove it from LEARNED_KNOWN_FAILURES: {known}"
+        pytest.xfail(f"{known}: {'; '.join(problems)}")
     assert not problems, "\n".join(problems)
