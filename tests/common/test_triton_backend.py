@@ -106,10 +106,13 @@ def test_every_model_answers_as_local_backend_on_a_real_tryon(local_tryon: Recor
 
 
 def assert_same_pose(remote: PoseResult, local: PoseResult) -> None:
-    """The same pose to a fraction of a pixel (observed: 0.007 px in x, 0.02 in y, 0.07 in depth)."""
+    """The same pose to a fraction of a pixel. Observed: 0.007 px in x, 0.02 in y, 0.07 in depth
+    until 2026-11-23; on 2026-12-03's machine 0.033, 0.112 and 0.35, deterministically, for this
+    checkout and the one before it alike (float32 sums of the detector's convolutions come out a
+    little differently in the server process, and the ROI moves with them)."""
     assert remote.image_width == local.image_width and remote.image_height == local.image_height
     difference = np.abs(remote.landmark_array() - local.landmark_array()).max(axis=0)
-    assert (difference <= [0.05, 0.05, 0.25, 1e-3, 1e-3]).all(), difference  # x, y, z px; visibility, presence
+    assert (difference <= [0.2, 0.2, 0.6, 2e-3, 2e-3]).all(), difference  # x, y, z px; visibility, presence
     assert np.abs(remote.mask - local.mask).max() < 0.05
 
 
@@ -130,9 +133,10 @@ def test_tryon_through_triton_equals_local(
     # A pose 0.02 px off moves a few parser labels at region borders (observed: 106 of 262144 pixels)...
     assert (remote.parse.labels != local.parse.labels).mean() < 1e-3
     assert (remote.parse.agnostic != local.parse.agnostic).mean() < 1e-3
-    # ...so a few repaint-border pixels differ; the picture is the same (observed: mean 0.046 levels).
+    # ...so a few repaint-border pixels differ; the picture is the same (observed: mean 0.046 levels;
+    # on 2026-12-03's machine 0.20 levels and 0.13% of pixels over 16, with the pose above).
     difference = np.abs(remote.image.astype(np.int16) - local.image.astype(np.int16))
-    assert difference.mean() < 0.25 and (difference > 16).mean() < 1e-3, (difference.mean(), (difference > 16).mean())
+    assert difference.mean() < 0.25 and (difference > 16).mean() < 2e-3, (difference.mean(), (difference > 16).mean())
 
 
 def test_load_and_ready(triton: TritonBackend, repository: Path) -> None:
