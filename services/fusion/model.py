@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
+from services.common.unet import resize_bilinear
 
 NAME = "tryon_fusion"
 VERSION = 11  # bump when the module changes, so that installed copies are rebuilt
@@ -62,12 +63,6 @@ SIGNATURE = ModelSignature(
     outputs=(TensorSpec("tryon__0", (1, 3, -1, -1), np.float32),),
     max_batch_size=0,
 )
-
-
-def resize_bilinear(x: torch.Tensor, size: list[int]) -> torch.Tensor:
-    """Bilinear resize through the ATen op itself: scripting F.interpolate copies the whole Python
-    function, whose branches name ops that older libtorch builds (Triton's) do not have."""
-    return torch._C._nn.upsample_bilinear2d(x, size, False, None)
 
 
 def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Tensor:
