@@ -127,6 +127,12 @@ class Settings(BaseModel):
         return self
 
     @property
+    def stall_timeout_s(self) -> float:
+        """A distributed job silent this long lost its next task message (the broker gives a dead worker's
+        back after the visibility timeout, and a task runs at most the time limit): the reaper sends it again."""
+        return float(self.visibility_timeout_s + self.task_time_limit_s)
+
+    @property
     def celery_broker_url(self) -> str:
         return self.broker_url or self.redis_url
 

@@ -7,15 +7,20 @@ Reliability comes from the settings below, all of them needed together:
 - the broker's visibility timeout above the hard time limit: a message whose worker vanished
   entirely (the whole host) comes back after the timeout, and never while a slow task still runs;
 - a soft time limit below the hard one, so a task over time fails its job cleanly (job_timeout);
-- no result backend: job state lives in the job store (Redis), which the gateway reads.
+- no result backend: job state lives in the job store (Redis), which the gateway reads;
+- no Celery chains: each stage task queues the next one itself (`send_stage`), inside its own retry
+  loop. A chain's next step is published by Celery after the task returned, and a broker blip at that
+  moment marks the task failed and acknowledges it: the job then waits, stuck, for the reaper.
 The per-job attempt counter and the retries with backoff live in services/distributed/tasks.py.
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from services.common.config import Settings, get_settings
+from services.common.errors import QueueUnavailable
 from services.distributed.queues import QUEUES
 
 # Seconds between the soft time limit (the task fails its job cleanly) and the hard one (killed).
@@ -40,6 +45,9 @@ def make_app(settings: Settings) -> Celery:
             # one cheap sorted-set read per sweep.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
+            # The sweep holds a Redis lock while it runs; a worker SIGKILLed holding it stops every
+            # sweep until the lock expires (kombu's default: 300 s). A sweep takes milliseconds.
+            "unacked_mutex_expire": 15,
         },
         broker_connection_retry_on_startup=True,
         # Keep retrying the broker for good: a Redis restart must not end the worker.
@@ -57,6 +65,21 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def send_stage(stage: str, job_id: str) -> None:
+    """Queue the job's task for `stage` (the gateway sends the first, each task the next one);
+    QueueUnavailable when the broker cannot take it."""
+    try:
+        app.send_task(
+            task_name(stage),
+            args=(job_id,),
+            queue=stage,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.2},
+        )
+    except OperationalError as exc:
+        raise QueueUnavailable(f"the job queue (Redis) is unreachable: {exc}") from exc
 
 
 # The application the workers and the gateway use; `celery -A services.distributed.app` finds it.

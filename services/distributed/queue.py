@@ -1,4 +1,5 @@
-"""The gateway's side of distributed mode: the JobQueue that sends Celery chains, and the reaper."""
+"""The gateway's side of distributed mode: the JobQueue that sends a job's first stage task, and the
+reaper: it sends again the next task of a job silent too long, and fails a job past its deadline."""
 
 from __future__ import annotations
 
@@ -7,21 +8,23 @@ import time
 from collections.abc import Iterable
 
 import redis
-from kombu.exceptions import OperationalError
 
 from services.common.artifacts import ArtifactStore
 from services.common.config import Settings
 from services.common.errors import JobTimeout, QueueFull, QueueUnavailable
+from services.distributed.app import send_stage
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState
+from services.gateway.jobs import Job
 from services.gateway.storage import TenantArtifactStore
-from services.gateway.worker import conclude
+from services.gateway.worker import conclude, job_webhook
 
 log = logging.getLogger("fitroom.distributed")
 
 
 class CeleryQueue:
-    """JobQueue over Celery: `submit` sends the job's chain; the workers are other processes.
+    """JobQueue over Celery: `submit` sends the job's first stage task (each task sends the next);
+    the workers are other processes.
 
     The bound is on tasks waiting in all stage queues together (Redis list lengths), so a
     backlog anywhere in the pipeline pushes back on new submissions.
@@ -32,14 +35,9 @@ class CeleryQueue:
         self.max_depth = max_depth
 
     def submit(self, job_id: str) -> None:
-        from services.distributed.tasks import job_chain  # imports the stages: only when a job is sent
-
         if self.full():
             raise QueueFull(f"{self.max_depth} tasks are waiting for workers; retry later")
-        try:
-            job_chain(job_id).apply_async(retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
-        except OperationalError as exc:
-            raise QueueUnavailable(f"the job queue (Redis) is unreachable: {exc}") from exc
+        send_stage(QUEUES[0], job_id)
 
     def restore(self, job_ids: Iterable[str]) -> None:
         """Nothing to do: the broker keeps queued messages across gateway restarts."""
@@ -69,6 +67,30 @@ class CeleryQueue:
         pass
 
 
+def next_stage(job: Job) -> str:
+    """The first stage, in the order a job visits them, that has not produced its result yet."""
+    done = ("done", "cached")
+    return next((stage for stage in QUEUES if job.stages[stage].status not in done), QUEUES[-1])
+
+
+def resend_stalled(state: DistributedState, settings: Settings) -> int:
+    """Send again the next task of every job silent for `settings.stall_timeout_s`; returns how many.
+
+    The broker can lose a message: Redis pops it for a worker, which dies before recording it as
+    unacknowledged (kombu does the two in separate steps), or a Redis that fsyncs every second
+    crashes. A lost message leaves its job waiting forever. Tasks are idempotent and a task that
+    finds its stage done only passes the job on, so a message that was not lost after all costs a
+    duplicate that does nothing. Claiming marks the job alive, so it is sent again once per stall
+    timeout, by one reaper however many gateway replicas run one."""
+    sent = 0
+    for job in state.jobs.claim_stalled(time.time() - settings.stall_timeout_s):
+        stage = next_stage(job)
+        log.warning("job %s silent for %.0f s: sending its %s task again", job.id, settings.stall_timeout_s, stage)
+        send_stage(stage, job.id)
+        sent += 1
+    return sent
+
+
 def reap_overdue(state: DistributedState, artifacts: ArtifactStore, settings: Settings) -> int:
     """Fail every job unfinished past its deadline (a lost message, a crashed gateway between
     accepting a job and queueing it); returns how many. Safe to run in every gateway replica:
@@ -79,10 +101,12 @@ def reap_overdue(state: DistributedState, artifacts: ArtifactStore, settings: Se
         before = reaped
         for job in overdue:
             error = JobTimeout(f"the job did not finish within {settings.job_deadline_s:g} s")
-            outcome = state.jobs.finish(job.id, "failed", error=(error.code, error.message))
+            outcome = state.jobs.finish(
+                job.id, "failed", error=(error.code, error.message), webhook=job_webhook(settings)
+            )
             if outcome is not None:
                 log.warning("job %s reaped after %.0f s (%s)", job.id, time.time() - job.created_at, job.status)
-                conclude(job, outcome, state.jobs, TenantArtifactStore(artifacts, job.tenant), state.outbox, settings)
+                conclude(job, outcome, state.jobs, TenantArtifactStore(artifacts, job.tenant), state.outbox)
                 reaped += 1
         if reaped == before:  # every one was finished meanwhile by someone else: the next read differs
             break

@@ -1,17 +1,23 @@
 """The five stage tasks: thin shells that run one `Pipeline` method each and pass the job id on.
 
-A job is a Celery chain garment -> pose -> parser -> warp -> fusion, one queue per stage (see
-`job_chain`). Tasks pass only the job id: inputs and intermediate results travel through the
-artifact store under fixed keys, so a task that runs twice (a redelivered message) overwrites
-what it wrote the first time, and stage results cached by content hash are simply found again.
+A job runs garment -> pose -> parser -> warp -> fusion, one queue per stage: the gateway queues the
+first task and each task queues the next (`send_stage`) once its stage is done. Tasks pass only the
+job id: inputs and intermediate results travel through the artifact store under fixed keys, so a
+task that runs twice (a redelivered message) overwrites what it wrote the first time, and stage
+results cached by content hash are simply found again.
 
 Every task:
-1. marks the job running in the job store; a job that is gone or already finished stops the chain;
+1. marks the job running in the job store; a job that is gone or already finished stops there;
 2. counts this delivery: a message whose worker died `max_task_attempts` times fails the job with
    worker_lost instead of killing workers forever;
 3. runs its stage; transient failures (Triton, S3 or Redis unreachable) are retried with doubling
    backoff, then fail the job with the error's own code; other errors fail it at once;
-4. records the stage's progress, and the times it waited and worked (for bench/distributed.py).
+4. records the stage's progress, and the times it waited and worked (for bench/distributed.py);
+5. queues the next stage's task. Up to here the message is not acknowledged, so a worker that dies
+   anywhere before leaves it to be delivered again, and a broker that cannot take the next task
+   makes this one wait and run again (its stage result is cached), never a stage done with no next.
+A task killed by the hard time limit is acknowledged by Celery; `StageTask.on_failure` then fails
+its job (job_timeout) from the worker's main process, rather than leave it for the reaper.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
-from celery import Task, chain
-from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+from celery import Task
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_process_init
 
 from services.common.artifacts import ArtifactStore, artifact_store
@@ -37,13 +43,13 @@ from services.common.errors import TRANSIENT_ERRORS, FitroomError, JobTimeout, Q
 from services.common.inference import Infer, inference_backend
 from services.common.mediapipe_models import FACE_LANDMARK, POSE_DETECTION, POSE_LANDMARK
 from services.distributed import metrics
-from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, task_name
+from services.distributed.app import SOFT_LIMIT_MARGIN_S, app, send_stage, task_name
 from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
 from services.gateway.jobs import Job, StageState
 from services.gateway.storage import TenantArtifactStore, job_work_prefix
-from services.gateway.worker import StageRecorder, conclude, load_garment, load_person, store_result
+from services.gateway.worker import StageRecorder, conclude, job_webhook, load_garment, load_person, store_result
 from services.learned import learned_models
 from services.pipeline import Pipeline, for_category
 from services.warp.model import NAME as WARP_MODEL
@@ -96,11 +102,6 @@ def _warm_up(**_: object) -> None:
                 log.warning("could not load %s at start: %s", model, exc.message)
 
 
-def job_chain(job_id: str) -> chain:
-    """The Celery chain that runs a job, one task per stage queue."""
-    return chain(*(app.signature(task_name(stage), args=(job_id,), immutable=True) for stage in QUEUES))
-
-
 # Where a job's intermediate results live between tasks (inside its tenant's store). They stay until
 # the job is concluded, so a task that runs again after a crash still finds its inputs.
 def warped_key(job_id: str) -> str:
@@ -137,9 +138,10 @@ def run_stage(task: Task, stage: str, job_id: str, step: Step) -> None:
     settings = worker().settings
     deadline = time.monotonic() + settings.task_time_limit_s - 2 * SOFT_LIMIT_MARGIN_S
     pause = settings.task_retry_backoff_s
+    repeats = 0
     while True:
         try:
-            return _run_once(task, stage, job_id, step)
+            return _run_once(task, stage, job_id, step, repeats)
         except QueueUnavailable as exc:
             if time.monotonic() + pause > deadline:
                 # Back to the queue (or, with the broker down too, left unacknowledged: the broker
@@ -148,9 +150,10 @@ def run_stage(task: Task, stage: str, job_id: str, step: Step) -> None:
             log.warning("job %s %s: %s; trying again in %.1f s", job_id, stage, exc.message, pause)
             time.sleep(pause)
             pause = min(2 * pause, settings.task_retry_backoff_max_s)
+            repeats += 1
 
 
-def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
+def _run_once(task: Task, stage: str, job_id: str, step: Step, repeats: int = 0) -> None:
     context = worker()
     settings, state = context.settings, context.state
     retries = task.request.retries
@@ -158,20 +161,28 @@ def _run_once(task: Task, stage: str, job_id: str, step: Step) -> None:
     if job is None:
         metrics.TASKS.labels(stage, "skipped").inc()
         raise Ignore()  # deleted, or finished (failed earlier, by the reaper, or a duplicate delivery)
+    following = QUEUES[QUEUES.index(stage) + 1] if stage != QUEUES[-1] else None
+    if following is not None and job.stages[following].status != "pending":
+        # A duplicate: the job has moved on (a message given back after this stage sent the next one,
+        # or the reaper's resend of a message that was not lost after all).
+        metrics.TASKS.labels(stage, "skipped").inc()
+        raise Ignore()
     store = TenantArtifactStore(context.artifacts, job.tenant)
     recorder = StageRecorder(state.jobs, None, job_id)
     try:
         metrics.WAITED.labels(stage).observe(state.timing.waited(job, stage))
         state.timing.started(job_id, stage)
         start = time.perf_counter()
-        # Every start of this stage counts; planned retries (one each) are not deaths.
-        deaths = state.jobs.count_attempt(job_id, stage) - 1 - retries
+        # Every start of this stage counts; planned retries and runs again in place are not deaths.
+        deaths = state.jobs.count_attempt(job_id, stage) - 1 - retries - repeats
         if deaths >= settings.max_task_attempts:
             raise WorkerLost(
                 f"the {stage} stage's worker died on each of {deaths} attempts at this job "
                 "(a poison input, or too little memory)"
             )
         step(context, job, store, recorder)
+        if following is not None:
+            send_stage(following, job_id)
         state.timing.finished(job_id, stage)
         metrics.WORKED.labels(stage).observe(time.perf_counter() - start)
         metrics.TASKS.labels(stage, "done").inc()
@@ -201,9 +212,9 @@ def _backoff(settings: Settings, retries: int) -> float:
 def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, code: str, message: str) -> None:
     metrics.TASKS.labels(stage, "failed").inc()
     context.state.jobs.set_stage(job.id, stage, StageState("failed"))
-    outcome = context.state.jobs.finish(job.id, "failed", error=(code, message))
-    conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
-    raise Ignore()  # the job is over: the rest of the chain is not sent
+    outcome = context.state.jobs.finish(job.id, "failed", error=(code, message), webhook=job_webhook(context.settings))
+    conclude(job, outcome, context.state.jobs, store, context.state.outbox)
+    raise Ignore()  # the job is over: no next stage is sent
 
 
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
@@ -241,8 +252,9 @@ def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder:
     warped = get_warped(store, job.id)
     image = pipeline.fuse(person, pose, for_category(pose, parse, warped.category), warped, recorder)
     store_result(store, job, image)
-    outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category)
-    conclude(job, outcome, context.state.jobs, store, context.state.outbox, context.settings)
+    webhook = job_webhook(context.settings)
+    outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category, webhook=webhook)
+    conclude(job, outcome, context.state.jobs, store, context.state.outbox)
 
 
 STEPS: dict[str, Step] = {
@@ -254,8 +266,31 @@ STEPS: dict[str, Step] = {
 }
 
 
+class StageTask(Task):
+    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: object) -> None:
+        """Celery calls this in the worker's main process when the hard time limit killed the pool
+        process running the task (the soft limit could not interrupt it: a long native call). The
+        message is acknowledged after this, so the job fails here or waits for the reaper."""
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        stage, job_id = self.name.removeprefix(task_name("")), args[0]
+        context = worker()
+        error = JobTimeout(
+            f"the {stage} stage ran past FITROOM_TASK_TIME_LIMIT_S ({context.settings.task_time_limit_s} s)"
+            " and was stopped"
+        )
+        context.state.jobs.set_stage(job_id, stage, StageState("failed"))
+        outcome = context.state.jobs.finish(
+            job_id, "failed", error=(error.code, error.message), webhook=job_webhook(context.settings)
+        )
+        if outcome is not None:
+            store = TenantArtifactStore(context.artifacts, outcome.tenant)
+            conclude(outcome, outcome, context.state.jobs, store, context.state.outbox)
+        log.warning("job %s %s: %s", job_id, stage, error.message)
+
+
 def _define(stage: str) -> Task:
-    @app.task(bind=True, name=task_name(stage), queue=stage)
+    @app.task(bind=True, base=StageTask, name=task_name(stage), queue=stage)
     def stage_task(self: Task, job_id: str) -> None:
         run_stage(self, stage, job_id, STEPS[stage])
 

@@ -192,6 +192,8 @@ async def _read_body(
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise JsonInvalid(f"the body is not valid JSON: {exc}") from None
+        except RecursionError:  # the decoder recurses per level: [[[[...]]]] 100,000 deep
+            raise JsonInvalid("the body is not valid JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise RequestInvalid("the JSON body must be an object")
         return body, {}

@@ -9,6 +9,8 @@ Two ways to run a job: embedded mode's worker `claim`s it (queued only, stages r
 distributed stage task `start`s it (queued or running, so a redelivered task resumes it) and
 counts its own attempts with `count_attempt`. `finish` is first-writer-wins: a reaper failing a
 late job and the worker finishing it may race, and only one outcome (and one webhook) counts.
+`finish` also queues the job's webhook in the same transaction, so a crash or an outage can never
+leave a finished job whose webhook was not queued.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from services.gateway.db import Database
+from services.gateway.webhooks import Webhook, insert_delivery
 from services.pipeline import STAGES
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -104,6 +108,10 @@ class Garment:
     created_at: float = field(default_factory=time.time)
 
 
+# Given the finished job, the webhook to queue with it (None: it has no callback_url).
+WebhookFor = Callable[[Job], Webhook | None]
+
+
 class IdempotencyKeyTaken(Exception):
     """create() found a live job under the same tenant and Idempotency-Key."""
 
@@ -143,10 +151,16 @@ class JobStore(Protocol):
         ...
 
     def finish(
-        self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
+        self,
+        job_id: str,
+        status: JobStatus,
+        detected_category: str | None = None,
+        error: tuple[str, str] | None = None,
+        webhook: WebhookFor | None = None,
     ) -> Job | None:
-        """Record the outcome of a job that exists and is not finished yet; returns the finished job, or None
-        when it was deleted or finished by someone else meanwhile (the first writer wins)."""
+        """Record the outcome of a job that exists and is not finished yet, and queue `webhook(job)` in the
+        same transaction; returns the finished job, or None when it was deleted or finished by someone else
+        meanwhile (the first writer wins, and only its webhook is queued)."""
         ...
 
     def requeue(self, job_id: str) -> None:
@@ -272,7 +286,12 @@ class SqliteJobStore:
         )
 
     def finish(
-        self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
+        self,
+        job_id: str,
+        status: JobStatus,
+        detected_category: str | None = None,
+        error: tuple[str, str] | None = None,
+        webhook: WebhookFor | None = None,
     ) -> Job | None:
         code, message = error if error else (None, None)
         with self.db.transaction() as conn:
@@ -281,8 +300,13 @@ class SqliteJobStore:
                 " WHERE id = ? AND status NOT IN ('succeeded', 'failed')",
                 (status, time.time(), detected_category, code, message, job_id),
             ).rowcount
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if changed else None
+            if not changed:
+                return None
+            finished = _job(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            delivery = webhook(finished) if webhook else None
+            if delivery is not None:
+                insert_delivery(conn, finished.id, finished.tenant, delivery)
+        return finished
 
     def requeue(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET status = 'queued' WHERE id = ? AND status = 'running'", (job_id,))

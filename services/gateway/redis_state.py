@@ -7,6 +7,9 @@ Keys, all under one prefix (default "fitroom:"):
                                       {"status", "seconds"} as JSON, "stage_attempts:{name}" count_attempt's count
     jobs:unfinished                   sorted set of queued and running job ids, scored by created_at
     jobs:finished                     sorted set of finished job ids, scored by finished_at
+    jobs:progress                     sorted set of unfinished job ids, scored by their last sign of life
+                                      (created, a task started it, a stage moved): the reaper re-sends
+                                      the next stage of a job silent too long (`claim_stalled`)
     jobs:counts                       hash: status -> number of jobs (kept in step by every script that moves one)
     idem:{tenant}:{idempotency key}   string: the job created under that key (it lives as long as that job)
     shopper:{tenant}:{shopper_id}     set of that shopper's job ids
@@ -17,7 +20,8 @@ Keys, all under one prefix (default "fitroom:"):
                                       name, created_at, revoked_at
     apikey_hash:{sha256 of the key}   string: the tenant of a live key (deleted on revoke): one GET per request
     apikeys                           sorted set of key ids, scored by created_at
-    webhook:{event_id}, webhooks:due, webhooks:job:{job_id}   see redis_webhooks.py
+    webhook:{event_id}, webhooks:due, webhooks:job:{job_id}   see redis_webhooks.py; written by
+                                      `add_delivery`, which `finish` runs in the transaction that finishes a job
 
 Every change that touches more than one key is one Lua script (or MULTI/EXEC), so a reader or a
 racing writer never sees half of it. Scripts derive some keys from values they read (an old job's
@@ -49,6 +53,7 @@ from services.gateway.jobs import (
     Job,
     JobStatus,
     StageState,
+    WebhookFor,
     known_stage,
 )
 from services.gateway.keys import (
@@ -60,6 +65,7 @@ from services.gateway.keys import (
     new_key,
     new_webhook_secret,
 )
+from services.gateway.webhooks import Webhook, new_event
 from services.pipeline import STAGES
 
 PREFIX = "fitroom:"
@@ -135,7 +141,7 @@ local function move(counts, from, to)
 end
 """
 
-# KEYS: job, unfinished, finished, counts, idempotency key ('' = none), shopper set ('' = none)
+# KEYS: job, unfinished, finished, counts, idempotency key ('' = none), shopper set ('' = none), progress
 # ARGV: now, ttl_s, job key prefix, job id, status, created_at, field, value, ...
 _CREATE_JOB = (
     _MOVE
@@ -155,6 +161,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('job id take
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 if ARGV[5] == 'queued' or ARGV[5] == 'running' then
   redis.call('ZADD', KEYS[2], ARGV[6], ARGV[4])
+  redis.call('ZADD', KEYS[7], ARGV[6], ARGV[4])
 else
   redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
 end
@@ -180,7 +187,7 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS: job, counts. ARGV: now
+# KEYS: job, counts, progress. ARGV: now, job id
 _START = (
     _MOVE
     + """
@@ -189,6 +196,7 @@ if status ~= 'queued' and status ~= 'running' then return nil end
 redis.call('HSET', KEYS[1], 'status', 'running')
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
 if status == 'queued' then move(KEYS[2], 'queued', 'running') end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -200,14 +208,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'stage_attempts:' .. ARGV[1], 1)
 """
 
-# KEYS: job. ARGV: stage, its {"status", "seconds"} JSON. (HSET alone would bring a deleted job back.)
+# KEYS: job, progress. ARGV: stage, its {"status", "seconds"} JSON, now, job id. (HSET alone would bring a
+# deleted job back.)
 _SET_STAGE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'stage:' .. ARGV[1], ARGV[2]) end
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[4])
 return 0
 """
 
-# KEYS: job, unfinished, finished, counts. ARGV: job id, status, now, number of pairs n, n field/value
-# pairs, then fields to delete.
+# KEYS: job, unfinished, finished, counts, progress. ARGV: job id, status, now, number of pairs n, n
+# field/value pairs, then fields to delete.
 _FINISH = (
     _MOVE
     + """
@@ -218,11 +228,19 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
 if pairs_end > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, pairs_end)) end
 if #ARGV > pairs_end then redis.call('HDEL', KEYS[1], unpack(ARGV, pairs_end + 1)) end
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
 move(KEYS[4], status, ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
 )
+
+# KEYS: progress. ARGV: cutoff (exclusive, "(t"), now, limit
+_CLAIM_STALLED = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
 
 # KEYS: job, counts
 _REQUEUE = (
@@ -235,7 +253,7 @@ return 1
 """
 )
 
-# KEYS: job, unfinished, finished, counts. ARGV: tenant, key prefix
+# KEYS: job, unfinished, finished, counts, progress. ARGV: tenant, key prefix
 _DELETE_JOB = (
     _MOVE
     + """
@@ -246,6 +264,7 @@ if job.tenant ~= ARGV[1] then return nil end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], job.id)
 redis.call('ZREM', KEYS[3], job.id)
+redis.call('ZREM', KEYS[5], job.id)
 move(KEYS[4], job.status, nil)
 if job.idempotency_key then
   local idem = ARGV[2] .. 'idem:' .. job.tenant .. ':' .. job.idempotency_key
@@ -269,10 +288,12 @@ class RedisJobStore:
         self._unfinished = f"{prefix}jobs:unfinished"
         self._finished = f"{prefix}jobs:finished"
         self._counts = f"{prefix}jobs:counts"
+        self._progress = f"{prefix}jobs:progress"
         script = client.register_script
         self._create, self._claim, self._start = script(_CREATE_JOB), script(_CLAIM), script(_START)
         self._count_attempt, self._set_stage = script(_COUNT_ATTEMPT), script(_SET_STAGE)
         self._finish, self._requeue, self._delete = script(_FINISH), script(_REQUEUE), script(_DELETE_JOB)
+        self._claim_stalled = script(_CLAIM_STALLED)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -292,6 +313,7 @@ class RedisJobStore:
             self._counts,
             "" if job.idempotency_key is None else self._idempotency_key(job.tenant, job.idempotency_key),
             "" if job.shopper_id is None else self._shopper_key(job.tenant, job.shopper_id),
+            self._progress,
         ]
         fields = [item for pair in _job_fields(job).items() for item in pair]
         while True:
@@ -325,7 +347,8 @@ class RedisJobStore:
 
     @unavailable_as_queue_error
     def start(self, job_id: str) -> Job | None:
-        flat = self._start(keys=[self._job_key(job_id), self._counts], args=[number(time.time())])
+        keys = [self._job_key(job_id), self._counts, self._progress]
+        flat = self._start(keys=keys, args=[number(time.time()), job_id])
         return _job(as_dict(flat)) if flat else None
 
     @unavailable_as_queue_error
@@ -334,11 +357,17 @@ class RedisJobStore:
 
     @unavailable_as_queue_error
     def set_stage(self, job_id: str, stage: str, state: StageState) -> None:
-        self._set_stage(keys=[self._job_key(job_id)], args=[known_stage(stage), _stage_value(state)])
+        keys = [self._job_key(job_id), self._progress]
+        self._set_stage(keys=keys, args=[known_stage(stage), _stage_value(state), number(time.time()), job_id])
 
     @unavailable_as_queue_error
     def finish(
-        self, job_id: str, status: JobStatus, detected_category: str | None = None, error: tuple[str, str] | None = None
+        self,
+        job_id: str,
+        status: JobStatus,
+        detected_category: str | None = None,
+        error: tuple[str, str] | None = None,
+        webhook: WebhookFor | None = None,
     ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"a job finishes as one of {FINISHED}, not {status!r}")
@@ -346,10 +375,29 @@ class RedisJobStore:
         outcome = {"detected_category": detected_category, "error_code": code, "error_message": message}
         present = [item for name, value in outcome.items() if value is not None for item in (name, value)]
         absent = [name for name, value in outcome.items() if value is None]
-        keys = [self._job_key(job_id), self._unfinished, self._finished, self._counts]
-        args = [job_id, status, number(time.time()), len(present) // 2, *present, *absent]
-        flat = self._finish(keys=keys, args=args)
-        return _job(as_dict(flat)) if flat else None
+        job_key = self._job_key(job_id)
+        keys = [job_key, self._unfinished, self._finished, self._counts, self._progress]
+        # WATCH/MULTI: the webhook is built from the finished job (in Python) and queued in the same
+        # EXEC as the finish, which a second writer in between (a reaper) aborts; then read again.
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key)
+                    fields = pipe.hgetall(job_key)
+                    if fields.get("status") not in ("queued", "running"):
+                        return None
+                    now = time.time()
+                    finished = dataclasses.replace(_job(fields), status=status, finished_at=now, **outcome)
+                    delivery = webhook(finished) if webhook else None
+                    pipe.multi()
+                    args = [job_id, status, number(now), len(present) // 2, *present, *absent]
+                    self._finish(keys=keys, args=args, client=pipe)
+                    if delivery is not None:
+                        add_delivery(pipe, finished.id, finished.tenant, delivery, self.prefix)
+                    pipe.execute()
+                    return finished
+                except redis.WatchError:
+                    continue
 
     @unavailable_as_queue_error
     def requeue(self, job_id: str) -> None:
@@ -357,7 +405,7 @@ class RedisJobStore:
 
     @unavailable_as_queue_error
     def delete(self, tenant: str, job_id: str) -> Job | None:
-        keys = [self._job_key(job_id), self._unfinished, self._finished, self._counts]
+        keys = [self._job_key(job_id), self._unfinished, self._finished, self._counts, self._progress]
         flat = self._delete(keys=keys, args=[tenant, self.prefix])
         return _job(as_dict(flat)) if flat else None
 
@@ -383,6 +431,14 @@ class RedisJobStore:
         return self._load_many(job_ids)
 
     @unavailable_as_queue_error
+    def claim_stalled(self, cutoff: float, limit: int = 100) -> list[Job]:
+        """Unfinished jobs with no sign of life since cutoff, longest silent first, each marked alive now in
+        the same step, so that of several reapers only one sends a job's next task again (distributed mode:
+        a job whose next task message was lost)."""
+        job_ids = self._claim_stalled(keys=[self._progress], args=[f"({number(cutoff)}", number(time.time()), limit])
+        return self._load_many(job_ids)
+
+    @unavailable_as_queue_error
     def count_by_status(self) -> dict[str, int]:
         return {status: int(n) for status, n in self.redis.hgetall(self._counts).items() if int(n) > 0}
 
@@ -396,6 +452,28 @@ class RedisJobStore:
         for job_id in job_ids:
             pipe.hgetall(self._job_key(job_id))
         return [_job(fields) for fields in pipe.execute() if fields]
+
+
+def add_delivery(pipe: redis.client.Pipeline, job_id: str, tenant: str, webhook: Webhook, prefix: str = PREFIX) -> str:
+    """Queue a webhook delivery as commands of the caller's MULTI (`finish` queues a job's this way;
+    redis_webhooks.py reads and sends them); returns the event id."""
+    event_id, payload = new_event(webhook.event)
+    now = number(time.time())
+    delivery = {
+        "id": event_id,
+        "job_id": job_id,
+        "tenant": tenant,
+        "url": webhook.url,
+        "payload": payload.decode(),  # JSON as json.dumps writes it: ASCII
+        "status": "pending",
+        "attempts": "0",
+        "created_at": now,
+        "next_attempt_at": now,
+    }
+    pipe.hset(f"{prefix}webhook:{event_id}", mapping=delivery)
+    pipe.zadd(f"{prefix}webhooks:due", {event_id: float(now)})
+    pipe.zadd(f"{prefix}webhooks:job:{job_id}", {event_id: float(now)})
+    return event_id
 
 
 def _scalar_fields(record: Job | Garment) -> dict[str, str]:

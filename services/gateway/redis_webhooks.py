@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
 from collections.abc import Set
 from typing import Any
 
@@ -30,8 +29,14 @@ from services.common.config import Settings
 from services.gateway.fetch import SafeFetcher
 from services.gateway.keys import ApiKeyStore
 from services.gateway.metrics import Metrics
-from services.gateway.redis_state import PREFIX, number, require_text_replies, unavailable_as_queue_error
-from services.gateway.webhooks import Attempted, Delivery, DeliveryState, Dispatcher, new_event
+from services.gateway.redis_state import (
+    PREFIX,
+    add_delivery,
+    number,
+    require_text_replies,
+    unavailable_as_queue_error,
+)
+from services.gateway.webhooks import Attempted, Delivery, DeliveryState, Dispatcher, Webhook
 
 LEASE_MARGIN_S = 30.0
 
@@ -78,23 +83,8 @@ def queue_webhook(
     client: redis.Redis, job_id: str, tenant: str, url: str, event: dict[str, Any], prefix: str = PREFIX
 ) -> str:
     """Queue `event` for delivery to url from any process; a gateway's dispatcher sends it. Returns the event id."""
-    event_id, payload = new_event(event)
-    now = number(time.time())
-    delivery = {
-        "id": event_id,
-        "job_id": job_id,
-        "tenant": tenant,
-        "url": url,
-        "payload": payload.decode(),  # JSON as json.dumps writes it: ASCII
-        "status": "pending",
-        "attempts": "0",
-        "created_at": now,
-        "next_attempt_at": now,
-    }
-    pipe = client.pipeline(transaction=True)  # MULTI/EXEC: all three or none
-    pipe.hset(f"{prefix}webhook:{event_id}", mapping=delivery)
-    pipe.zadd(f"{prefix}webhooks:due", {event_id: float(now)})
-    pipe.zadd(f"{prefix}webhooks:job:{job_id}", {event_id: float(now)})
+    pipe = client.pipeline(transaction=True)  # MULTI/EXEC: the delivery and both indexes, or none
+    event_id = add_delivery(pipe, job_id, tenant, Webhook(url, event), prefix)
     pipe.execute()
     return event_id
 

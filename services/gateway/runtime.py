@@ -147,12 +147,14 @@ class Gateway:
                 log.exception("janitor error")
 
     def _reaper_loop(self) -> None:
-        """Distributed mode: fail jobs stuck past FITROOM_JOB_DEADLINE_S (every replica runs one; safe)."""
-        from services.distributed.queue import reap_overdue
+        """Distributed mode: send again the next task of a job silent too long, and fail jobs stuck past
+        FITROOM_JOB_DEADLINE_S (every replica runs one; both are safe to run twice)."""
+        from services.distributed.queue import reap_overdue, resend_stalled
 
         interval = min(_REAPER_INTERVAL_S, self.settings.job_deadline_s / 4)
         while not self._stopping.wait(interval):
             try:
+                resend_stalled(self.state, self.settings)
                 reap_overdue(self.state, self.artifacts, self.settings)
             except Exception:
                 log.exception("reaper error")

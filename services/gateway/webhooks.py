@@ -7,10 +7,12 @@ the raw bytes it got, compares in constant time and refuses a `t` more than a fe
 
 Delivery is at least once: the outbox is stored (SQLite here; Redis in redis_webhooks.py for the
 distributed mode), so a restart resumes pending deliveries, and one that was in flight during a
-crash is sent again. Receivers deduplicate on the event id (`Fitroom-Event-Id`, also the body's
-`id`). A non-2xx answer, a timeout or a refused address is a failed attempt; attempt n+1 follows
-after min(backoff * 2**(n-1), backoff_max) seconds, until `webhook_max_attempts`. Redirects are
-not followed.
+crash is sent again. A job's webhook is queued by the job store's `finish`, in the same transaction
+that finishes the job: no crash or outage between the two can leave a finished job without it.
+Receivers deduplicate on the event id (`Fitroom-Event-Id`, also the body's `id`). A non-2xx
+answer, a timeout or a refused address is a failed attempt; attempt n+1 follows after
+min(backoff * 2**(n-1), backoff_max) seconds, until `webhook_max_attempts`. Redirects are not
+followed.
 
 Both outboxes are a `Dispatcher`: one scheduler thread takes due deliveries from the store, a few
 sender threads post them; `new_event`, `send` and `attempted` are the one way to build, sign and
@@ -24,6 +26,7 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -102,6 +105,14 @@ class Attempted:
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """A delivery to queue: where to, and the event (its "id" is set when it is queued)."""
+
+    url: str
+    event: dict[str, Any]
+
+
 def new_event(event: dict[str, Any]) -> tuple[str, bytes]:
     """A new event id and the body sent for `event` (which gets that id as its "id")."""
     event_id = f"evt_{secrets.token_hex(16)}"
@@ -152,6 +163,10 @@ class Outbox(Protocol):
 
     def delete_for_job(self, job_id: str) -> None: ...
 
+    def wake(self) -> None:
+        """Look for due deliveries now (one was just queued), not within the next second."""
+        ...
+
     def healthy(self) -> bool: ...
 
     def start(self) -> None: ...
@@ -186,6 +201,9 @@ class Dispatcher(ABC):
 
     @abstractmethod
     def _record(self, delivery: Delivery, outcome: Attempted) -> None: ...
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def healthy(self) -> bool:
         return self._thread.is_alive()
@@ -253,13 +271,8 @@ class WebhookOutbox(Dispatcher):
 
     def add(self, job_id: str, tenant: str, url: str, event: dict[str, Any]) -> str:
         """Queue `event` (its "id" is set here) for delivery to url; returns the event id."""
-        event_id, payload = new_event(event)
-        now = time.time()
-        self.db.execute(
-            "INSERT INTO webhook_deliveries (id, job_id, tenant, url, payload, status, next_attempt_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-            (event_id, job_id, tenant, url, payload, now, now),
-        )
+        with self.db.transaction() as conn:
+            event_id = insert_delivery(conn, job_id, tenant, Webhook(url, event))
         self._wake.set()
         return event_id
 
@@ -306,3 +319,16 @@ class WebhookOutbox(Dispatcher):
                 delivery.id,
             ),
         )
+
+
+def insert_delivery(conn: sqlite3.Connection, job_id: str, tenant: str, webhook: Webhook) -> str:
+    """Queue a delivery inside the caller's transaction (SQLite's `finish` queues a job's webhook
+    this way); returns the event id."""
+    event_id, payload = new_event(webhook.event)
+    now = time.time()
+    conn.execute(
+        "INSERT INTO webhook_deliveries (id, job_id, tenant, url, payload, status, next_attempt_at, created_at)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+        (event_id, job_id, tenant, webhook.url, payload, now, now),
+    )
+    return event_id

@@ -1,9 +1,9 @@
-"""Running a job: reading its inputs, recording each stage's progress, storing the result and
-concluding (inputs erased, webhook queued). `JobExecutor` runs a whole job in this process
-(embedded mode); the Celery tasks of services/distributed run it stage by stage with the same
-pieces. Every stage's progress goes to the job store as it happens, so GET /v1/tryon/{id} shows
-it live. Expected failures (no person, no garment, ...) fail the job with their code; anything
-else fails it as internal_error, logged.
+"""Running a job: reading its inputs, recording each stage's progress, storing the result,
+finishing it (with its webhook, in one transaction: `job_webhook`) and concluding (inputs erased).
+`JobExecutor` runs a whole job in this process (embedded mode); the Celery tasks of
+services/distributed run it stage by stage with the same pieces. Every stage's progress goes to
+the job store as it happens, so GET /v1/tryon/{id} shows it live. Expected failures (no person,
+no garment, ...) fail the job with their code; anything else fails it as internal_error, logged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from services.common.contracts import Category
 from services.common.errors import FitroomError, GarmentNotFound
 from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg, encode_png
 from services.common.inference import Infer
-from services.gateway.jobs import GarmentRegistry, Job, JobStore, StageState
+from services.gateway.jobs import GarmentRegistry, Job, JobStore, StageState, WebhookFor
 from services.gateway.metrics import Metrics
 from services.gateway.schemas import job_view, timestamp
 from services.gateway.storage import (
@@ -33,7 +33,7 @@ from services.gateway.storage import (
     person_input_key,
     result_key,
 )
-from services.gateway.webhooks import Outbox
+from services.gateway.webhooks import Outbox, Webhook
 from services.pipeline import Pipeline
 
 log = logging.getLogger("fitroom.gateway.worker")
@@ -98,39 +98,50 @@ class StageRecorder:
             self.jobs.set_stage(self.job_id, self.current, StageState("failed"))
 
 
-def conclude(
-    job: Job,
-    outcome: Job | None,
-    jobs: JobStore,
-    store: TenantArtifactStore,
-    outbox: Outbox,
-    settings: Settings,
-    metrics: Metrics | None = None,
-) -> None:
-    """After `jobs.finish`: drop the inputs (personal data) and queue the webhook.
+def job_webhook(settings: Settings) -> WebhookFor:
+    """What `JobStore.finish` queues for a finished job with a callback_url: the job as GET shows it."""
 
-    `outcome` None means this run did not finish the job: either it was deleted meanwhile (erase
-    what the run wrote after the deletion) or something else finished it first, a reaper or
-    another delivery of the same task (leave everything as the winner left it).
-    """
-    if outcome is None:
-        if jobs.get(job.tenant, job.id) is None:
-            store.delete_prefix(job_prefix(job.id))
-            store.delete_prefix(job.person_prefix)
-        return
-    # Photos are personal data: keep them, and what was made from them on the way, no longer than needed.
-    store.delete_prefix(job_inputs_prefix(job.id))
-    store.delete_prefix(job_work_prefix(job.id))
-    if metrics:
-        metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
-    if outcome.callback_url:
+    def webhook(outcome: Job) -> Webhook | None:
+        if not outcome.callback_url:
+            return None
         base_url = settings.public_url.rstrip("/") or outcome.base_url
         event = {
             "type": f"tryon.{outcome.status}",
             "created_at": timestamp(outcome.finished_at or time.time()).isoformat(),
             "data": job_view(outcome, base_url).model_dump(mode="json", exclude={"webhook"}),
         }
-        outbox.add(outcome.id, outcome.tenant, outcome.callback_url, event)
+        return Webhook(outcome.callback_url, event)
+
+    return webhook
+
+
+def conclude(
+    job: Job,
+    outcome: Job | None,
+    jobs: JobStore,
+    store: TenantArtifactStore,
+    outbox: Outbox,
+    metrics: Metrics | None = None,
+) -> None:
+    """After `jobs.finish` (which queued the webhook): drop the inputs (personal data), wake the sender.
+
+    `outcome` None means this run did not finish the job: either it was deleted meanwhile (erase
+    what the run wrote after the deletion) or something else finished it first, a reaper or
+    another delivery of the same task (leave everything as the winner left it). A crash before this
+    runs leaves the inputs to the janitor, which erases a finished job's files after its retention.
+    """
+    if outcome is None:
+        if jobs.get(job.tenant, job.id) is None:
+            store.delete_prefix(job_prefix(job.id))
+            store.delete_prefix(job.person_prefix)
+        return
+    if outcome.callback_url:
+        outbox.wake()
+    # Photos are personal data: keep them, and what was made from them on the way, no longer than needed.
+    store.delete_prefix(job_inputs_prefix(job.id))
+    store.delete_prefix(job_work_prefix(job.id))
+    if metrics:
+        metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
 
 
 class JobExecutor:
@@ -161,22 +172,24 @@ class JobExecutor:
             return  # deleted, or already taken
         store = TenantArtifactStore(self.artifacts, job.tenant)
         recorder = StageRecorder(self.jobs, self.metrics, job.id, self.stopping)
+        webhook = job_webhook(self.settings)
         try:
             garment, category = load_garment(store, job, self.garments)
             result = Pipeline(store, self.infer, self.settings.learned or None).tryon(
                 load_person(store, job), garment, category, on_stage=recorder
             )
             store_result(store, job, result.image)
-            outcome = self.jobs.finish(job.id, "succeeded", detected_category=result.category)
+            outcome = self.jobs.finish(job.id, "succeeded", detected_category=result.category, webhook=webhook)
         except JobInterrupted:
             self.jobs.requeue(job.id)
             log.info("job %s interrupted by shutdown; re-queued", job.id)
             return
         except FitroomError as exc:
             recorder.failed()
-            outcome = self.jobs.finish(job.id, "failed", error=(exc.code, exc.message))
+            outcome = self.jobs.finish(job.id, "failed", error=(exc.code, exc.message), webhook=webhook)
         except Exception:
             log.exception("job %s failed unexpectedly", job.id)
             recorder.failed()
-            outcome = self.jobs.finish(job.id, "failed", error=("internal_error", "internal error; it has been logged"))
-        conclude(job, outcome, self.jobs, store, self.outbox, self.settings, self.metrics)
+            error = ("internal_error", "internal error; it has been logged")
+            outcome = self.jobs.finish(job.id, "failed", error=error, webhook=webhook)
+        conclude(job, outcome, self.jobs, store, self.outbox, self.metrics)

@@ -26,6 +26,7 @@ from tests.triton_server import TritonProcess, _descendants, triton_process
 
 TASK_TIME_LIMIT_S = 30
 VISIBILITY_TIMEOUT_S = 35
+STALL_TIMEOUT_S = VISIBILITY_TIMEOUT_S + TASK_TIME_LIMIT_S  # Settings.stall_timeout_s: a lost task is sent again
 WORKER_READY_TIMEOUT_S = 90
 
 
@@ -169,8 +170,11 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(workdir: Path, use_triton: bool = True, workers_per_stage: int = 1) -> Iterator[Cluster]:
-    """Every server started, workers ready, the gateway answering /readyz; all stopped afterwards."""
+def cluster(
+    workdir: Path, use_triton: bool = True, workers_per_stage: int = 1, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """Every server started, workers ready, the gateway answering /readyz; all stopped afterwards.
+    `env` adds to (or overrides) every process's settings."""
     with contextlib.ExitStack() as stack:
         redis = stack.enter_context(redis_server(workdir / "redis", appendonly=True))
         s3 = stack.enter_context(seaweedfs(workdir / "s3"))
@@ -179,7 +183,7 @@ def cluster(workdir: Path, use_triton: bool = True, workers_per_stage: int = 1) 
             if use_triton
             else None
         )
-        env = cluster_env(redis, s3, triton, workdir / "data")
+        env = {**cluster_env(redis, s3, triton, workdir / "data"), **(env or {})}
         workers = Workers(env, workdir)
         stack.callback(workers.kill_all)
         gateway = Server(workdir / "gateway", env=env)

@@ -29,7 +29,7 @@ from services.common.inference import inference_backend
 from services.distributed.queues import QUEUES
 from services.gateway.redis_state import connect
 from services.pipeline import Pipeline
-from tests.distributed.cluster import VISIBILITY_TIMEOUT_S, Cluster, cluster
+from tests.distributed.cluster import STALL_TIMEOUT_S, VISIBILITY_TIMEOUT_S, Cluster, cluster
 from tests.gateway.helpers import Key, encode, fitroom, free_port, wait_finished, wait_until
 from tests.warp.drawn import TEE, product_image
 
@@ -206,6 +206,26 @@ def test_jobs_resume_when_the_whole_worker_pool_returns(deployment: Cluster, key
     finally:
         triton.resume()
     assert [job["status"] for job in jobs] == ["succeeded"] * len(jobs), jobs
+
+
+def test_a_lost_task_message_is_sent_again_and_the_job_succeeds(deployment: Cluster, key: Key, tee_png: bytes) -> None:
+    """The broker loses a message (Redis popped it for a worker that died before recording it, or a
+    Redis that fsyncs every second crashed): the job falls silent, and the gateway's reaper sends its
+    next task again after FITROOM_VISIBILITY_TIMEOUT_S + FITROOM_TASK_TIME_LIMIT_S."""
+    person = encode(np.ascontiguousarray(data.astronaut()[30:, 10:]), "JPEG")
+    redis = connect(deployment.redis.url)
+    (garment_worker,) = deployment.workers.of("garment")
+    deployment.workers.kill(garment_worker)  # nobody takes the message before it is lost
+    with deployment.gateway.client(key) as client:
+        job_id = submit(client, person, tee_png)
+        lost = redis.rpop("garment")
+        assert lost is not None and job_id in lost
+        started = time.monotonic()
+        deployment.workers.start("garment")
+        job = wait_finished(client, job_id, timeout=STALL_TIMEOUT_S + 60)
+    assert job["status"] == "succeeded", job
+    assert time.monotonic() - started >= STALL_TIMEOUT_S - 15  # sent again for silence, not at once
+    assert "sending its garment task again" in deployment.gateway.log()
 
 
 def test_no_job_is_lost_when_redis_restarts_mid_run(deployment: Cluster, key: Key, person_jpeg: bytes) -> None:

@@ -1,20 +1,26 @@
-"""The reaper: jobs stuck past FITROOM_JOB_DEADLINE_S (a lost message, a gateway that died between
-accepting a job and queueing it) fail with job_timeout, once, and a late worker cannot undo it.
-Against a real redis-server; the artifacts on local disk."""
+"""The reaper: a job silent too long has its next task sent again (its message was lost), once per
+silence; jobs stuck past FITROOM_JOB_DEADLINE_S (a gateway that died between accepting a job and
+queueing it) fail with job_timeout, once, and a late worker cannot undo it. Against a real
+redis-server (the broker too); the artifacts on local disk."""
 
 from __future__ import annotations
 
+import ast
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import Settings
-from services.distributed.queue import reap_overdue
+from services.distributed import app as celery_app
+from services.distributed.queue import reap_overdue, resend_stalled
 from services.distributed.state import DistributedState, distributed_state
-from services.gateway.jobs import Job, new_job_id
+from services.gateway.jobs import Job, StageState, new_job_id
+from services.gateway.redis_state import connect
 from services.gateway.storage import TenantArtifactStore, person_input_key
 from tests.redis_server import redis_server
 
@@ -22,9 +28,17 @@ DEADLINE_S = 60.0
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[tuple[DistributedState, Settings]]:
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DistributedState, Settings]]:
     with redis_server(tmp_path / "redis") as redis:
-        settings = Settings(mode="distributed", redis_url=redis.url, job_deadline_s=DEADLINE_S, data_dir=tmp_path)
+        settings = Settings(
+            mode="distributed",
+            redis_url=redis.url,
+            job_deadline_s=DEADLINE_S,
+            data_dir=tmp_path,
+            task_time_limit_s=1,
+            visibility_timeout_s=2,  # a job silent for 3 s is stalled
+        )
+        monkeypatch.setattr(celery_app, "app", celery_app.make_app(settings))  # tasks go to this Redis
         yield distributed_state(settings), settings
 
 
@@ -77,3 +91,30 @@ def test_a_late_worker_cannot_undo_the_reaper(state: tuple[DistributedState, Set
     assert distributed.jobs.start(job.id) is None
     final = distributed.jobs.get("acme", job.id)
     assert final is not None and final.status == "failed" and final.error_code == "job_timeout"
+
+
+def queued_job_ids(client: redis.Redis, queue: str) -> list[str]:
+    """The job ids of the task messages waiting in a stage's queue (kombu's JSON envelope)."""
+    return [ast.literal_eval(json.loads(m)["headers"]["argsrepr"])[0] for m in client.lrange(queue, 0, -1)]
+
+
+def test_a_silent_job_has_its_next_task_sent_again_once_per_silence(
+    state: tuple[DistributedState, Settings],
+) -> None:
+    distributed, settings = state
+    client = connect(settings.redis_url)
+    lost = make_job(distributed, age_s=1)
+    distributed.jobs.start(lost.id)
+    distributed.jobs.set_stage(lost.id, "garment", StageState("done", 0.1))  # its pose message was lost
+    never_started = make_job(distributed, age_s=1)
+    finished = make_job(distributed, age_s=1)
+    distributed.jobs.finish(finished.id, "succeeded")
+    assert resend_stalled(distributed, settings) == 0  # not silent long enough yet
+
+    time.sleep(settings.stall_timeout_s + 0.2)
+    alive = make_job(distributed, age_s=0)
+    assert resend_stalled(distributed, settings) == 2
+    assert queued_job_ids(client, "pose") == [lost.id]
+    assert queued_job_ids(client, "garment") == [never_started.id]
+    assert resend_stalled(distributed, settings) == 0  # once per silence: they count as alive again
+    assert alive.id not in queued_job_ids(client, "garment")

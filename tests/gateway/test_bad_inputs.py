@@ -134,6 +134,8 @@ CASES: list[tuple[str, Build, str]] = [
     ("json_malformed", raw(b'{"person": "data:', "application/json"), "json_invalid"),
     ("json_not_utf8", raw(b'{"person": "\xff\xfe"}', "application/json"), "json_invalid"),
     ("json_array", raw(b"[1, 2]", "application/json"), "request_invalid"),
+    ("json_nested_100000_deep", raw(b"[" * 100_000 + b"]" * 100_000, "application/json"), "json_invalid"),
+    ("json_object_nested_deep", raw(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "application/json"), "json_invalid"),
     ("json_unknown_field", as_json(colour="red"), "request_invalid"),
     ("json_person_is_a_number", as_json(person=42), "request_invalid"),
     ("json_category_unknown", as_json(category="shoes"), "category_invalid"),

@@ -41,6 +41,7 @@ from services.gateway.metrics import Metrics
 from services.gateway.redis_state import RedisGarmentRegistry, RedisJobStore, RedisKeyStore, connect
 from services.gateway.redis_webhooks import RedisWebhookOutbox, queue_webhook
 from services.gateway.webhooks import DeliveryState, Outbox, WebhookOutbox, verify_signature
+from services.gateway.worker import job_webhook
 from services.pipeline import STAGES
 from tests.gateway.helpers import LocalHttp, Route, reply, wait_until
 from tests.redis_server import RedisProcess, redis_server
@@ -633,3 +634,80 @@ def test_a_dispatcher_outlives_redis_going_away(tmp_path: Path, receiver: Receiv
         finally:
             outbox.stop()
         client.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_the_store_dies_right_after_a_job_finishes_and_its_webhook_still_arrives_once(
+    kind: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The moment that once lost webhooks: the job is finished, then the store goes away (Redis
+    SIGKILLed, or the embedded gateway's process dies) before anything else runs. The webhook was
+    queued with the finish, so it arrives after the restart; the task's redelivery finds the job
+    finished and queues no second one."""
+    settings = webhook_settings(tmp_path, receiver)
+    fetcher = SafeFetcher(UrlPolicy(settings.allowed_url_hosts()), 5, 0)
+    with redis_server(tmp_path / "redis") as server:
+        if kind == "sqlite":
+            db = Database(settings.gateway_db)
+            jobs: JobStore = SqliteJobStore(db)
+            secret = KeyStore(db).create("acme").webhook_secret
+        else:
+            client = connect(server.url, timeout_s=0.5)
+            jobs = RedisJobStore(client)
+            secret = RedisKeyStore(client).create("acme").webhook_secret
+        target = jobs.create(job(callback_url=f"{receiver.url}/ok"), 60)
+        jobs.start(target.id)
+
+        finished = jobs.finish(target.id, "succeeded", detected_category="upper", webhook=job_webhook(settings))
+        if kind == "sqlite":
+            db.close()  # the process is gone: only the file is left
+            db = Database(settings.gateway_db)
+            jobs = SqliteJobStore(db)
+            outbox: Outbox = WebhookOutbox(db, KeyStore(db), fetcher, settings, Metrics())
+        else:
+            server.kill()  # SIGKILL: only the append-only file is left
+            server.start()
+            outbox = RedisWebhookOutbox(client, RedisKeyStore(client), fetcher, settings, Metrics())
+
+        assert finished is not None and jobs.get("acme", target.id) == finished
+        # The task is delivered again (it was never acknowledged): it finds the job finished.
+        assert jobs.start(target.id) is None
+        assert jobs.finish(target.id, "succeeded", webhook=job_webhook(settings)) is None
+        outbox.start()
+        try:
+            assert wait_until(lambda: len(receiver.requests_to("/ok")) >= 1, 10)
+            time.sleep(1.5)  # time enough for a duplicate to show up
+        finally:
+            outbox.stop()
+        assert outbox.state(target.id) == DeliveryState("delivered", 1, None)
+    [delivery] = receiver.requests_to("/ok")
+    assert verify_signature(secret, delivery.headers["fitroom-signature"], delivery.body)
+    event = json.loads(delivery.body)
+    assert event["type"] == "tryon.succeeded" and event["data"]["id"] == target.id
+    assert event["data"]["status"] == "succeeded" and event["data"]["detected_category"] == "upper"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_reaper_racing_the_worker_queues_the_one_webhook_of_the_winner(
+    kind: str, tmp_path: Path, receiver: Receiver, request: pytest.FixtureRequest
+) -> None:
+    settings = webhook_settings(tmp_path, receiver)
+    if kind == "sqlite":
+        db = Database(settings.gateway_db)
+        jobs: JobStore = SqliteJobStore(db)
+        count = lambda job_id: db.query("SELECT COUNT(*) FROM webhook_deliveries WHERE job_id = ?", (job_id,))[0][0]  # noqa: E731
+    else:
+        client: redis.Redis = request.getfixturevalue("client")
+        jobs = RedisJobStore(client)
+        count = lambda job_id: client.zcard(f"fitroom:webhooks:job:{job_id}")  # noqa: E731
+    for _ in range(10):
+        target = jobs.create(job(callback_url=f"{receiver.url}/ok"), 60)
+        jobs.start(target.id)
+
+        def finish(i: int, job_id: str = target.id) -> Job | None:
+            if i % 2:
+                return jobs.finish(job_id, "succeeded", webhook=job_webhook(settings))
+            return jobs.finish(job_id, "failed", error=("job_timeout", "late"), webhook=job_webhook(settings))
+
+        [winner] = [outcome for outcome in race(6, finish) if outcome is not None]
+        assert count(target.id) == 1, winner
