@@ -48,6 +48,9 @@ class Settings(BaseModel):
     queue_retry_after_s: int = Field(default_factory=lambda: int(_env("QUEUE_RETRY_AFTER_S", "5")), ge=1)
     # A whole request body (two base64 images take 4/3 of their bytes each, plus the form around them).
     max_request_bytes: int = Field(default_factory=lambda: int(_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024))))
+    # A gateway process remembers a key it authenticated this long, so most requests read no store;
+    # a revoked key is refused by every replica within this time. 0: every request reads the store.
+    auth_cache_s: float = Field(default_factory=lambda: float(_env("AUTH_CACHE_S", "5")), ge=0)
     # The longest `?wait=N` long-poll the gateway holds a request for.
     max_wait_s: float = Field(default_factory=lambda: float(_env("MAX_WAIT_S", "60")))
     # How long an Idempotency-Key is remembered (Stripe's 24 h).

@@ -251,9 +251,14 @@ def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder:
     pose, parse = pipeline.person(person)
     warped = get_warped(store, job.id)
     image = pipeline.fuse(person, pose, for_category(pose, parse, warped.category), warped, recorder)
+    succeed(context, job, store, image, warped.category)
+
+
+def succeed(context: Worker, job: Job, store: TenantArtifactStore, image: np.ndarray, category: str) -> None:
+    """The last stage's end: the result stored, the job finished with its webhook, the inputs dropped."""
     store_result(store, job, image)
     webhook = job_webhook(context.settings)
-    outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=warped.category, webhook=webhook)
+    outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=category, webhook=webhook)
     conclude(job, outcome, context.state.jobs, store, context.state.outbox)
 
 

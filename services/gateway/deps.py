@@ -1,10 +1,14 @@
-"""FastAPI dependencies: the gateway, the caller's tenant, checked path ids, the request bodies."""
+"""FastAPI dependencies: the gateway, the caller's tenant, checked path ids, the request bodies.
+
+The cheap ones are `async def`: FastAPI runs a plain `def` dependency in its thread pool, and a
+hop there costs more than what these do (a status read made five of them)."""
 
 from __future__ import annotations
 
 import re
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -19,28 +23,32 @@ _bearer = HTTPBearer(
 )
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def current_tenant(
+async def current_tenant(
     gateway: GatewayDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
     if credentials is None:
         raise Unauthorized("send your API key as Authorization: Bearer <key>")
-    tenant = gateway.keys.authenticate(credentials.credentials)
+    key = credentials.credentials
+    tenant = gateway.auth_cache.get(key)
     if tenant is None:
-        raise Unauthorized("the API key is unknown or revoked")
+        tenant = await to_thread.run_sync(gateway.keys.authenticate, key)
+        if tenant is None:
+            raise Unauthorized("the API key is unknown or revoked")
+        gateway.auth_cache.put(key, tenant)
     return tenant
 
 
 TenantDep = Annotated[str, Depends(current_tenant)]
 
 
-def base_url(request: Request, gateway: GatewayDep) -> str:
+async def base_url(request: Request, gateway: GatewayDep) -> str:
     """Where clients reach us, for the links in responses: FITROOM_PUBLIC_URL, else this request's."""
     return gateway.settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
 
@@ -50,19 +58,19 @@ BaseUrlDep = Annotated[str, Depends(base_url)]
 
 # Ids are checked here rather than with a schema pattern: a malformed id is simply not found (404),
 # whatever it holds (path traversal, SQL, a very long string), and never reaches storage.
-def job_id_path(job_id: Annotated[str, Path(description="a job id: job_ and 32 hex digits")]) -> str:
+async def job_id_path(job_id: Annotated[str, Path(description="a job id: job_ and 32 hex digits")]) -> str:
     if not is_job_id(job_id):
         raise JobNotFound(f"no try-on job {job_id[:80]!r}")
     return job_id
 
 
-def garment_id_path(garment_id: Annotated[str, Path(description="a garment id: gar_ and 32 hex digits")]) -> str:
+async def garment_id_path(garment_id: Annotated[str, Path(description="a garment id: gar_ and 32 hex digits")]) -> str:
     if not is_garment_id(garment_id):
         raise GarmentNotFound(f"no garment {garment_id[:80]!r}")
     return garment_id
 
 
-def shopper_id_path(shopper_id: Annotated[str, Path(description="the shopper_id given with try-ons")]) -> str:
+async def shopper_id_path(shopper_id: Annotated[str, Path(description="the shopper_id given with try-ons")]) -> str:
     if re.fullmatch(SHOPPER_PATTERN, shopper_id) is None:
         raise NotFound(f"no shopper {shopper_id[:80]!r}")
     return shopper_id

@@ -93,6 +93,28 @@ class ApiKeyStore(Protocol):
         ...
 
 
+class AuthCache:
+    """The tenants of keys authenticated in the last `ttl_s` seconds, by key hash: a request whose key
+    is here reads no store. Refusals are not remembered (a key just created works at once)."""
+
+    MAX_KEYS = 10_000  # then it starts over: a bound on memory, not an eviction policy worth more
+
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._tenants: dict[str, tuple[str, float]] = {}
+
+    def get(self, key: str) -> str | None:
+        entry = self._tenants.get(hash_key(key))
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
+
+    def put(self, key: str, tenant: str) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._tenants) >= self.MAX_KEYS:
+            self._tenants.clear()
+        self._tenants[hash_key(key)] = (tenant, time.monotonic() + self.ttl_s)
+
+
 class KeyStore:
     """API keys and tenants in the gateway's SQLite database."""
 

@@ -2,8 +2,9 @@
 
 `Gateway` is what the routes reach through `request.app.state.gateway`. Embedded mode: SQLite
 state, local artifacts, pipeline worker threads in this process. Distributed mode: jobs, garments,
-keys and webhooks in Redis, artifacts where FITROOM_STORAGE says (S3), jobs sent as Celery chains
-to the stage workers, and a reaper that fails jobs stuck past their deadline. The routes and the
+keys and webhooks in Redis, artifacts where FITROOM_STORAGE says (S3), jobs sent through Celery to
+the stage workers, and a reaper that sends a silent job's next task again and fails jobs stuck past
+their deadline. The routes and the
 service functions are the same in both.
 """
 
@@ -21,7 +22,7 @@ from services.common.inference import Infer, LocalBackend, embedded_backend
 from services.gateway.db import Database
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import GarmentRegistry, Job, JobStore, SqliteGarmentRegistry, SqliteJobStore
-from services.gateway.keys import ApiKeyStore, KeyStore
+from services.gateway.keys import ApiKeyStore, AuthCache, KeyStore
 from services.gateway.metrics import Metrics
 from services.gateway.queue import JobQueue, ThreadQueue
 from services.gateway.storage import TenantArtifactStore, job_prefix
@@ -46,6 +47,7 @@ class Gateway:
         webhook_fetcher = SafeFetcher(policy, settings.webhook_timeout_s, 0)
         # Garment registration analyses on request threads (no model involved): bounded like the workers.
         self.analysis_slots = threading.BoundedSemaphore(settings.workers)
+        self.auth_cache = AuthCache(settings.auth_cache_s)
         self.jobs: JobStore
         self.garments: GarmentRegistry
         self.keys: ApiKeyStore

@@ -14,7 +14,7 @@ from skimage import data
 
 from services.common.imageio import decode_image
 from services.pipeline import person_prefix
-from tests.gateway.helpers import Key, LocalHttp, Server, encode, fitroom, wait_finished
+from tests.gateway.helpers import Key, LocalHttp, Server, encode, fitroom, wait_finished, wait_until
 
 
 def files(person: bytes, garment: bytes | None = None) -> dict[str, tuple[str, bytes, str]]:
@@ -260,7 +260,8 @@ def test_api_keys_are_required_and_revocable(server: Server, person_jpeg: bytes)
         listed = fitroom("keys", "list", "--tenant", "initech", env=server.env)
         assert key.key_id in listed.stdout and key.api_key not in listed.stdout
         assert fitroom("keys", "revoke", key.key_id, env=server.env).returncode == 0
-        assert client.get("/v1/garments").status_code == 401
+        # Refused within FITROOM_AUTH_CACHE_S (5 s): the server remembers a key it checked that long.
+        assert wait_until(lambda: client.get("/v1/garments").status_code == 401, 5 + 2, interval=0.25)
     stored = (server.data_dir / "gateway.sqlite3").read_bytes()
     assert key.api_key.encode() not in stored  # only its hash
 

@@ -15,7 +15,7 @@ from services.gateway.db import Database
 from services.gateway.errors import from_validation_errors
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import Job, SqliteJobStore, StageState, is_garment_id, is_job_id, new_job_id
-from services.gateway.keys import KeyStore
+from services.gateway.keys import AuthCache, KeyStore
 from services.gateway.queue import ThreadQueue
 from services.gateway.storage import TenantArtifactStore
 from tests.gateway.helpers import LocalHttp, reply
@@ -188,6 +188,19 @@ def test_keys_are_stored_hashed_and_bound_to_a_tenant(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         keys.create("Acme Corp")
     assert keys.rotate_webhook_secret("acme") != first.webhook_secret
+
+
+def test_the_auth_cache_remembers_a_tenant_for_its_ttl_only() -> None:
+    cache = AuthCache(ttl_s=0.3)
+    assert cache.get("fr_a") is None
+    cache.put("fr_a", "acme")
+    assert cache.get("fr_a") == "acme" and cache.get("fr_b") is None
+    assert "fr_a" not in str(cache._tenants)  # held by hash, as in the store
+    time.sleep(0.35)
+    assert cache.get("fr_a") is None  # a revoked key is refused once this has passed
+    off = AuthCache(ttl_s=0)
+    off.put("fr_a", "acme")
+    assert off.get("fr_a") is None
 
 
 def test_ids_are_strict() -> None:

@@ -57,18 +57,23 @@ def create_tryon(
     return view
 
 
-@router.get("/{job_id}", summary="A try-on's status", responses=errors(401, 404, 422))
+@router.get("/{job_id}", summary="A try-on's status", response_model=JobOut, responses=errors(401, 404, 422))
 async def get_tryon(
     job_id: JobIdDep, tenant: TenantDep, gateway: GatewayDep, base: BaseUrlDep, wait: WaitQuery = 0
-) -> JobOut:
+) -> Response:
+    # The hottest route (storefronts poll it): one store read for the job, one more only when it has
+    # a webhook, and the view serialised once, by pydantic (not validated again by FastAPI).
     job = await wait_for_job(gateway, tenant, job_id, wait)
     if job is None:
         raise JobNotFound(f"no try-on job {job_id}")
     download_url = None
     if job.status == "succeeded":
         store = TenantArtifactStore(gateway.artifacts, tenant)
+        # In a thread: signing may first refresh the credentials (the instance's role), over the network.
         download_url = await to_thread.run_sync(store.presigned_url, result_key(job.id, job.output_format))
-    return job_view(job, base, await to_thread.run_sync(gateway.outbox.state, job.id), download_url)
+    webhook = await to_thread.run_sync(gateway.outbox.state, job.id) if job.callback_url else None
+    view = job_view(job, base, webhook, download_url)
+    return Response(view.model_dump_json(), media_type="application/json")
 
 
 @router.get(
