@@ -91,7 +91,11 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 class Database:
-    """A SQLite file with the gateway's schema, safe to share between threads."""
+    """A SQLite file with the gateway's schema, safe to share between threads.
+
+    Writes go through one connection, one transaction at a time. Reads (`query`) use a connection of
+    their thread's own: in WAL mode readers see the last commit and never wait for a writer or for
+    each other (one shared connection made concurrent status reads queue behind one lock)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -103,6 +107,8 @@ class Database:
         os.chmod(self.path, 0o600)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
@@ -121,8 +127,14 @@ class Database:
             self._conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        reader: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            reader.row_factory = sqlite3.Row
+            self._local.reader = reader
+            with self._lock:
+                self._readers.append(reader)
+        return reader.execute(sql, params).fetchall()
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement in its own transaction; returns the number of rows changed."""
@@ -134,6 +146,9 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
             self._conn.close()
 
     def _migrate(self) -> None:
