@@ -1,6 +1,7 @@
 """Gateway throughput: requests/s, p50 and p99 of status reads and of submissions, at 1, 8 and 32
 concurrent connections, against a live `fitroom serve` on this machine, in embedded and in
-distributed mode (Redis, one `fitroom worker` per stage).
+distributed mode (Redis, one `fitroom worker` per stage), and distributed with two gateway
+processes (`fitroom serve --processes 2`, mode "distributed-2").
 
 What is measured is the gateway alone: authentication, validation, the state store, the queue and
 serialisation. THE PIPELINE IS REPLACED BY AN INSTANT ONE in this benchmark only (every stage does
@@ -16,7 +17,7 @@ Routes:
 The load generator is wrk (Debian: `apt-get install wrk`), one thread, keep-alive connections; it
 shares the machine's 2 cores with the server, as a storefront's traffic would not.
 
-    .venv/bin/python bench/gateway.py [--duration 8] [--modes embedded,distributed]
+    .venv/bin/python bench/gateway.py [--duration 8] [--modes embedded,distributed,distributed-2]
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 @contextlib.contextmanager
 def deployment(mode: str, workdir: Path) -> Iterator[Deployment]:
+    """`mode`: embedded, distributed, or distributed-N (N gateway processes)."""
     from tests.redis_server import redis_server
 
+    mode, _, processes = mode.partition("-")
     with contextlib.ExitStack() as stack:
         port = free_port()
         env = {
@@ -121,16 +124,17 @@ def deployment(mode: str, workdir: Path) -> Iterator[Deployment]:
             "FITROOM_QUEUE_SIZE": "1000000",
             "FITROOM_LOG_LEVEL": "warning",
         }
-        processes: list[subprocess.Popen[bytes]] = []
+        children: list[subprocess.Popen[bytes]] = []
         if mode == "distributed":
             redis = stack.enter_context(redis_server(workdir / "redis"))
             env |= {"FITROOM_MODE": "distributed", "FITROOM_REDIS_URL": redis.url, "FITROOM_STORAGE": "local"}
             for stage in ("garment", "pose", "parser", "warp", "fusion"):
-                processes.append(spawn(["worker", "--stage", stage, "--name", stage], env, workdir / f"{stage}.log"))
-        processes.append(spawn(["serve", "--port", str(port), "--log-level", "warning"], env, workdir / "serve.log"))
-        stack.callback(stop, processes)
+                children.append(spawn(["worker", "--stage", stage, "--name", stage], env, workdir / f"{stage}.log"))
+        serve = ["serve", "--port", str(port), "--log-level", "warning", "--processes", processes or "1"]
+        children.append(spawn(serve, env, workdir / "serve.log"))
+        stack.callback(stop, children)
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, processes[-1], workdir / "serve.log")
+        wait_ready(url, children[-1], workdir / "serve.log")
         keys = subprocess.run(
             [sys.executable, "-m", "services.cli", "keys", "create", "--tenant", "bench", "--json"],
             env=env,
@@ -268,7 +272,7 @@ def latency_ms(out: str, quantile: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
-    parser.add_argument("--modes", default="embedded,distributed")
+    parser.add_argument("--modes", default="embedded,distributed,distributed-2")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -277,7 +281,7 @@ def main() -> int:
         raise SystemExit("bench/gateway.py needs wrk: apt-get install wrk")
     print("gateway throughput with an INSTANT pipeline (bench/gateway.py patches the stages out), wrk, 1 thread")
     columns = ("mode", "route", "conns", "req/s", "p50 ms", "p99 ms", "vs healthz", "errors")
-    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, (11, 13, 5, 7, 7, 7, 10, 6), strict=True)))
+    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, (13, 13, 5, 7, 7, 7, 10, 6), strict=True)))
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as tmp, deployment(mode, Path(tmp)) as target:
             run_wrk("status", 8, 2, target, Path(tmp))  # warm up
@@ -287,7 +291,7 @@ def main() -> int:
                     result = run_wrk(route, connections, args.duration, target, Path(tmp))
                     reference = reference or result.requests_s
                     print(
-                        f"{mode:>11} {route:>13} {connections:>5} {result.requests_s:7.0f} {result.p50_ms:7.1f}"
+                        f"{mode:>13} {route:>13} {connections:>5} {result.requests_s:7.0f} {result.p50_ms:7.1f}"
                         f" {result.p99_ms:7.1f} {result.requests_s / reference:10.2f} {result.errors:>6}",
                         flush=True,
                     )

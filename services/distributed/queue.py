@@ -74,17 +74,23 @@ def next_stage(job: Job) -> str:
 
 
 def resend_stalled(state: DistributedState, settings: Settings) -> int:
-    """Send again the next task of every job silent for `settings.stall_timeout_s`; returns how many.
+    """Send again the next task of every job silent for `settings.stall_timeout_s` whose stage queue is
+    empty; returns how many.
 
     The broker can lose a message: Redis pops it for a worker, which dies before recording it as
     unacknowledged (kombu does the two in separate steps), or a Redis that fsyncs every second
-    crashes. A lost message leaves its job waiting forever. Tasks are idempotent and a task that
-    finds its stage done only passes the job on, so a message that was not lost after all costs a
-    duplicate that does nothing. Claiming marks the job alive, so it is sent again once per stall
-    timeout, by one reaper however many gateway replicas run one."""
+    crashes. A lost message leaves its job waiting forever. A job is silent past the stall timeout
+    only if no task started it since: a dead worker's message comes back within the visibility
+    timeout and a task runs at most the time limit. One waiting in a long queue is silent too, so
+    a job is sent again only when its stage's queue is empty: its message is not waiting there.
+    Tasks are idempotent and one that finds the job moved on does nothing, so a message that was
+    not lost after all costs a duplicate that does nothing. Claiming marks the job alive, so it is
+    looked at again once per stall timeout, by one reaper however many gateway replicas run one."""
     sent = 0
     for job in state.jobs.claim_stalled(time.time() - settings.stall_timeout_s):
         stage = next_stage(job)
+        if state.client.llen(stage) > 0:
+            continue  # a backlog: its message may be waiting in it
         log.warning("job %s silent for %.0f s: sending its %s task again", job.id, settings.stall_timeout_s, stage)
         send_stage(stage, job.id)
         sent += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,12 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, help="pipeline worker threads (default FITROOM_WORKERS, 1)")
+    serve.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="gateway processes on the port (distributed mode only: its state is in Redis; default 1)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
 
@@ -55,15 +62,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("fitroom: error: --workers must be at least 1", file=sys.stderr)
             return EXIT_USAGE
         settings = settings.model_copy(update={"workers": args.workers})
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
+    if args.processes < 1 or (args.processes > 1 and settings.mode != "distributed"):
+        # Embedded mode's queue, pipeline threads and models live in the one process.
+        print("fitroom: error: --processes over 1 needs FITROOM_MODE=distributed", file=sys.stderr)
+        return EXIT_USAGE
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
         # Long-polls would otherwise hold a shutdown for their full wait.
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-        server_header=False,
-    )
+        "timeout_graceful_shutdown": max(1, int(settings.shutdown_grace_s)),
+        "server_header": False,
+    }
+    if args.processes > 1:
+        # uvicorn's supervisor starts each process from the factory: every one reads the settings
+        # from the environment (FITROOM_*), as all the replicas of a Deployment do.
+        os.environ["FITROOM_WORKERS"] = str(settings.workers)
+        uvicorn.run("services.gateway.app:create_app", factory=True, workers=args.processes, **options)
+    else:
+        uvicorn.run(create_app(settings), **options)
     return EXIT_OK
 
 

@@ -118,3 +118,10 @@ def test_a_silent_job_has_its_next_task_sent_again_once_per_silence(
     assert queued_job_ids(client, "garment") == [never_started.id]
     assert resend_stalled(distributed, settings) == 0  # once per silence: they count as alive again
     assert alive.id not in queued_job_ids(client, "garment")
+
+    # A backlog: a silent job's message may still be waiting in its queue, so nothing is sent again.
+    client.delete("pose")
+    time.sleep(settings.stall_timeout_s + 0.2)
+    assert resend_stalled(distributed, settings) == 1  # only lost's pose task: garment's queue is not empty
+    assert queued_job_ids(client, "pose") == [lost.id]
+    assert queued_job_ids(client, "garment") == [never_started.id]
