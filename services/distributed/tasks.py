@@ -182,11 +182,18 @@ def _run_once(task: Task, stage: str, job_id: str, step: Step, repeats: int = 0)
             )
         step(context, job, store, recorder)
         if following is not None:
+            current = state.jobs.get(job.tenant, job_id)
+            if current is None or current.finished:
+                # It ended while this ran (a duplicate delivery, the reaper, a DELETE): what this run
+                # wrote for the next stage must not outlive it.
+                conclude(job, None, state.jobs, store, state.outbox)
+                metrics.TASKS.labels(stage, "skipped").inc()
+                raise Ignore()
             send_stage(following, job_id)
         state.timing.finished(job_id, stage)
         metrics.WORKED.labels(stage).observe(time.perf_counter() - start)
         metrics.TASKS.labels(stage, "done").inc()
-    except QueueUnavailable:
+    except (QueueUnavailable, Ignore):
         raise
     except TRANSIENT_ERRORS as exc:  # Triton or S3: the broker is up, so a retry message can be sent
         if retries < settings.task_retries:

@@ -125,15 +125,22 @@ def conclude(
 ) -> None:
     """After `jobs.finish` (which queued the webhook): drop the inputs (personal data), wake the sender.
 
-    `outcome` None means this run did not finish the job: either it was deleted meanwhile (erase
-    what the run wrote after the deletion) or something else finished it first, a reaper or
-    another delivery of the same task (leave everything as the winner left it). A crash before this
-    runs leaves the inputs to the janitor, which erases a finished job's files after its retention.
+    `outcome` None means this run did not finish the job: it was deleted meanwhile, or something else
+    finished it first (a reaper, or another delivery of the same task, still running when the job
+    ended). What this run wrote is then tidied to what the job's end keeps: nothing once deleted,
+    nothing once failed, only the result once succeeded. A crash before this runs leaves the inputs
+    to the janitor, which erases a finished job's files after its retention.
     """
     if outcome is None:
-        if jobs.get(job.tenant, job.id) is None:
+        current = jobs.get(job.tenant, job.id)
+        if current is None:
             store.delete_prefix(job_prefix(job.id))
             store.delete_prefix(job.person_prefix)
+        elif current.status == "failed":
+            store.delete_prefix(job_prefix(job.id))
+        elif current.status == "succeeded":
+            store.delete_prefix(job_inputs_prefix(job.id))
+            store.delete_prefix(job_work_prefix(job.id))
         return
     if outcome.callback_url:
         outbox.wake()

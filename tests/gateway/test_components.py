@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from services.common.artifacts import LocalArtifactStore
+from services.common.config import Settings
 from services.common.errors import CategoryInvalid, QueueFull, RequestInvalid, UrlFetchFailed, UrlForbidden
 from services.gateway.db import Database
 from services.gateway.errors import from_validation_errors
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import Job, SqliteJobStore, StageState, is_garment_id, is_job_id, new_job_id
 from services.gateway.keys import AuthCache, KeyStore
+from services.gateway.metrics import Metrics
 from services.gateway.queue import ThreadQueue
 from services.gateway.storage import TenantArtifactStore
 from tests.gateway.helpers import LocalHttp, reply
@@ -118,6 +120,33 @@ def test_job_store_claims_once_and_recovers_running_jobs(tmp_path: Path) -> None
     assert finished is not None and finished.error_code == "no_person_detected" and finished.finished_at
     assert reopened.delete("acme", second.id) is not None
     assert reopened.finish(second.id, "succeeded") is None  # deleted meanwhile: the worker must clean up
+
+
+def test_a_run_that_lost_the_race_leaves_what_the_jobs_end_keeps(tmp_path: Path) -> None:
+    """A duplicate task still running when its job ended wrote an intermediate (and, for the last
+    stage, a result): conclude(outcome=None) leaves only what the job's end keeps."""
+    from services.gateway.storage import job_work_prefix, person_input_key, result_key
+    from services.gateway.webhooks import WebhookOutbox
+    from services.gateway.worker import conclude
+
+    db = Database(tmp_path / "db.sqlite3")
+    jobs = SqliteJobStore(db)
+    keys = KeyStore(db)
+    outbox = WebhookOutbox(db, keys, SafeFetcher(UrlPolicy(frozenset()), 1, 0), Settings(data_dir=tmp_path), Metrics())
+    store = TenantArtifactStore(LocalArtifactStore(tmp_path / "artifacts"), "acme")
+    for end in ("succeeded", "failed", "deleted"):
+        late = jobs.create(job(), 60)
+        jobs.claim(late.id)
+        if end == "deleted":
+            jobs.delete("acme", late.id)
+        else:
+            jobs.finish(late.id, end)  # type: ignore[arg-type]
+        late_writes = [person_input_key(late.id), f"{job_work_prefix(late.id)}warped.npz", result_key(late.id, "jpeg")]
+        for key in late_writes:
+            store.put(key, b"late")
+        conclude(late, None, jobs, store, outbox)
+        kept = [result_key(late.id, "jpeg")] if end == "succeeded" else []
+        assert [k for k in late_writes if store.exists(k)] == kept, end
 
 
 def test_idempotency_keys_expire(tmp_path: Path) -> None:
