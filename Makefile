@@ -52,6 +52,7 @@ bench: models
 	$(BIN)/python bench/tryon_speed.py
 	$(BIN)/python bench/tryon_quality.py
 	$(BIN)/python bench/distributed.py
+	@command -v wrk >/dev/null && $(BIN)/python bench/gateway.py || echo "bench/gateway.py needs wrk (apt-get install wrk)"
 	@echo "bench/gpu_models.py needs a CUDA machine: see its docstring"
 
 clean:

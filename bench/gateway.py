@@ -25,17 +25,19 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,7 @@ class Deployment:
     api_key: str
     job_id: str  # a finished job, for the status route
     garment_id: str
+    unfinished: Callable[[], int]  # jobs queued or running: submissions leave a backlog behind them
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -113,6 +116,7 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 @contextlib.contextmanager
 def deployment(mode: str, workdir: Path) -> Iterator[Deployment]:
     """`mode`: embedded, distributed, or distributed-N (N gateway processes)."""
+    from services.gateway.redis_state import connect
     from tests.redis_server import redis_server
 
     mode, _, processes = mode.partition("-")
@@ -125,8 +129,10 @@ def deployment(mode: str, workdir: Path) -> Iterator[Deployment]:
             "FITROOM_LOG_LEVEL": "warning",
         }
         children: list[subprocess.Popen[bytes]] = []
+        unfinished = functools.partial(sqlite_unfinished, workdir / "data" / "gateway.sqlite3")
         if mode == "distributed":
             redis = stack.enter_context(redis_server(workdir / "redis"))
+            unfinished = functools.partial(connect(redis.url).zcard, "fitroom:jobs:unfinished")
             env |= {"FITROOM_MODE": "distributed", "FITROOM_REDIS_URL": redis.url, "FITROOM_STORAGE": "local"}
             for stage in ("garment", "pose", "parser", "warp", "fusion"):
                 children.append(spawn(["worker", "--stage", stage, "--name", stage], env, workdir / f"{stage}.log"))
@@ -143,7 +149,7 @@ def deployment(mode: str, workdir: Path) -> Iterator[Deployment]:
             check=True,
         )
         api_key = json.loads(keys.stdout)["api_key"]
-        yield setup(url, api_key)
+        yield setup(url, api_key, unfinished)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180) -> None:
@@ -178,7 +184,19 @@ def person_jpeg(height: int, width: int) -> bytes:
     return encode_jpeg(astronaut)
 
 
-def setup(url: str, api_key: str) -> Deployment:
+def sqlite_unfinished(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+
+
+def wait_drained(target: Deployment, timeout: float = 600) -> None:
+    """Until the jobs of the last submissions have run: their workers would slow the next measurement."""
+    deadline = time.monotonic() + timeout
+    while target.unfinished() and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def setup(url: str, api_key: str, unfinished: Callable[[], int]) -> Deployment:
     """Register a garment and finish one job through the instant pipeline."""
     from services.common.imageio import encode_png
     from tests.warp.drawn import TEE, product_image
@@ -195,7 +213,7 @@ def setup(url: str, api_key: str) -> Deployment:
         status = client.get(f"/v1/tryon/{job_id}", params={"wait": 30}).json()
         if status["status"] != "succeeded":
             raise SystemExit(f"the instant job did not succeed: {status}")
-    return Deployment(url, api_key, job_id, garment_id)
+    return Deployment(url, api_key, job_id, garment_id, unfinished)
 
 
 # ------------------------------------------------------------------------------------------ the load
@@ -288,6 +306,7 @@ def main() -> int:
             for connections in CONNECTIONS:
                 reference = None
                 for route in ROUTES:
+                    wait_drained(target)
                     result = run_wrk(route, connections, args.duration, target, Path(tmp))
                     reference = reference or result.requests_s
                     print(
