@@ -217,11 +217,21 @@ def _backoff(settings: Settings, retries: int) -> float:
 
 
 def _fail(context: Worker, job: Job, store: TenantArtifactStore, stage: str, code: str, message: str) -> None:
-    metrics.TASKS.labels(stage, "failed").inc()
-    context.state.jobs.set_stage(job.id, stage, StageState("failed"))
-    outcome = context.state.jobs.finish(job.id, "failed", error=(code, message), webhook=job_webhook(context.settings))
-    conclude(job, outcome, context.state.jobs, store, context.state.outbox)
+    if fail_stage(context, job.id, stage, code, message) is None:
+        conclude(job, None, context.state.jobs, store, context.state.outbox)  # it ended otherwise meanwhile
     raise Ignore()  # the job is over: no next stage is sent
+
+
+def fail_stage(context: Worker, job_id: str, stage: str, code: str, message: str) -> Job | None:
+    """The stage failed, and with it the job (its webhook queued, its inputs dropped); the failed
+    job, or None when it had been deleted or had ended otherwise."""
+    metrics.TASKS.labels(stage, "failed").inc()
+    context.state.jobs.set_stage(job_id, stage, StageState("failed"))
+    outcome = context.state.jobs.finish(job_id, "failed", error=(code, message), webhook=job_webhook(context.settings))
+    if outcome is not None:
+        store = TenantArtifactStore(context.artifacts, outcome.tenant)
+        conclude(outcome, outcome, context.state.jobs, store, context.state.outbox)
+    return outcome
 
 
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
@@ -291,13 +301,7 @@ class StageTask(Task):
             f"the {stage} stage ran past FITROOM_TASK_TIME_LIMIT_S ({context.settings.task_time_limit_s} s)"
             " and was stopped"
         )
-        context.state.jobs.set_stage(job_id, stage, StageState("failed"))
-        outcome = context.state.jobs.finish(
-            job_id, "failed", error=(error.code, error.message), webhook=job_webhook(context.settings)
-        )
-        if outcome is not None:
-            store = TenantArtifactStore(context.artifacts, outcome.tenant)
-            conclude(outcome, outcome, context.state.jobs, store, context.state.outbox)
+        fail_stage(context, job_id, stage, error.code, error.message)
         log.warning("job %s %s: %s", job_id, stage, error.message)
 
 
