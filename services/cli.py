@@ -531,7 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_argument("--val-pairs", help="pairs held out of training and scored as it trains")
     train_command.add_argument("--max-minutes", type=float, default=60.0, help="stop (with a checkpoint) after this")
     train_command.add_argument("--resume", help="a checkpoint of this kind to go on from")
-    train_command.add_argument("--warp", help="tryon: the trained warp checkpoint it builds on")
+    train_command.add_argument(
+        "--warp",
+        help="tryon: the trained warp it builds on (with --resume: in place of the one the checkpoint carries)",
+    )
     train_command.add_argument("-o", "--output", required=True, help="the checkpoint (rewritten atomically)")
     train_command.add_argument("--cache", help="the prepared pairs (default FITROOM_DATA_DIR/training/...)")
     train_command.add_argument("--category", choices=["auto", "upper", "lower", "dress"], default="auto")

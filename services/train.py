@@ -281,8 +281,13 @@ class Batch:
         return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
 
     def flipped(self) -> Batch:
-        """Mirrored left-right: a garment mirrored is still a garment on a body."""
-        return Batch(*(getattr(self, f).flip(-1) for f in self.__dataclass_fields__))
+        """Mirrored left-right: a garment mirrored is still a garment on a body. The person's
+        left and right joints trade heatmap channels, as they trade sides in the mirror."""
+        from services.warp.gmm import MIRRORED_CHANNELS
+
+        mirrored = Batch(*(getattr(self, f).flip(-1) for f in self.__dataclass_fields__))
+        mirrored.representation = mirrored.representation[:, MIRRORED_CHANNELS]
+        return mirrored
 
 
 def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
@@ -308,6 +313,39 @@ def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
     )
 
 
+class DeviceCache:
+    """Rows of the cache held on the training device (images as uint8, the person representation
+    in fp16: about 0.9 MB a pair), for a GPU: there a step takes less time than reading its batch
+    from the cache and drawing the person representations on the CPU, so they are read once."""
+
+    def __init__(self, cache: Cache, rows: np.ndarray, device: torch.device, chunk: int = 64) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.rows = np.sort(rows)
+
+        def compact_chunk(start: int) -> dict[str, torch.Tensor]:
+            batch = load_batch(cache, self.rows[start : start + chunk])
+            return {
+                name: (values * 255).round().to(torch.uint8) if name != "representation" else values.half()
+                for name, values in vars(batch).items()
+            }
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy and the memory-mapped reads let go of the GIL
+            parts = list(pool.map(compact_chunk, range(0, len(self.rows), chunk)))
+        self.fields = {
+            name: torch.cat([part[name] for part in parts]).to(device) for name in Batch.__dataclass_fields__
+        }
+
+    def __call__(self, rows: np.ndarray) -> Batch:
+        index = torch.from_numpy(np.searchsorted(self.rows, np.sort(rows))).to(self.fields["person"].device)
+        return Batch(
+            **{
+                name: values[index].float() / 255 if values.dtype == torch.uint8 else values[index].float()
+                for name, values in self.fields.items()
+            }
+        )
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -325,14 +363,18 @@ GREY = (0.299, 0.587, 0.114)
 def grey_ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-pixel SSIM of N x 3 x H x W images in [0, 1], on grey (Rec. 601), Gaussian window
     sigma 1.5: skimage's structural_similarity(gaussian_weights=True) that the benchmarks use."""
-    weights = torch.tensor(GREY, device=a.device).view(1, 3, 1, 1)
-    x, y = (a * weights).sum(1, keepdim=True), (b * weights).sum(1, keepdim=True)
-    window = WINDOW.to(a.device)
-    blur = lambda t: F.conv2d(t, window, padding=window.shape[-1] // 2)  # noqa: E731
-    mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    # In fp32 under any autocast: the variances are differences of squares, which bf16's 8-bit
+    # mantissa turns into noise (a GPU run's try-on collapsed from 0.87 to 0.64 SSIM in 20 s).
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        weights = torch.tensor(GREY, device=a.device).view(1, 3, 1, 1)
+        x, y = (a * weights).sum(1, keepdim=True), (b * weights).sum(1, keepdim=True)
+        window = WINDOW.to(a.device)
+        blur = lambda t: F.conv2d(t, window, padding=window.shape[-1] // 2)  # noqa: E731
+        mx, my = blur(x), blur(y)
+        vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
 def second_order_smoothness(flow: torch.Tensor) -> torch.Tensor:
@@ -490,7 +532,7 @@ def evaluate(
     kind: str,
     gmm: torch.nn.Module,
     generator: torch.nn.Module | None,
-    cache: Cache,
+    fetch: Callable[[np.ndarray], Batch],
     rows: np.ndarray,
     device: torch.device,
 ) -> dict[str, float]:
@@ -499,7 +541,7 @@ def evaluate(
     scores: dict[str, list[float]] = {"warp_iou_geometric": [], "warp_iou": [], "ssim_fusion": [], "ssim": []}
     iou = lambda a, b: (a & b).sum((1, 2, 3)).float() / (a | b).sum((1, 2, 3)).clamp_min(1).float()  # noqa: E731
     for start in range(0, len(rows), 16):
-        batch = load_batch(cache, rows[start : start + 16]).to(device)
+        batch = fetch(rows[start : start + 16]).to(device)
         warped = gmm(batch.warped, batch.representation)
         worn = batch.worn > 0.5
         scores["warp_iou_geometric"] += iou(batch.warped[:, 3:4] > 0.5, worn).tolist()
@@ -618,13 +660,22 @@ def train(run: Run, log: Log = print) -> dict:
     if len(training) < run.batch_size:
         raise ValueError(f"only {len(training)} prepared training pairs: fewer than a batch")
     validation = validation[: run.val_limit]
+    if device.type == "cuda":
+        log(f"holding {len(training) + len(validation)} prepared pairs on {device}")
+        fetch_training, fetch_validation = (
+            DeviceCache(run.cache, training, device),
+            DeviceCache(run.cache, validation, device),
+        )
+    else:
+        fetch_training = fetch_validation = lambda rows: load_batch(run.cache, rows)
 
     gmm = WarpGMM().to(device)
     generator = TryonGenerator().to(device) if run.kind == "tryon" else None
     discriminator = PatchDiscriminator().to(device) if generator is not None and run.weights.adversarial else None
     perceptual = Perceptual().to(device) if generator is not None and run.weights.perceptual else None
     if run.kind == "tryon":  # the warp is trained first and frozen here
-        source = state or (load_checkpoint(run.warp) if run.warp else None)
+        # A given warp wins over the one a resumed try-on carries: the generator goes on, over a retrained warp.
+        source = load_checkpoint(run.warp) if run.warp else state
         if source is None:
             raise ValueError("training the try-on needs a trained warp: --warp WARP_CHECKPOINT")
         gmm.load_state_dict(warp_from_checkpoint(source).state_dict())
@@ -638,6 +689,8 @@ def train(run: Run, log: Log = print) -> dict:
     if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
+        for group in optimiser.param_groups:  # --lr holds on a resumed run too (fine-tuning)
+            group["lr"] = run.lr
         if discriminator is not None and "discriminator" in state:
             discriminator.load_state_dict(state["discriminator"])
             d_optimiser.load_state_dict(state["d_optimiser"])
@@ -646,7 +699,7 @@ def train(run: Run, log: Log = print) -> dict:
 
     def checkpoint() -> dict:
         minutes = minutes_before + (time.perf_counter() - start) / 60
-        scores = evaluate(run.kind, gmm, generator, run.cache, validation, device) if len(validation) else {}
+        scores = evaluate(run.kind, gmm, generator, fetch_validation, validation, device) if len(validation) else {}
         model.train()
         curve.append({"minutes": round(minutes, 2), "samples": samples, **scores})
         new = {
@@ -676,8 +729,8 @@ def train(run: Run, log: Log = print) -> dict:
     for rows in _batches(training, run.batch_size, rng):
         if run.max_steps is not None and step >= run.max_steps:
             break
-        batch = load_batch(run.cache, rows)
-        batch = (batch.flipped() if rng.random() < 0.5 else batch).to(device)
+        batch = fetch_training(rows).to(device)
+        batch = batch.flipped() if rng.random() < 0.5 else batch
         with autocast:
             if generator is None:
                 loss, _ = warp_loss(model, batch, run.weights)

