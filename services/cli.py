@@ -1,9 +1,9 @@
 """The `fitroom` command line: a thin shell over the stages; no try-on logic lives here.
 
 Exit status: 0 success; 1 unexpected internal error; 2 an input could not be read
-(image_invalid, image_too_large, ...); 3 no person (or no garment) found in at least one
-image, or a photo that cannot wear the garment's category (category_unsupported); 4 models
-missing.
+(image_invalid, image_too_large, ...) or its category told (category_uncertain: pass
+--category); 3 no person (or no garment) found in at least one image, or a photo that cannot
+wear the garment's category (category_unsupported); 4 models missing.
 Expected failures never print a traceback (set FITROOM_DEBUG=1 to see one anyway).
 """
 

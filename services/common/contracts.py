@@ -142,6 +142,8 @@ class GarmentAnalysis(BaseModel):
     image_width: int
     image_height: int
     category: Category
+    # How sure the detection was (0.5 to 1); 1 when the category was given, not detected.
+    category_confidence: float = 1.0
     # Named outline points in image pixels (see services/warp/garment.py for names and order);
     # a garment without a part (sleeves, a crotch) has no points for it.
     landmarks: dict[str, tuple[float, float]]

@@ -100,6 +100,13 @@ class GarmentNotDetected(FitroomError):
     http_status = 422
 
 
+class CategoryUncertain(FitroomError):
+    """`auto` could not tell the garment's category surely enough: the caller must send it."""
+
+    code = "category_uncertain"
+    http_status = 422
+
+
 class CategoryUnsupported(FitroomError):
     """The photo cannot wear this category: the body parts it sits on are not in view."""
 

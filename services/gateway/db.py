@@ -87,6 +87,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX webhook_due ON webhook_deliveries(status, next_attempt_at);
     CREATE INDEX webhook_job ON webhook_deliveries(job_id);
     """,
+    # Garment analysis reports how sure `auto` was of the category (1 when it was given).
+    "ALTER TABLE garments ADD COLUMN category_confidence REAL NOT NULL DEFAULT 1.0",
 )
 
 

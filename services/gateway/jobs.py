@@ -105,6 +105,7 @@ class Garment:
     height: int
     cache_prefix: str  # the pipeline's cached analysis of the image, erased with the garment
     sku: str | None = None
+    category_confidence: float = 1.0  # how sure `auto` was (1 when the category was given)
     created_at: float = field(default_factory=time.time)
 
 
@@ -355,7 +356,7 @@ class SqliteGarmentRegistry:
     def add(self, garment: Garment) -> None:
         self.db.execute(
             "INSERT INTO garments (id, tenant, created_at, category, requested_category, width, height, sku,"
-            " cache_prefix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " cache_prefix, category_confidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 garment.id,
                 garment.tenant,
@@ -366,6 +367,7 @@ class SqliteGarmentRegistry:
                 garment.height,
                 garment.sku,
                 garment.cache_prefix,
+                garment.category_confidence,
             ),
         )
 
@@ -449,4 +451,5 @@ def _garment(row: sqlite3.Row) -> Garment:
         cache_prefix=row["cache_prefix"],
         sku=row["sku"],
         created_at=row["created_at"],
+        category_confidence=row["category_confidence"],
     )

@@ -533,7 +533,7 @@ redis.call('ZREM', KEYS[2], garment.id)
 return flat
 """
 
-_GARMENT_FLOATS = frozenset({"created_at"})
+_GARMENT_FLOATS = frozenset({"created_at", "category_confidence"})
 _GARMENT_INTS = frozenset({"width", "height"})
 
 

@@ -118,6 +118,10 @@ class JobOut(BaseModel):
 class GarmentOut(BaseModel):
     id: str
     category: str
+    category_confidence: float = Field(
+        description="how sure `auto` was of the category, 0.5 to 1 (1 when it was sent); "
+        "below 0.8 registration fails with category_uncertain"
+    )
     requested_category: CategoryChoice
     width: int
     height: int
@@ -175,6 +179,7 @@ def garment_view(garment: Garment) -> GarmentOut:
     return GarmentOut(
         id=garment.id,
         category=garment.category,
+        category_confidence=garment.category_confidence,
         requested_category=garment.requested_category,
         width=garment.width,
         height=garment.height,

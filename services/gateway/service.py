@@ -148,6 +148,7 @@ def register_garment(gateway: Gateway, tenant: str, submission: GarmentSubmissio
         id=new_garment_id(),
         tenant=tenant,
         category=analysis.category,
+        category_confidence=analysis.category_confidence,
         requested_category=requested,
         width=analysis.image_width,
         height=analysis.image_height,

@@ -15,6 +15,7 @@ from skimage import data
 from services.common.imageio import decode_image
 from services.pipeline import person_prefix
 from tests.gateway.helpers import Key, LocalHttp, Server, encode, fitroom, wait_finished, wait_until
+from tests.warp.drawn import SHEATH_DRESS, product_image
 
 
 def files(person: bytes, garment: bytes | None = None) -> dict[str, tuple[str, bytes, str]]:
@@ -160,6 +161,21 @@ def test_garment_registration_refuses_what_is_not_a_garment(server: Server, acme
         response = client.post("/v1/garments", json={"image": data_url(blank, "image/png")})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "garment_not_detected"
+
+
+def test_an_ambiguous_garment_under_auto_asks_for_its_category(server: Server, acme: Key) -> None:
+    """A garment whose category detection is unsure is refused under `auto` (never run as the
+    wrong category) and registered when the category is sent, with the confidence reported."""
+    short_dress = encode(product_image(SHEATH_DRESS), "PNG")
+    with server.client(acme) as client:
+        refused = client.post("/v1/garments", files={"image": ("dress.png", short_dress, "image/png")})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "category_uncertain"
+        assert "send its category" in refused.json()["error"]["message"]
+        given = client.post(
+            "/v1/garments", files={"image": ("dress.png", short_dress, "image/png")}, data={"category": "dress"}
+        )
+        assert given.status_code == 201, given.text
+        assert (given.json()["category"], given.json()["category_confidence"]) == ("dress", 1.0)
 
 
 def test_garments_are_listed_page_by_page(server: Server, globex: Key, tee_png: bytes) -> None:

@@ -3,6 +3,7 @@ tenant store and the error mapping. (The API tests cover them again through the 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,18 @@ import pytest
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import Settings
 from services.common.errors import CategoryInvalid, QueueFull, RequestInvalid, UrlFetchFailed, UrlForbidden
-from services.gateway.db import Database
+from services.gateway.db import MIGRATIONS, Database
 from services.gateway.errors import from_validation_errors
 from services.gateway.fetch import SafeFetcher, UrlPolicy
-from services.gateway.jobs import Job, SqliteJobStore, StageState, is_garment_id, is_job_id, new_job_id
+from services.gateway.jobs import (
+    Job,
+    SqliteGarmentRegistry,
+    SqliteJobStore,
+    StageState,
+    is_garment_id,
+    is_job_id,
+    new_job_id,
+)
 from services.gateway.keys import AuthCache, KeyStore
 from services.gateway.metrics import Metrics
 from services.gateway.queue import ThreadQueue
@@ -265,3 +274,21 @@ def test_finished_jobs_are_erased_after_the_retention_period(tmp_path: Path) -> 
     assert not store.exists("person/abc/v1/pose.json")
     assert gateway.jobs.get("acme", recent.id) is not None and store.exists(result_key(recent.id, "jpeg"))
     assert gateway.jobs.get("acme", running.id) is not None  # unfinished jobs are never expired
+
+
+def test_a_database_of_the_first_schema_is_migrated_and_keeps_its_garments(tmp_path: Path) -> None:
+    """A gateway upgraded over an existing file: the garments registered before category
+    confidence existed read back with confidence 1 (their category was detected or given then)."""
+    path = tmp_path / "db.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(f"{MIGRATIONS[0]}; PRAGMA user_version = 1;")
+    old.execute(
+        "INSERT INTO garments (id, tenant, created_at, category, requested_category, width, height, sku, cache_prefix)"
+        " VALUES ('gar_old', 'acme', 1.0, 'lower', 'auto', 600, 600, NULL, 'garments/x')"
+    )
+    old.commit()
+    old.close()
+    db = Database(path)
+    assert db.query("PRAGMA user_version")[0][0] == len(MIGRATIONS)
+    garment = SqliteGarmentRegistry(db).get("acme", "gar_old")
+    assert garment is not None and (garment.category, garment.category_confidence) == ("lower", 1.0)

@@ -42,6 +42,125 @@ DRESS = {
     "collar_left": (340, 40),
 }
 
+# A catalogue's kinds of garment, drawn as outlines (polygons, counter-clockwise on screen), each
+# with its canvas (width, height) and its category: for category detection.
+TANK_TOP = {
+    "neckline": (300, 150),
+    "strap_r_in": (255, 60),
+    "strap_r_out": (220, 60),
+    "armhole_r": (180, 190),
+    "hem_r": (165, 480),
+    "hem_l": (435, 480),
+    "armhole_l": (420, 190),
+    "strap_l_out": (380, 60),
+    "strap_l_in": (345, 60),
+}
+LONG_SLEEVE = {
+    **TEE,
+    "sleeve_right_outer": (60, 470),
+    "sleeve_right_inner": (115, 480),
+    "sleeve_left_inner": (485, 480),
+    "sleeve_left_outer": (540, 470),
+}
+# Open at the front: a deep V to the waist and the hem's two fronts apart at the bottom, which
+# makes a dent at the hem's centre (what a crotch looks like to an outline).
+CARDIGAN = {
+    "neck": (300, 300),
+    "collar_right": (250, 60),
+    "shoulder_right": (170, 90),
+    "sleeve_right_outer": (60, 470),
+    "sleeve_right_inner": (115, 480),
+    "armpit_right": (185, 200),
+    "hem_right": (185, 540),
+    "front_right": (292, 540),
+    "split": (300, 490),
+    "front_left": (308, 540),
+    "hem_left": (415, 540),
+    "armpit_left": (415, 200),
+    "sleeve_left_inner": (485, 480),
+    "sleeve_left_outer": (540, 470),
+    "shoulder_left": (430, 90),
+    "collar_left": (350, 60),
+}
+JEANS = {
+    "waist_right": (215, 30),
+    "hem_right_outer": (195, 580),
+    "hem_right_inner": (285, 580),
+    "crotch": (300, 210),
+    "hem_left_inner": (315, 580),
+    "hem_left_outer": (405, 580),
+    "waist_left": (385, 30),
+}
+SHORTS = {
+    "waist_right": (170, 120),
+    "hem_right_outer": (140, 400),
+    "hem_right_inner": (290, 400),
+    "crotch": (300, 290),
+    "hem_left_inner": (310, 400),
+    "hem_left_outer": (460, 400),
+    "waist_left": (430, 120),
+}
+MINI_SKIRT = {"waist_right": (195, 150), "hem_right": (150, 400), "hem_left": (450, 400), "waist_left": (405, 150)}
+MIDI_SKIRT = {
+    "waist_right": (225, 40),
+    "hip_right": (200, 150),
+    "hem_right": (110, 570),
+    "hem_left": (490, 570),
+    "hip_left": (400, 150),
+    "waist_left": (375, 40),
+}
+LONG_DRESS = {
+    "neckline": (300, 100),
+    "collar_right": (255, 40),
+    "shoulder_right": (205, 50),
+    "armpit_right": (220, 190),
+    "waist_right": (225, 330),
+    "hem_right": (150, 880),
+    "hem_left": (450, 880),
+    "waist_left": (375, 330),
+    "armpit_left": (380, 190),
+    "shoulder_left": (395, 50),
+    "collar_left": (345, 40),
+}
+SHORT_DRESS = {
+    "neckline": (300, 100),
+    "collar_right": (255, 40),
+    "shoulder_right": (205, 50),
+    "armpit_right": (220, 190),
+    "waist_right": (225, 330),
+    "hem_right": (160, 640),
+    "hem_left": (440, 640),
+    "waist_left": (375, 330),
+    "armpit_left": (380, 190),
+    "shoulder_left": (395, 50),
+    "collar_left": (345, 40),
+}
+# Straight and sleeveless, as long for its width as the longest tops: what `auto` cannot tell.
+SHEATH_DRESS = {
+    "neckline": (300, 110),
+    "collar_right": (260, 40),
+    "shoulder_right": (220, 45),
+    "armpit_right": (178, 170),
+    "hem_right": (175, 560),
+    "hem_left": (425, 560),
+    "armpit_left": (422, 170),
+    "shoulder_left": (380, 45),
+    "collar_left": (340, 40),
+}
+CATALOGUE: dict[str, tuple[dict[str, tuple[int, int]], tuple[int, int], str]] = {
+    "tee": (TEE, (600, 600), "upper"),
+    "tank top": (TANK_TOP, (600, 600), "upper"),
+    "long sleeves": (LONG_SLEEVE, (600, 600), "upper"),
+    "cardigan": (CARDIGAN, (600, 600), "upper"),
+    "trousers": (TROUSERS, (600, 600), "lower"),
+    "jeans": (JEANS, (600, 620), "lower"),
+    "shorts": (SHORTS, (600, 520), "lower"),
+    "mini skirt": (MINI_SKIRT, (600, 520), "lower"),
+    "midi skirt": (MIDI_SKIRT, (600, 620), "lower"),
+    "short dress": (SHORT_DRESS, (600, 700), "dress"),
+    "long dress": (LONG_DRESS, (600, 940), "dress"),
+}
+
 
 def product_image(outline: dict[str, tuple[int, int]], size: tuple[int, int] = (600, 600), seed: int = 0) -> np.ndarray:
     """The garment (navy, with a lighter stripe print) filled on a slightly noisy light-grey backdrop."""

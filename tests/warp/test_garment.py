@@ -10,13 +10,15 @@ import pytest
 from skimage import data
 
 from services.common.artifacts import LocalArtifactStore
-from services.common.errors import GarmentNotDetected
+from services.common.errors import CategoryUncertain, GarmentNotDetected
 from services.common.imageio import read_image_file
 from services.warp import cache
-from services.warp.garment import LOWER_ORDER, UPPER_ORDER, analyse_garment
+from services.warp.garment import LOWER_ORDER, MIN_CATEGORY_CONFIDENCE, UPPER_ORDER, analyse_garment, detect
 from tests.conftest import SHARED_DATA
 from tests.warp.drawn import (
+    CATALOGUE,
     DRESS,
+    SHEATH_DRESS,
     TEE,
     TEE_FRONT_NECKLINE,
     TROUSERS,
@@ -198,3 +200,22 @@ def test_a_white_top_on_white_fails_cleanly_not_with_a_crash() -> None:
     image = read_image_file(path, rgba=True)
     with pytest.raises(GarmentNotDetected):
         analyse_garment(image, "upper")
+
+
+@pytest.mark.parametrize("name", CATALOGUE)
+def test_a_catalogues_garments_are_recognised(name: str) -> None:
+    """Tank top, long sleeves, a cardigan open at the front (a dent at the hem like a crotch),
+    trousers, jeans, shorts, a mini and a flared midi skirt, a short and a long dress."""
+    outline, size, category = CATALOGUE[name]
+    detected, confidence = detect(product_image(outline, size=size))
+    assert (detected, confidence >= MIN_CATEGORY_CONFIDENCE) == (category, True)
+
+
+def test_an_uncertain_category_is_refused_under_auto_and_taken_when_given() -> None:
+    image = product_image(SHEATH_DRESS)
+    with pytest.raises(CategoryUncertain, match="send its category"):
+        analyse_garment(image)
+    given = analyse_garment(image, "dress")
+    assert (given.category, given.category_confidence) == ("dress", 1.0)
+    tee = analyse_garment(product_image(TEE))
+    assert tee.category == "upper" and tee.category_confidence > 0.99
