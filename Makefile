@@ -49,11 +49,12 @@ bench: models
 	$(BIN)/python bench/parse_accuracy.py
 	$(BIN)/python bench/warp_speed.py
 	$(BIN)/python bench/warp_accuracy.py
+	$(BIN)/python bench/garment_category.py
 	$(BIN)/python bench/tryon_speed.py
 	$(BIN)/python bench/tryon_quality.py
 	$(BIN)/python bench/distributed.py
 	@command -v wrk >/dev/null && $(BIN)/python bench/gateway.py || echo "bench/gateway.py needs wrk (apt-get install wrk)"
-	@echo "bench/gpu_models.py needs a CUDA machine: see its docstring"
+	@echo "bench/gpu_models.py and bench/train_on_device.sh need a CUDA machine: see their docstrings"
 
 clean:
 	rm -rf $(VENV) $(OUT) triton_models/*/1
