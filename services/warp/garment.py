@@ -182,9 +182,8 @@ def _centre_run(outline: Outline, level: float) -> int:
     centre = round(outline.cx)
     if not row[centre]:
         return 0
-    left = centre - int(np.argmin(row[centre::-1])) if not row[: centre + 1].all() else 0
-    right = centre + int(np.argmin(row[centre:])) if not row[centre:].all() else len(row)
-    return right - left
+    gaps = np.flatnonzero(~row)
+    return int(gaps[gaps > centre].min(initial=len(row)) - gaps[gaps < centre].max(initial=-1) - 1)
 
 
 def category_evidence(outline: Outline) -> dict[str, float]:
