@@ -9,8 +9,10 @@ gateway's worker threads both drive this class.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +52,16 @@ REQUIRED_JOINTS: dict[Category, tuple[str, ...]] = {
 # "cached" (seconds 0: the result came from the store, nothing was computed).
 StageCallback = Callable[[str, str, float], None]
 
+# A lock per person-side result (its store key): a second try-on of the same photo that starts while
+# the first computes its pose waits and then finds it stored, so a shopper's batch runs pose and
+# parser once however many workers take its jobs. Distributed mode passes a Redis lock instead.
+PersonLock = Callable[[str], AbstractContextManager[object]]
+_LOCAL_LOCKS = tuple(threading.Lock() for _ in range(64))  # striped: bounded, and never nested
+
+
+def local_person_lock(key: str) -> AbstractContextManager[object]:
+    return _LOCAL_LOCKS[hash(key) % len(_LOCAL_LOCKS)]
+
 
 @dataclass
 class TryonResult:
@@ -88,26 +100,31 @@ class Pipeline:
     in one process (embedded mode); distributed mode runs each as its own Celery task
     (services/distributed/tasks.py), on the same methods."""
 
-    def __init__(self, store: ArtifactStore, infer: Infer, learned: str | None = None) -> None:
+    def __init__(
+        self, store: ArtifactStore, infer: Infer, learned: str | None = None, person_lock: PersonLock | None = None
+    ) -> None:
         self.store = store
         self.infer = infer
         self.learned = learned  # the learned path's weights (FITROOM_LEARNED), or None: geometric
+        self.person_lock = person_lock or local_person_lock
 
     def pose(self, image: np.ndarray, on_stage: StageCallback | None = None) -> PoseResult:
         """The pose of a person photo, from the store or computed and stored."""
         notify = on_stage or _ignore
         key = _person_key(image)
-        try:
-            record, mask = get_json(self.store, f"{key}/pose.json"), get_array(self.store, f"{key}/pose_mask.npy")
-            notify("pose", "cached", 0.0)
-        except ArtifactNotFound:
-            notify("pose", "running", 0.0)
-            start = time.perf_counter()
-            computed = pose_stage.run(image, self.infer)
-            record, mask = computed.model_dump(), (computed.mask * 255).round().astype(np.uint8)
-            put_array(self.store, f"{key}/pose_mask.npy", mask)
-            put_json(self.store, f"{key}/pose.json", record)
-            notify("pose", "done", time.perf_counter() - start)
+        with self.person_lock(f"{key}/pose"):
+            try:
+                record = get_json(self.store, f"{key}/pose.json")
+                mask = get_array(self.store, f"{key}/pose_mask.npy")
+                notify("pose", "cached", 0.0)
+            except ArtifactNotFound:
+                notify("pose", "running", 0.0)
+                start = time.perf_counter()
+                computed = pose_stage.run(image, self.infer)
+                record, mask = computed.model_dump(), (computed.mask * 255).round().astype(np.uint8)
+                put_array(self.store, f"{key}/pose_mask.npy", mask)
+                put_json(self.store, f"{key}/pose.json", record)
+                notify("pose", "done", time.perf_counter() - start)
         # The stored mask is 8-bit; the parser sees the same mask on the first run as on later ones.
         return PoseResult.model_validate({**record, "mask": mask.astype(np.float32) / 255.0})
 
@@ -115,18 +132,19 @@ class Pipeline:
         """The label map of a person photo, from the store or computed and stored."""
         notify = on_stage or _ignore
         key = _person_key(image)
-        try:
-            parse = ParseResult.model_validate(
-                {**get_json(self.store, f"{key}/parse.json"), "labels": get_array(self.store, f"{key}/labels.npy")}
-            )
-            notify("parser", "cached", 0.0)
-        except ArtifactNotFound:
-            notify("parser", "running", 0.0)
-            start = time.perf_counter()
-            parse = parser_stage.run(image, pose, self.infer)
-            put_array(self.store, f"{key}/labels.npy", parse.labels)
-            put_json(self.store, f"{key}/parse.json", parse.model_dump())
-            notify("parser", "done", time.perf_counter() - start)
+        with self.person_lock(f"{key}/parse"):
+            try:
+                parse = ParseResult.model_validate(
+                    {**get_json(self.store, f"{key}/parse.json"), "labels": get_array(self.store, f"{key}/labels.npy")}
+                )
+                notify("parser", "cached", 0.0)
+            except ArtifactNotFound:
+                notify("parser", "running", 0.0)
+                start = time.perf_counter()
+                parse = parser_stage.run(image, pose, self.infer)
+                put_array(self.store, f"{key}/labels.npy", parse.labels)
+                put_json(self.store, f"{key}/parse.json", parse.model_dump())
+                notify("parser", "done", time.perf_counter() - start)
         return parse
 
     def person(self, image: np.ndarray, on_stage: StageCallback | None = None) -> tuple[PoseResult, ParseResult]:

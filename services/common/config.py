@@ -71,6 +71,10 @@ class Settings(BaseModel):
     webhook_backoff_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_BACKOFF_S", "10")))
     webhook_backoff_max_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_BACKOFF_MAX_S", "3600")))
     webhook_timeout_s: float = Field(default_factory=lambda: float(_env("WEBHOOK_TIMEOUT_S", "10")))
+    # The storefront demo page at /demo (services/gateway/static): off unless FITROOM_DEMO=1. It
+    # uses only the public API with the key typed into it, but it is a page for people to look at,
+    # not something a production gateway should serve.
+    demo: bool = Field(default_factory=lambda: _env("DEMO", "") in ("1", "true", "yes"))
 
     # --- Distributed mode (services/distributed; DESIGN.md "Modes") ---
     # "embedded": jobs run on the gateway's own threads, state in its SQLite database.

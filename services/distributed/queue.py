@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import redis
 
@@ -17,7 +17,7 @@ from services.distributed.queues import QUEUES
 from services.distributed.state import DistributedState
 from services.gateway.jobs import Job
 from services.gateway.storage import TenantArtifactStore
-from services.gateway.worker import conclude, job_webhook
+from services.gateway.worker import conclude, job_ended_in_batch, job_webhook
 
 log = logging.getLogger("fitroom.distributed")
 
@@ -38,6 +38,13 @@ class CeleryQueue:
         if self.full():
             raise QueueFull(f"{self.max_depth} tasks are waiting for workers; retry later")
         send_stage(QUEUES[0], job_id)
+
+    def submit_many(self, job_ids: Sequence[str]) -> None:
+        """A batch's jobs: each sends its first stage task; the stage workers share them out."""
+        if self.full():
+            raise QueueFull(f"{self.max_depth} tasks are waiting for workers; retry later")
+        for job_id in job_ids:
+            send_stage(QUEUES[0], job_id)
 
     def restore(self, job_ids: Iterable[str]) -> None:
         """Nothing to do: the broker keeps queued messages across gateway restarts."""
@@ -112,7 +119,9 @@ def reap_overdue(state: DistributedState, artifacts: ArtifactStore, settings: Se
             )
             if outcome is not None:
                 log.warning("job %s reaped after %.0f s (%s)", job.id, time.time() - job.created_at, job.status)
-                conclude(job, outcome, state.jobs, TenantArtifactStore(artifacts, job.tenant), state.outbox)
+                store = TenantArtifactStore(artifacts, job.tenant)
+                conclude(job, outcome, state.jobs, store, state.outbox)
+                job_ended_in_batch(outcome, state.batches, state.jobs, store, state.outbox, settings)
                 reaped += 1
         if reaped == before:  # every one was finished meanwhile by someone else: the next read differs
             break

@@ -7,7 +7,11 @@ needs AOF persistence (`appendonly yes`, `appendfsync everysec` or `always`) and
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import redis
@@ -17,6 +21,7 @@ from services.distributed.queues import QUEUES
 from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import Job
 from services.gateway.metrics import Metrics
+from services.gateway.redis_persons import RedisBatchStore, RedisPersonRegistry
 from services.gateway.redis_state import (
     RedisGarmentRegistry,
     RedisJobStore,
@@ -25,6 +30,9 @@ from services.gateway.redis_state import (
     unavailable_as_queue_error,
 )
 from services.gateway.redis_webhooks import RedisWebhookOutbox
+from services.pipeline import PersonLock
+
+log = logging.getLogger("fitroom.distributed")
 
 # Timings are for measurement (bench/distributed.py), not state: they expire on their own.
 TIMING_TTL_S = 24 * 3600
@@ -77,6 +85,35 @@ class DistributedState:
     keys: RedisKeyStore
     outbox: RedisWebhookOutbox
     timing: StageTiming
+    persons: RedisPersonRegistry
+    batches: RedisBatchStore
+
+    def person_lock(self, scope: str, hold_s: float) -> PersonLock:
+        """The pipeline's person lock across every worker process: jobs of one shopper taken by several
+        pose (or parser) workers at once compute the pose once, the others wait and find it stored.
+        Best effort: the work is idempotent, so a lock that cannot be had within `hold_s` (or a Redis
+        blip) only costs a duplicate computation, never a failed job. The lock expires after `hold_s`
+        should its holder die."""
+
+        def lock(key: str) -> AbstractContextManager[object]:
+            return _best_effort(self.client.lock(f"fitroom:lock:{scope}{key}", timeout=hold_s, blocking_timeout=hold_s))
+
+        return lock
+
+
+@contextlib.contextmanager
+def _best_effort(lock: redis.lock.Lock) -> Iterator[None]:
+    try:
+        held = lock.acquire()
+    except redis.RedisError as exc:
+        log.warning("person lock unavailable (%s): computing without it", exc)
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
 
 
 def distributed_state(
@@ -94,4 +131,6 @@ def distributed_state(
         keys=keys,
         outbox=RedisWebhookOutbox(client, keys, fetcher, settings, metrics or Metrics()),
         timing=StageTiming(client),
+        persons=RedisPersonRegistry(client),
+        batches=RedisBatchStore(client),
     )

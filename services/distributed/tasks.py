@@ -49,7 +49,16 @@ from services.distributed.state import DistributedState, distributed_state
 from services.fusion.model import NAME as FUSION_MODEL
 from services.gateway.jobs import Job, StageState
 from services.gateway.storage import TenantArtifactStore, job_work_prefix
-from services.gateway.worker import StageRecorder, conclude, job_webhook, load_garment, load_person, store_result
+from services.gateway.worker import (
+    StageRecorder,
+    conclude,
+    job_ended_in_batch,
+    job_webhook,
+    load_garment,
+    load_person,
+    store_intermediates,
+    store_result,
+)
 from services.learned import learned_models
 from services.pipeline import Pipeline, for_category
 from services.warp.model import NAME as WARP_MODEL
@@ -231,11 +240,19 @@ def fail_stage(context: Worker, job_id: str, stage: str, code: str, message: str
     if outcome is not None:
         store = TenantArtifactStore(context.artifacts, outcome.tenant)
         conclude(outcome, outcome, context.state.jobs, store, context.state.outbox)
+        _batch_job_ended(context, outcome, store)
     return outcome
 
 
+def _batch_job_ended(context: Worker, job: Job, store: TenantArtifactStore) -> None:
+    state = context.state
+    job_ended_in_batch(job, state.batches, state.jobs, store, state.outbox, context.settings)
+
+
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
-    return Pipeline(store, context.infer, context.settings.learned or None)
+    # The person lock is scoped by the tenant's store prefix, as the cache it guards is.
+    lock = context.state.person_lock(store.prefix, float(context.settings.task_time_limit_s))
+    return Pipeline(store, context.infer, context.settings.learned or None, lock)
 
 
 def garment_step(context: Worker, job: Job, store: TenantArtifactStore, recorder: StageRecorder) -> None:
@@ -267,7 +284,10 @@ def fusion_step(context: Worker, job: Job, store: TenantArtifactStore, recorder:
     person = load_person(store, job)
     pose, parse = pipeline.person(person)
     warped = get_warped(store, job.id)
-    image = pipeline.fuse(person, pose, for_category(pose, parse, warped.category), warped, recorder)
+    dressed = for_category(pose, parse, warped.category)
+    image = pipeline.fuse(person, pose, dressed, warped, recorder)
+    if job.intermediates:
+        store_intermediates(store, job, person, pose, dressed, warped)
     succeed(context, job, store, image, warped.category)
 
 
@@ -277,6 +297,8 @@ def succeed(context: Worker, job: Job, store: TenantArtifactStore, image: np.nda
     webhook = job_webhook(context.settings)
     outcome = context.state.jobs.finish(job.id, "succeeded", detected_category=category, webhook=webhook)
     conclude(job, outcome, context.state.jobs, store, context.state.outbox)
+    if outcome is not None:
+        _batch_job_ended(context, outcome, store)
 
 
 STEPS: dict[str, Step] = {

@@ -13,7 +13,7 @@ from services.common.config import Settings, get_settings
 from services.gateway import errors
 from services.gateway.metrics import Metrics, MetricsMiddleware
 from services.gateway.middleware import BodyLimitMiddleware
-from services.gateway.routes import garments, ops, shoppers, tryon
+from services.gateway.routes import batches, demo, garments, ops, persons, shoppers, tryon
 from services.gateway.runtime import Gateway
 
 DESCRIPTION = """
@@ -41,8 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Fitroom", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     errors.install(app)
-    for module in (tryon, garments, shoppers, ops):
+    # The batch routes first: /v1/tryon/batch must never be read as the job id "batch".
+    for module in (batches, tryon, persons, garments, shoppers, ops):
         app.include_router(module.router)
+    if settings.demo:
+        demo.install(app)
     # Added last = outermost: metrics see every answer, including the body limit's 413.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

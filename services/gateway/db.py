@@ -89,6 +89,44 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # Garment analysis reports how sure `auto` was of the category (1 when it was given).
     "ALTER TABLE garments ADD COLUMN category_confidence REAL NOT NULL DEFAULT 1.0",
+    # The storefront: registered shoppers' photos, batches of try-ons on one person, and what a job
+    # keeps for GET /v1/tryon/{id}/intermediates/{name}.
+    """
+    ALTER TABLE jobs ADD COLUMN person_id TEXT;
+    ALTER TABLE jobs ADD COLUMN batch_id TEXT;
+    ALTER TABLE jobs ADD COLUMN intermediates INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE persons (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        person_prefix TEXT NOT NULL,      -- pipeline.person_prefix of the photo: its cached pose and parse
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        shopper_id TEXT
+    );
+    CREATE INDEX persons_shopper ON persons(tenant, shopper_id) WHERE shopper_id IS NOT NULL;
+    CREATE INDEX persons_created ON persons(created_at);
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        status TEXT NOT NULL,             -- running, finished
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        job_ids TEXT NOT NULL,            -- JSON array, in the request's order
+        category TEXT NOT NULL,
+        output_format TEXT NOT NULL,
+        person_id TEXT,                   -- a registered person, or NULL when the batch has its own photo
+        person_prefix TEXT NOT NULL,
+        shopper_id TEXT,
+        callback_url TEXT,
+        base_url TEXT NOT NULL,
+        idempotency_key TEXT,
+        request_hash TEXT
+    );
+    CREATE UNIQUE INDEX batches_idempotency ON batches(tenant, idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX batches_shopper ON batches(tenant, shopper_id) WHERE shopper_id IS NOT NULL;
+    CREATE INDEX batches_finished ON batches(status, finished_at);
+    """,
 )
 
 

@@ -13,8 +13,19 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.errors import GarmentNotFound, JobNotFound, NotFound, Unauthorized
-from services.gateway.inputs import GarmentSubmission, TryonSubmission, read_garment, read_tryon
+from services.gateway.errors import BatchNotFound, PersonNotFound
+from services.gateway.inputs import (
+    BatchSubmission,
+    GarmentSubmission,
+    PersonSubmission,
+    TryonSubmission,
+    read_batch,
+    read_garment,
+    read_person,
+    read_tryon,
+)
 from services.gateway.jobs import is_garment_id, is_job_id
+from services.gateway.persons import is_batch_id, is_person_id
 from services.gateway.runtime import Gateway
 from services.gateway.schemas import SHOPPER_PATTERN
 
@@ -70,6 +81,18 @@ async def garment_id_path(garment_id: Annotated[str, Path(description="a garment
     return garment_id
 
 
+async def person_id_path(person_id: Annotated[str, Path(description="a person id: per_ and 32 hex digits")]) -> str:
+    if not is_person_id(person_id):
+        raise PersonNotFound(f"no person {person_id[:80]!r}")
+    return person_id
+
+
+async def batch_id_path(batch_id: Annotated[str, Path(description="a batch id: bat_ and 32 hex digits")]) -> str:
+    if not is_batch_id(batch_id):
+        raise BatchNotFound(f"no batch {batch_id[:80]!r}")
+    return batch_id
+
+
 async def shopper_id_path(shopper_id: Annotated[str, Path(description="the shopper_id given with try-ons")]) -> str:
     if re.fullmatch(SHOPPER_PATTERN, shopper_id) is None:
         raise NotFound(f"no shopper {shopper_id[:80]!r}")
@@ -79,6 +102,8 @@ async def shopper_id_path(shopper_id: Annotated[str, Path(description="the shopp
 JobIdDep = Annotated[str, Depends(job_id_path)]
 GarmentIdDep = Annotated[str, Depends(garment_id_path)]
 ShopperIdDep = Annotated[str, Depends(shopper_id_path)]
+PersonIdDep = Annotated[str, Depends(person_id_path)]
+BatchIdDep = Annotated[str, Depends(batch_id_path)]
 IdempotencyKeyDep = Annotated[
     str | None,
     Header(
@@ -100,5 +125,15 @@ async def garment_submission(request: Request, gateway: GatewayDep, tenant: Tena
     return await read_garment(request, gateway.settings.max_request_bytes)
 
 
+async def person_submission(request: Request, gateway: GatewayDep, tenant: TenantDep) -> PersonSubmission:
+    return await read_person(request, gateway.settings.max_request_bytes)
+
+
+async def batch_submission(request: Request, gateway: GatewayDep, tenant: TenantDep) -> BatchSubmission:
+    return await read_batch(request, gateway.settings.max_request_bytes)
+
+
 TryonSubmissionDep = Annotated[TryonSubmission, Depends(tryon_submission)]
 GarmentSubmissionDep = Annotated[GarmentSubmission, Depends(garment_submission)]
+PersonSubmissionDep = Annotated[PersonSubmission, Depends(person_submission)]
+BatchSubmissionDep = Annotated[BatchSubmission, Depends(batch_submission)]

@@ -32,6 +32,37 @@ from services.gateway.jobs import Job
 
 log = logging.getLogger("fitroom.gateway")
 
+
+# The storefront's resources (persons, batches, a job's intermediates). Their codes are as stable as
+# those of services/common/errors.py; they live here because only the gateway raises them.
+class PersonNotFound(NotFound):
+    code = "person_not_found"
+
+
+class BatchNotFound(NotFound):
+    code = "batch_not_found"
+
+
+class IntermediateNotFound(NotFound):
+    """The job kept no such intermediate (it was not asked for with `intermediates`, or the job failed)."""
+
+    code = "intermediate_not_found"
+
+
+class BatchEmpty(FitroomError):
+    """A batch names no garment."""
+
+    code = "batch_empty"
+    http_status = 422
+
+
+class BatchTooLarge(FitroomError):
+    """A batch names more garments than MAX_BATCH."""
+
+    code = "batch_too_large"
+    http_status = 422
+
+
 # Fields whose bad values have their own code (clients switch on it).
 _FIELD_CODES: dict[str, type[FitroomError]] = {"category": CategoryInvalid}
 

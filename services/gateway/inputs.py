@@ -31,9 +31,19 @@ from services.common.errors import (
     UnsupportedMediaType,
 )
 from services.common.imageio import decode_image, decode_image_rgba
-from services.gateway.errors import from_validation_errors
+from services.gateway.errors import BatchEmpty, BatchTooLarge, from_validation_errors
 from services.gateway.fetch import SafeFetcher
-from services.gateway.schemas import GarmentFields, GarmentJson, TryonFields, TryonJson
+from services.gateway.persons import MAX_BATCH
+from services.gateway.schemas import (
+    BatchFields,
+    BatchJson,
+    GarmentFields,
+    GarmentJson,
+    PersonFields,
+    PersonJson,
+    TryonFields,
+    TryonJson,
+)
 
 Fields = TypeVar("Fields", bound=BaseModel)
 
@@ -63,13 +73,13 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class TryonSubmission:
-    person: ImageSource
+    person: ImageSource | None  # None: fields.person_id names a registered person
     garment: ImageSource | None
     fields: TryonFields
 
     def fingerprint(self) -> str:
         canonical = {
-            "person": self.person.fingerprint(),
+            "person": self.person.fingerprint() if self.person else None,
             "garment": self.garment.fingerprint() if self.garment else None,
             **self.fields.model_dump(),
         }
@@ -80,6 +90,27 @@ class TryonSubmission:
 class GarmentSubmission:
     image: ImageSource
     fields: GarmentFields
+
+
+@dataclass(frozen=True)
+class PersonSubmission:
+    image: ImageSource
+    fields: PersonFields
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    person: ImageSource | None  # None: fields.person_id names a registered person
+    garments: list[ImageSource]  # product images, after fields.garment_ids
+    fields: BatchFields
+
+    def fingerprint(self) -> str:
+        canonical = {
+            "person": self.person.fingerprint() if self.person else None,
+            "garments": [g.fingerprint() for g in self.garments],
+            **self.fields.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,8 +129,8 @@ async def read_tryon(request: Request, max_bytes: int) -> TryonSubmission:
     else:  # multipart: the image fields, files or text, are already split off
         fields = _validate(TryonFields, body)
         person, garment = images.get("person"), images.get("garment")
-    if person is None:
-        raise RequestInvalid("person is required: the shopper's photo")
+    if (person is None) == (fields.person_id is None):
+        raise RequestInvalid("give exactly one of person (the shopper's photo) and person_id (a registered person)")
     if (garment is None) == (fields.garment_id is None):
         raise RequestInvalid("give exactly one of garment (an image) and garment_id (a registered garment)")
     return TryonSubmission(person=person, garment=garment, fields=fields)
@@ -118,6 +149,48 @@ async def read_garment(request: Request, max_bytes: int) -> GarmentSubmission:
     if image is None:
         raise RequestInvalid("image is required: the garment's product image")
     return GarmentSubmission(image=image, fields=fields)
+
+
+async def read_person(request: Request, max_bytes: int) -> PersonSubmission:
+    """POST /v1/persons' body, JSON or multipart."""
+    body, images = await _read_body(request, ("person",), max_bytes)
+    if _is_json(request):
+        parsed = _validate(PersonJson, body)
+        image = _text_source("person", parsed.person)
+        fields = PersonFields.model_validate(parsed.model_dump(exclude={"person"}))
+    else:
+        fields = _validate(PersonFields, body)
+        image = images.get("person")
+    if image is None:
+        raise RequestInvalid("person is required: the shopper's photo")
+    return PersonSubmission(image=image, fields=fields)
+
+
+async def read_batch(request: Request, max_bytes: int) -> BatchSubmission:
+    """POST /v1/tryon/batch's body: JSON, or multipart with garment_ids and garments repeated."""
+    body, images = await _read_body(
+        request, ("person", "garments"), max_bytes, repeated=("garment_ids", "garments"), max_files=MAX_BATCH + 2
+    )
+    if _is_json(request):
+        parsed = _validate(BatchJson, body)
+        person = _text_source("person", parsed.person)
+        garments = [ImageSource(field=f"garments[{i}]", text=text) for i, text in enumerate(parsed.garments)]
+        fields = BatchFields.model_validate(parsed.model_dump(exclude={"person", "garments"}))
+    else:
+        fields = _validate(BatchFields, body)
+        person = images.get("person")
+        garments = [
+            ImageSource(f"garments[{i}]", g.upload, g.upload_type, g.text)
+            for i, g in enumerate(images.get("garments", []))
+        ]
+    if (person is None) == (fields.person_id is None):
+        raise RequestInvalid("give exactly one of person (the shopper's photo) and person_id (a registered person)")
+    count = len(fields.garment_ids) + len(garments)
+    if count == 0:
+        raise BatchEmpty("name at least one garment: garment_ids (registered garments) or garments (images)")
+    if count > MAX_BATCH:
+        raise BatchTooLarge(f"a batch takes at most {MAX_BATCH} garments, not {count}: split it")
+    return BatchSubmission(person=person, garments=garments, fields=fields)
 
 
 def load_image(
@@ -182,9 +255,14 @@ def _is_json(request: Request) -> bool:
 
 
 async def _read_body(
-    request: Request, image_fields: tuple[str, ...], max_bytes: int
-) -> tuple[dict[str, Any], dict[str, ImageSource]]:
-    """The body's fields, and its uploaded files by field name (multipart only)."""
+    request: Request,
+    image_fields: tuple[str, ...],
+    max_bytes: int,
+    repeated: tuple[str, ...] = (),
+    max_files: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body's fields, and its uploaded files by field name (multipart only). A field named in
+    `repeated` may come more than once in multipart, and its value is then the list of them."""
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if _is_json(request):
         raw = await request.body()
@@ -198,24 +276,32 @@ async def _read_body(
             raise RequestInvalid("the JSON body must be an object")
         return body, {}
     if media_type == "multipart/form-data":
-        return await _read_multipart(request, image_fields, max_bytes)
+        return await _read_multipart(request, image_fields, max_bytes, repeated, max_files)
     shown = media_type or "no Content-Type"
     raise UnsupportedMediaType(f"the body must be application/json or multipart/form-data, not {shown}")
 
 
 async def _read_multipart(
-    request: Request, image_fields: tuple[str, ...], max_bytes: int
-) -> tuple[dict[str, Any], dict[str, ImageSource]]:
+    request: Request,
+    image_fields: tuple[str, ...],
+    max_bytes: int,
+    repeated: tuple[str, ...] = (),
+    max_files: int | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    # Repeated fields (a batch's garment_ids) may add as many parts as a batch has garments.
+    max_fields = 16 + (2 * MAX_BATCH if repeated else 0)
     try:
         # A data URL may arrive as a text part, so text parts may be as large as the body itself.
-        form = await request.form(max_files=len(image_fields), max_fields=16, max_part_size=max_bytes)
+        form = await request.form(
+            max_files=max_files or len(image_fields), max_fields=max_fields, max_part_size=max_bytes
+        )
     except HTTPException as exc:  # Starlette's answer to a malformed or over-limit multipart body
         raise RequestInvalid(f"malformed multipart body: {exc.detail}") from None
-    fields: dict[str, Any] = {}
-    images: dict[str, ImageSource] = {}
+    fields: dict[str, Any] = {name: [] for name in repeated if name not in image_fields}
+    images: dict[str, Any] = {name: [] for name in repeated if name in image_fields}
     try:
         for name, value in form.multi_items():
-            if name in fields or name in images:
+            if name not in repeated and (name in fields or name in images):
                 raise RequestInvalid(f"field {name!r} is given more than once")
             if value == "":
                 continue  # an HTML form sends its empty inputs: they mean "not given"
@@ -223,11 +309,19 @@ async def _read_multipart(
                 if name not in image_fields:
                     raise RequestInvalid(f"field {name!r} cannot be a file (files: {', '.join(image_fields)})")
                 data = await value.read(max_bytes + 1)
-                images[name] = ImageSource(field=name, upload=data, upload_type=value.content_type or "")
+                source = ImageSource(field=name, upload=data, upload_type=value.content_type or "")
             elif name in image_fields:
-                images[name] = ImageSource(field=name, text=value)
+                source = ImageSource(field=name, text=value)
             else:
-                fields[name] = value
+                if name in repeated:
+                    fields[name].append(value)
+                else:
+                    fields[name] = value
+                continue
+            if name in repeated:
+                images[name].append(source)
+            else:
+                images[name] = source
     finally:
         await form.close()
     return fields, images

@@ -20,7 +20,7 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -89,10 +89,19 @@ class Job:
     stages: dict[str, StageState] = field(default_factory=pending_stages)
     error_code: str | None = None
     error_message: str | None = None
+    person_id: str | None = None  # a registered person (POST /v1/persons) instead of its own photo
+    batch_id: str | None = None  # the batch it belongs to (POST /v1/tryon/batch)
+    intermediates: bool = False  # keep pose, parse and warped garment for GET .../intermediates/{name}
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
+
+    @property
+    def owns_person_cache(self) -> bool:
+        """Whether the cached pose and parse of its photo go with it. A registered person's belong to
+        the person, a batch's photo's to the batch: erasing one of their jobs must leave them."""
+        return self.person_id is None and self.batch_id is None
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,10 @@ class JobStore(Protocol):
         ...
 
     def get(self, tenant: str, job_id: str) -> Job | None: ...
+
+    def get_many(self, tenant: str, job_ids: Sequence[str]) -> list[Job]:
+        """The tenant's jobs among job_ids, in that order (deleted ones left out)."""
+        ...
 
     def by_idempotency_key(self, tenant: str, key: str, ttl_s: float) -> Job | None:
         """The job made under this key within the last ttl_s seconds."""
@@ -216,8 +229,8 @@ class SqliteJobStore:
                     conn.execute("UPDATE jobs SET idempotency_key = NULL WHERE id = ?", (existing.id,))
             conn.execute(
                 "INSERT INTO jobs (id, tenant, status, created_at, category, output_format, garment_id, person_prefix,"
-                " shopper_id, callback_url, base_url, idempotency_key, request_hash, stages)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " shopper_id, callback_url, base_url, idempotency_key, request_hash, stages, person_id, batch_id,"
+                " intermediates) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.tenant,
@@ -233,6 +246,9 @@ class SqliteJobStore:
                     job.idempotency_key,
                     job.request_hash,
                     _stages_json(job.stages),
+                    job.person_id,
+                    job.batch_id,
+                    int(job.intermediates),
                 ),
             )
         return job
@@ -240,6 +256,15 @@ class SqliteJobStore:
     def get(self, tenant: str, job_id: str) -> Job | None:
         rows = self.db.query("SELECT * FROM jobs WHERE id = ? AND tenant = ?", (job_id, tenant))
         return _job(rows[0]) if rows else None
+
+    def get_many(self, tenant: str, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        for start in range(0, len(job_ids), 500):  # under SQLite's limit on bound parameters
+            chunk = list(job_ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            rows = self.db.query(f"SELECT * FROM jobs WHERE tenant = ? AND id IN ({marks})", (tenant, *chunk))
+            found.update((row["id"], _job(row)) for row in rows)
+        return [found[job_id] for job_id in job_ids if job_id in found]
 
     def by_idempotency_key(self, tenant: str, key: str, ttl_s: float) -> Job | None:
         rows = self.db.query(
@@ -437,6 +462,9 @@ def _job(row: sqlite3.Row) -> Job:
         stages=stages,
         error_code=row["error_code"],
         error_message=row["error_message"],
+        person_id=row["person_id"],
+        batch_id=row["batch_id"],
+        intermediates=bool(row["intermediates"]),
     )
 
 

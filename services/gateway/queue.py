@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from services.common.errors import QueueFull
@@ -22,6 +22,12 @@ log = logging.getLogger("fitroom.gateway.queue")
 class JobQueue(Protocol):
     def submit(self, job_id: str) -> None:
         """Queue a new job; QueueFull when `max_depth` jobs are already waiting."""
+        ...
+
+    def submit_many(self, job_ids: Sequence[str]) -> None:
+        """Queue a batch's jobs: QueueFull only when the queue is full already. A batch (up to 100 jobs)
+        may take the queue past its bound: the bound is back-pressure on new requests, and a batch
+        half queued would be worse than a long queue."""
         ...
 
     def restore(self, job_ids: Iterable[str]) -> None:
@@ -65,6 +71,15 @@ class ThreadQueue:
             if self._queue.qsize() >= self.max_depth:
                 raise QueueFull(f"all workers are busy and {self.max_depth} jobs are waiting; retry later")
             self._queue.put(job_id)
+
+    def submit_many(self, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            if self.stopping.is_set():
+                raise QueueFull("the server is shutting down")
+            if self._queue.qsize() >= self.max_depth:
+                raise QueueFull(f"all workers are busy and {self.max_depth} jobs are waiting; retry later")
+            for job_id in job_ids:
+                self._queue.put(job_id)
 
     def restore(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:

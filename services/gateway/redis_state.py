@@ -277,6 +277,7 @@ return flat
 
 _JOB_FLOATS = frozenset({"created_at", "started_at", "finished_at"})
 _JOB_INTS = frozenset({"attempts"})
+_JOB_BOOLS = frozenset({"intermediates"})
 
 
 class RedisJobStore:
@@ -330,6 +331,10 @@ class RedisJobStore:
     def get(self, tenant: str, job_id: str) -> Job | None:
         job = self._load(job_id)
         return job if job is not None and job.tenant == tenant else None
+
+    @unavailable_as_queue_error
+    def get_many(self, tenant: str, job_ids: Sequence[str]) -> list[Job]:
+        return [job for job in self._load_many(job_ids) if job.tenant == tenant]
 
     @unavailable_as_queue_error
     def by_idempotency_key(self, tenant: str, key: str, ttl_s: float) -> Job | None:
@@ -513,6 +518,8 @@ def _job(fields: dict[str, str]) -> Job:
             values[name] = float(value)
         elif name in _JOB_INTS:
             values[name] = int(value)
+        elif name in _JOB_BOOLS:
+            values[name] = value == "True"  # as _text writes a bool
         else:
             values[name] = value
     # Hash fields come back in no set order; the API shows stages in pipeline order.

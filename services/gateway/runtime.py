@@ -24,10 +24,19 @@ from services.gateway.fetch import SafeFetcher, UrlPolicy
 from services.gateway.jobs import GarmentRegistry, Job, JobStore, SqliteGarmentRegistry, SqliteJobStore
 from services.gateway.keys import ApiKeyStore, AuthCache, KeyStore
 from services.gateway.metrics import Metrics
+from services.gateway.persons import (
+    Batch,
+    BatchStore,
+    Person,
+    PersonRegistry,
+    Settled,
+    SqliteBatchStore,
+    SqlitePersonRegistry,
+)
 from services.gateway.queue import JobQueue, ThreadQueue
-from services.gateway.storage import TenantArtifactStore, job_prefix
+from services.gateway.storage import TenantArtifactStore, batch_prefix, job_prefix, person_resource_prefix
 from services.gateway.webhooks import Outbox, WebhookOutbox
-from services.gateway.worker import JobExecutor
+from services.gateway.worker import JobExecutor, settle
 
 log = logging.getLogger("fitroom.gateway")
 
@@ -50,6 +59,8 @@ class Gateway:
         self.auth_cache = AuthCache(settings.auth_cache_s)
         self.jobs: JobStore
         self.garments: GarmentRegistry
+        self.persons: PersonRegistry
+        self.batches: BatchStore
         self.keys: ApiKeyStore
         self.outbox: Outbox
         self.queue: JobQueue
@@ -61,6 +72,7 @@ class Gateway:
 
             self.state = distributed_state(settings, self.metrics, webhook_fetcher)
             self.jobs, self.garments, self.keys = self.state.jobs, self.state.garments, self.state.keys
+            self.persons, self.batches = self.state.persons, self.state.batches
             self.outbox = self.state.outbox
             self.queue = CeleryQueue(self.state.client, settings.queue_size)
             self.infer = LocalBackend(settings.model_repository)  # never loads a model here: the workers do
@@ -71,11 +83,13 @@ class Gateway:
             self.db = Database(settings.gateway_db)
             self.jobs = SqliteJobStore(self.db)
             self.garments = SqliteGarmentRegistry(self.db)
+            self.persons = SqlitePersonRegistry(self.db)
+            self.batches = SqliteBatchStore(self.db)
             self.keys = KeyStore(self.db)
             self.infer = embedded_backend(settings)
             self.outbox = WebhookOutbox(self.db, self.keys, webhook_fetcher, settings, self.metrics)
             self.executor = JobExecutor(
-                self.jobs, self.garments, self.artifacts, self.infer, self.outbox, self.metrics, settings
+                self.jobs, self.garments, self.batches, self.artifacts, self.infer, self.outbox, self.metrics, settings
             )
             self.queue = ThreadQueue(self.executor, settings.workers, settings.queue_size)
             self.models_error = "models are loading"
@@ -162,12 +176,19 @@ class Gateway:
                 log.exception("reaper error")
 
     def expire_jobs(self, cutoff: float) -> int:
-        """Erase every job finished before `cutoff`; returns how many."""
+        """Erase every batch and job finished before `cutoff`, and every person registered before it;
+        returns how many jobs."""
         erased = 0
+        while batches := self.batches.finished_before(cutoff):
+            for batch in batches:
+                erased += self.erase_batch(batch)[0]
         while expired := self.jobs.finished_before(cutoff):
             for job in expired:
                 self.erase_job(job)
             erased += len(expired)
+        while persons := self.persons.created_before(cutoff):
+            for person in persons:
+                self.erase_person(person)
         return erased
 
     def erase_job(self, job: Job) -> int:
@@ -176,4 +197,29 @@ class Gateway:
         store = TenantArtifactStore(self.artifacts, job.tenant)
         self.jobs.delete(job.tenant, job.id)
         self.outbox.delete_for_job(job.id)
-        return store.delete_prefix(job_prefix(job.id)) + store.delete_prefix(job.person_prefix)
+        deleted = store.delete_prefix(job_prefix(job.id))
+        return deleted + (store.delete_prefix(job.person_prefix) if job.owns_person_cache else 0)
+
+    def erase_person(self, person: Person) -> int:
+        """A registered person: the record, the photo and its cached pose and parse; returns the number
+        of artifacts deleted. Queued try-ons naming it then fail with person_not_found."""
+        store = TenantArtifactStore(self.artifacts, person.tenant)
+        self.persons.delete(person.tenant, person.id)
+        return store.delete_prefix(person_resource_prefix(person.id)) + store.delete_prefix(person.person_prefix)
+
+    def erase_batch(self, batch: Batch) -> tuple[int, int]:
+        """A batch, every job of it (results included), its webhook, and its own photo with that photo's
+        cached pose and parse; (jobs, artifacts) deleted. A registered person it ran on stays."""
+        store = TenantArtifactStore(self.artifacts, batch.tenant)
+        self.batches.delete(batch.tenant, batch.id)
+        self.outbox.delete_for_job(batch.id)
+        members = self.jobs.get_many(batch.tenant, batch.job_ids)
+        deleted = sum(self.erase_job(job) for job in members) + store.delete_prefix(batch_prefix(batch.id))
+        if batch.owns_person_cache:
+            deleted += store.delete_prefix(batch.person_prefix)
+        return len(members), deleted
+
+    def settle_batch(self, tenant: str, batch_id: str) -> Settled:
+        """The batch and its jobs, finishing it first if its last job has ended (see persons.settle_batch)."""
+        store = TenantArtifactStore(self.artifacts, tenant)
+        return settle(self.batches, self.jobs, store, self.outbox, self.settings, tenant, batch_id)

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.jobs import CategoryChoice, Garment, Job, JobStatus, OutputFormat, StageStatus
+from services.gateway.persons import MAX_BATCH, Batch, BatchStatus, Person
 from services.gateway.webhooks import DeliveryState, DeliveryStatus
 
 IMAGE_DESCRIPTION = (
@@ -25,6 +26,9 @@ class _Strict(BaseModel):
 class TryonFields(_Strict):
     """The fields of a try-on request other than the images."""
 
+    person_id: str | None = Field(
+        None, description="a person registered with POST /v1/persons (instead of person)", max_length=64
+    )
     garment_id: str | None = Field(None, description="a garment registered with POST /v1/garments", max_length=64)
     category: CategoryChoice = Field("auto", description="what the garment is; auto detects it")
     output_format: OutputFormat = "jpeg"
@@ -36,12 +40,15 @@ class TryonFields(_Strict):
         pattern=SHOPPER_PATTERN,
         description="your own opaque reference for the shopper: DELETE /v1/shoppers/{shopper_id} erases their data",
     )
+    intermediates: bool = Field(
+        False, description="keep the pose, parse and warped garment: GET /v1/tryon/{id}/intermediates/{name}"
+    )
 
 
 class TryonJson(TryonFields):
     """POST /v1/tryon as application/json."""
 
-    person: str = Field(description="the shopper's photo. " + IMAGE_DESCRIPTION)
+    person: str | None = Field(None, description="the shopper's photo (or give person_id). " + IMAGE_DESCRIPTION)
     garment: str | None = Field(
         None, description="the garment's product image (or give garment_id). " + IMAGE_DESCRIPTION
     )
@@ -50,8 +57,71 @@ class TryonJson(TryonFields):
 class TryonForm(TryonFields):
     """POST /v1/tryon as multipart/form-data (documentation only: the parser reads the parts)."""
 
-    person: bytes = Field(description="the shopper's photo. " + IMAGE_DESCRIPTION)
+    person: bytes | None = Field(None, description="the shopper's photo (or give person_id). " + IMAGE_DESCRIPTION)
     garment: bytes | None = Field(None, description="the garment's product image (or give garment_id)")
+
+
+class PersonFields(_Strict):
+    shopper_id: str | None = Field(
+        None,
+        pattern=SHOPPER_PATTERN,
+        description="your own reference for the shopper: DELETE /v1/shoppers/{shopper_id} erases this person too",
+    )
+
+
+class PersonJson(PersonFields):
+    """POST /v1/persons as application/json."""
+
+    person: str = Field(description="the shopper's photo. " + IMAGE_DESCRIPTION)
+
+
+class PersonForm(PersonFields):
+    """POST /v1/persons as multipart/form-data (documentation only)."""
+
+    person: bytes = Field(description="the shopper's photo. " + IMAGE_DESCRIPTION)
+
+
+_BATCH_ITEMS = {"maxItems": MAX_BATCH}
+
+
+class BatchFields(_Strict):
+    """The fields of a batch request other than the images."""
+
+    person_id: str | None = Field(None, description="a person registered with POST /v1/persons", max_length=64)
+    garment_ids: list[str] = Field(
+        default_factory=list,
+        description=f"registered garments (with `garments`, 1 to {MAX_BATCH} in all; repeat the part in multipart)",
+        json_schema_extra=_BATCH_ITEMS,
+    )
+    category: CategoryChoice = Field("auto", description="what the garments are; auto detects each")
+    output_format: OutputFormat = "jpeg"
+    callback_url: str | None = Field(
+        None, max_length=2048, description="https URL that receives the finished batch as one signed webhook"
+    )
+    shopper_id: str | None = Field(
+        None, pattern=SHOPPER_PATTERN, description="your own reference for the shopper (default: the person's)"
+    )
+    intermediates: bool = Field(False, description="every job keeps its pose, parse and warped garment")
+
+
+class BatchJson(BatchFields):
+    """POST /v1/tryon/batch as application/json."""
+
+    person: str | None = Field(None, description="the shopper's photo (or give person_id). " + IMAGE_DESCRIPTION)
+    garments: list[str] = Field(
+        default_factory=list,
+        description="product images (with `garment_ids`, 1 to 100 in all). " + IMAGE_DESCRIPTION,
+        json_schema_extra=_BATCH_ITEMS,
+    )
+
+
+class BatchForm(BatchFields):
+    """POST /v1/tryon/batch as multipart/form-data (documentation only): repeat garment_ids and garments."""
+
+    person: bytes | None = Field(None, description="the shopper's photo (or give person_id)")
+    garments: list[bytes] = Field(
+        default_factory=list, description="product images, one file part each", json_schema_extra=_BATCH_ITEMS
+    )
 
 
 class GarmentFields(_Strict):
@@ -103,6 +173,9 @@ class JobOut(BaseModel):
     garment_id: str | None = None
     shopper_id: str | None = None
     callback_url: str | None = None
+    person_id: str | None = Field(None, description="the registered person it ran on, if any")
+    batch_id: str | None = Field(None, description="the batch it belongs to, if any")
+    intermediates: bool = Field(False, description="whether it keeps its pose, parse and warped garment")
     stages: dict[str, StageOut] = Field(description="pose, parser, garment, warp, fusion")
     status_url: str
     result_url: str | None = Field(None, description="set once the job has succeeded")
@@ -135,9 +208,45 @@ class GarmentList(BaseModel):
     next_after: str | None = Field(None, description="pass as ?after= to get the next page")
 
 
+class PersonOut(BaseModel):
+    id: str
+    width: int
+    height: int
+    shopper_id: str | None = None
+    created_at: datetime
+
+
+class BatchJobOut(BaseModel):
+    id: str
+    garment_id: str | None = None
+    status: JobStatus
+    status_url: str
+    result_url: str | None = Field(None, description="set once the job has succeeded")
+    error: ErrorDetail | None = None
+
+
+class BatchOut(BaseModel):
+    id: str
+    status: BatchStatus = Field(description="running until every job has ended, then finished")
+    created_at: datetime
+    finished_at: datetime | None = None
+    person_id: str | None = None
+    shopper_id: str | None = None
+    category: CategoryChoice
+    output_format: OutputFormat
+    callback_url: str | None = None
+    total: int = Field(description="jobs in the batch")
+    counts: dict[str, int] = Field(description="jobs by status: queued, running, succeeded, failed")
+    jobs: list[BatchJobOut] = Field(description="in the order of the request: garment_ids first, then garments")
+    status_url: str
+    webhook: WebhookOut | None = None
+
+
 class ErasureOut(BaseModel):
     jobs_deleted: int
     artifacts_deleted: int
+    persons_deleted: int = 0
+    batches_deleted: int = 0
 
 
 class Health(BaseModel):
@@ -164,6 +273,9 @@ def job_view(job: Job, base_url: str, webhook: DeliveryState | None = None, down
         garment_id=job.garment_id,
         shopper_id=job.shopper_id,
         callback_url=job.callback_url,
+        person_id=job.person_id,
+        batch_id=job.batch_id,
+        intermediates=job.intermediates,
         stages={name: StageOut(status=s.status, seconds=s.seconds) for name, s in job.stages.items()},
         status_url=status_url,
         result_url=f"{status_url}/result" if job.status == "succeeded" else None,
@@ -185,4 +297,51 @@ def garment_view(garment: Garment) -> GarmentOut:
         height=garment.height,
         sku=garment.sku,
         created_at=timestamp(garment.created_at),
+    )
+
+
+def person_view(person: Person) -> PersonOut:
+    return PersonOut(
+        id=person.id,
+        width=person.width,
+        height=person.height,
+        shopper_id=person.shopper_id,
+        created_at=timestamp(person.created_at),
+    )
+
+
+def batch_view(batch: Batch, jobs: list[Job], base_url: str, webhook: DeliveryState | None = None) -> BatchOut:
+    """A batch as GET /v1/tryon/batch/{id} and its webhook show it. `base_url` has no trailing '/'."""
+    counts = dict.fromkeys(("queued", "running", "succeeded", "failed"), 0)
+    entries = []
+    for job in jobs:
+        counts[job.status] += 1
+        status_url = f"{base_url}/v1/tryon/{job.id}"
+        entries.append(
+            BatchJobOut(
+                id=job.id,
+                garment_id=job.garment_id,
+                status=job.status,
+                status_url=status_url,
+                result_url=f"{status_url}/result" if job.status == "succeeded" else None,
+                error=ErrorDetail(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            )
+        )
+    return BatchOut(
+        id=batch.id,
+        status=batch.status,
+        created_at=timestamp(batch.created_at),
+        finished_at=timestamp(batch.finished_at) if batch.finished_at else None,
+        person_id=batch.person_id,
+        shopper_id=batch.shopper_id,
+        category=batch.category,
+        output_format=batch.output_format,
+        callback_url=batch.callback_url,
+        total=len(batch.job_ids),
+        counts=counts,
+        jobs=entries,
+        status_url=f"{base_url}/v1/tryon/batch/{batch.id}",
+        webhook=WebhookOut(status=webhook.status, attempts=webhook.attempts, last_error=webhook.last_error)
+        if webhook
+        else None,
     )

@@ -75,3 +75,33 @@ def garment_image_key(garment_id: str) -> str:
 
 def garment_prefix(garment_id: str) -> str:
     return f"garments/{garment_id}/"
+
+
+def person_image_key(person_id: str) -> str:
+    """A registered person's photo, as received."""
+    return f"persons/{person_id}/image"
+
+
+def person_resource_prefix(person_id: str) -> str:
+    return f"persons/{person_id}/"
+
+
+def batch_prefix(batch_id: str) -> str:
+    return f"batches/{batch_id}/"
+
+
+def batch_person_key(batch_id: str) -> str:
+    """The photo a batch was sent with (none when it names a person_id); dropped when the batch ends."""
+    return f"batches/{batch_id}/person"
+
+
+# What a job asked to keep with `intermediates` (GET /v1/tryon/{id}/intermediates/{name}): name -> file.
+INTERMEDIATES: dict[str, tuple[str, str]] = {
+    "pose": ("pose.jpg", "image/jpeg"),  # the skeleton drawn over the photo
+    "parse": ("parse.png", "image/png"),  # the LIP label map in LIP_PALETTE's colours
+    "warped": ("warped.png", "image/png"),  # the garment warped onto the body, RGBA
+}
+
+
+def intermediate_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/intermediates/{INTERMEDIATES[name][0]}"

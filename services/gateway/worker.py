@@ -11,30 +11,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from services.common.artifacts import ArtifactStore
+from services.common.artifacts import ArtifactNotFound, ArtifactStore
 from services.common.config import Settings
-from services.common.contracts import Category
+from services.common.contracts import LIP_PALETTE, Category, ParseResult, PoseResult, WarpResult
 from services.common.errors import FitroomError, GarmentNotFound
-from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg, encode_png
+from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg, encode_label_png, encode_png
 from services.common.inference import Infer
+from services.gateway.errors import PersonNotFound
 from services.gateway.jobs import GarmentRegistry, Job, JobStore, StageState, WebhookFor
 from services.gateway.metrics import Metrics
-from services.gateway.schemas import job_view, timestamp
+from services.gateway.persons import Batch, BatchStore, Settled, settle_batch
+from services.gateway.schemas import batch_view, job_view, timestamp
 from services.gateway.storage import (
     TenantArtifactStore,
+    batch_person_key,
     garment_image_key,
     garment_input_key,
+    intermediate_key,
     job_inputs_prefix,
     job_prefix,
     job_work_prefix,
+    person_image_key,
     person_input_key,
     result_key,
 )
 from services.gateway.webhooks import Outbox, Webhook
-from services.pipeline import Pipeline
+from services.pipeline import PersonLock, Pipeline
 
 log = logging.getLogger("fitroom.gateway.worker")
 
@@ -44,6 +50,14 @@ class JobInterrupted(Exception):
 
 
 def load_person(store: TenantArtifactStore, job: Job) -> np.ndarray:
+    """The job's photo: a registered person's, its batch's, or its own."""
+    if job.person_id is not None:
+        try:
+            return decode_image(store.get(person_image_key(job.person_id)))
+        except ArtifactNotFound:
+            raise PersonNotFound(f"person {job.person_id} was deleted before the job ran") from None
+    if job.batch_id is not None:
+        return decode_image(store.get(batch_person_key(job.batch_id)))
     return decode_image(store.get(person_input_key(job.id)))
 
 
@@ -64,6 +78,18 @@ def load_garment(store: TenantArtifactStore, job: Job, garments: GarmentRegistry
 def store_result(store: TenantArtifactStore, job: Job, image: np.ndarray) -> None:
     encoded = encode_jpeg(image) if job.output_format == "jpeg" else encode_png(image)
     store.put(result_key(job.id, job.output_format), encoded)
+
+
+def store_intermediates(
+    store: TenantArtifactStore, job: Job, person: np.ndarray, pose: PoseResult, parse: ParseResult, warped: WarpResult
+) -> None:
+    """What a job with `intermediates` keeps beside its result, as images a person can look at (the
+    CLI's --debug writes the same): erased with the job."""
+    from services.pose.overlay import draw_pose
+
+    store.put(intermediate_key(job.id, "pose"), encode_jpeg(draw_pose(person, pose)))
+    store.put(intermediate_key(job.id, "parse"), encode_label_png(parse.labels, LIP_PALETTE))
+    store.put(intermediate_key(job.id, "warped"), encode_png(np.round(warped.rgba * 255).astype(np.uint8)))
 
 
 class StageRecorder:
@@ -135,7 +161,8 @@ def conclude(
         current = jobs.get(job.tenant, job.id)
         if current is None:
             store.delete_prefix(job_prefix(job.id))
-            store.delete_prefix(job.person_prefix)
+            if job.owns_person_cache:
+                store.delete_prefix(job.person_prefix)
         elif current.status == "failed":
             store.delete_prefix(job_prefix(job.id))
         elif current.status == "succeeded":
@@ -151,6 +178,50 @@ def conclude(
         metrics.jobs_finished.labels(outcome.status, outcome.error_code or "").inc()
 
 
+def batch_webhook(settings: Settings) -> Callable[[Batch, list[Job]], Webhook | None]:
+    """What `BatchStore.finish` queues for a finished batch with a callback_url: the batch as GET shows it."""
+
+    def webhook(batch: Batch, members: list[Job]) -> Webhook | None:
+        if not batch.callback_url:
+            return None
+        base_url = settings.public_url.rstrip("/") or batch.base_url
+        event = {
+            "type": "batch.finished",
+            "created_at": timestamp(batch.finished_at or time.time()).isoformat(),
+            "data": batch_view(batch, members, base_url).model_dump(mode="json", exclude={"webhook"}),
+        }
+        return Webhook(batch.callback_url, event)
+
+    return webhook
+
+
+def settle(
+    batches: BatchStore,
+    jobs: JobStore,
+    store: TenantArtifactStore,
+    outbox: Outbox,
+    settings: Settings,
+    tenant: str,
+    batch_id: str,
+) -> Settled:
+    """The batch and its jobs, the batch finished when its last job has ended (its webhook queued, and
+    its own photo, which no job needs any more, dropped). Any process may call it, any number of times."""
+    settled = settle_batch(batches, jobs, tenant, batch_id, batch_webhook(settings))
+    if settled.ended_now and settled.batch is not None:
+        if settled.batch.callback_url:
+            outbox.wake()
+        store.delete_prefix(batch_person_key(settled.batch.id))
+    return settled
+
+
+def job_ended_in_batch(
+    job: Job, batches: BatchStore, jobs: JobStore, store: TenantArtifactStore, outbox: Outbox, settings: Settings
+) -> None:
+    """After a job has finished: if it was its batch's last, the batch ends."""
+    if job.batch_id is not None:
+        settle(batches, jobs, store, outbox, settings, job.tenant, job.batch_id)
+
+
 class JobExecutor:
     """Embedded mode's worker: one job through the whole pipeline in this process."""
 
@@ -158,14 +229,18 @@ class JobExecutor:
         self,
         jobs: JobStore,
         garments: GarmentRegistry,
+        batches: BatchStore,
         artifacts: ArtifactStore,
         infer: Infer,
         outbox: Outbox,
         metrics: Metrics,
         settings: Settings,
+        person_lock: PersonLock | None = None,
     ) -> None:
         self.jobs = jobs
         self.garments = garments
+        self.batches = batches
+        self.person_lock = person_lock
         self.artifacts = artifacts
         self.infer = infer
         self.outbox = outbox
@@ -182,9 +257,11 @@ class JobExecutor:
         webhook = job_webhook(self.settings)
         try:
             garment, category = load_garment(store, job, self.garments)
-            result = Pipeline(store, self.infer, self.settings.learned or None).tryon(
-                load_person(store, job), garment, category, on_stage=recorder
-            )
+            person = load_person(store, job)
+            pipeline = Pipeline(store, self.infer, self.settings.learned or None, self.person_lock)
+            result = pipeline.tryon(person, garment, category, on_stage=recorder)
+            if job.intermediates:
+                store_intermediates(store, job, person, result.pose, result.parse, result.warped)
             store_result(store, job, result.image)
             outcome = self.jobs.finish(job.id, "succeeded", detected_category=result.category, webhook=webhook)
         except JobInterrupted:
@@ -200,3 +277,4 @@ class JobExecutor:
             error = ("internal_error", "internal error; it has been logged")
             outcome = self.jobs.finish(job.id, "failed", error=error, webhook=webhook)
         conclude(job, outcome, self.jobs, store, self.outbox, self.metrics)
+        job_ended_in_batch(job, self.batches, self.jobs, store, self.outbox, self.settings)

@@ -12,7 +12,7 @@ import pytest
 from skimage import data
 
 from tests.gateway.helpers import Key, LocalHttp, Route, Server, encode, free_port, reply
-from tests.warp.drawn import TEE, product_image
+from tests.warp.drawn import CARDIGAN, LONG_SLEEVE, TANK_TOP, TEE, product_image
 
 # Short webhook backoff so retries take fractions of a second; small limits so the oversize
 # cases are cheap to send.
@@ -125,6 +125,7 @@ def server_env(allow: list[LocalHttp]) -> dict[str, str]:
         "FITROOM_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
         "FITROOM_FETCH_TIMEOUT_S": str(FETCH_TIMEOUT_S),
         "FITROOM_MAX_WAIT_S": "30",
+        "FITROOM_DEMO": "1",  # the storefront page, for tests/gateway/test_demo_browser.py
     }
 
 
@@ -149,3 +150,29 @@ def acme(server: Server) -> Key:
 @pytest.fixture(scope="session")
 def globex(server: Server) -> Key:
     return server.create_key("globex")
+
+
+# Upper garments the astronaut (a half-body photo) can wear, each a different image (and so analysed
+# on its own): four outlines, their prints shifted by the seed.
+UPPER_OUTLINES = (TEE, TANK_TOP, LONG_SLEEVE, CARDIGAN)
+
+
+def upper_garment_png(n: int) -> bytes:
+    return encode(product_image(UPPER_OUTLINES[n % len(UPPER_OUTLINES)], seed=n), "PNG")
+
+
+def register_garments(server: Server, key: Key, count: int) -> list[str]:
+    ids = []
+    with server.client(key) as client:
+        for n in range(count):
+            files = {"image": (f"g{n}.png", upper_garment_png(n), "image/png")}
+            response = client.post("/v1/garments", files=files, data={"category": "upper", "sku": f"drawn-{n}"})
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+    return ids
+
+
+@pytest.fixture(scope="session")
+def catalogue(server: Server, acme: Key) -> list[str]:
+    """Ten registered upper garments of acme's, shared by the person and batch tests."""
+    return register_garments(server, acme, 10)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from anyio import to_thread
+from fastapi import APIRouter, Query, Response, status
 
 from services.common.errors import GarmentNotFound
 from services.gateway.deps import GarmentIdDep, GarmentSubmissionDep, GatewayDep, TenantDep
 from services.gateway.routes.openapi import errors, request_body
 from services.gateway.schemas import GarmentForm, GarmentJson, GarmentList, GarmentOut, garment_view
-from services.gateway.service import delete_garment, register_garment
+from services.gateway.service import delete_garment, garment_image, register_garment
 
 router = APIRouter(prefix="/v1/garments", tags=["garments"])
 
@@ -47,6 +48,17 @@ def get_garment(garment_id: GarmentIdDep, tenant: TenantDep, gateway: GatewayDep
     if garment is None:
         raise GarmentNotFound(f"no garment {garment_id}")
     return garment_view(garment)
+
+
+@router.get(
+    "/{garment_id}/image",
+    summary="A garment's product image, as registered",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}, "description": "the image"}, **errors(401, 404)},
+)
+async def get_garment_image(garment_id: GarmentIdDep, tenant: TenantDep, gateway: GatewayDep) -> Response:
+    data, media_type = await to_thread.run_sync(garment_image, gateway, tenant, garment_id)
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.delete(

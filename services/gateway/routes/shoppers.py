@@ -14,9 +14,15 @@ router = APIRouter(prefix="/v1/shoppers", tags=["privacy"])
 
 @router.delete(
     "/{shopper_id}",
-    summary="Erase every try-on tagged with this shopper_id, with its photos, results and cached body data",
+    summary="Erase every person, batch and try-on tagged with this shopper_id, with their photos, results and "
+    "cached body data",
     responses=errors(401, 404),
 )
 def delete_shopper(shopper_id: ShopperIdDep, tenant: TenantDep, gateway: GatewayDep) -> ErasureOut:
-    jobs, artifacts = erase_shopper(gateway, tenant, shopper_id)
-    return ErasureOut(jobs_deleted=jobs, artifacts_deleted=artifacts)
+    erased = erase_shopper(gateway, tenant, shopper_id)
+    return ErasureOut(
+        jobs_deleted=erased.jobs,
+        artifacts_deleted=erased.artifacts,
+        persons_deleted=erased.persons,
+        batches_deleted=erased.batches,
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
+from services.common.artifacts import ArtifactNotFound
 from services.common.errors import JobNotFound, ResultNotReady
 from services.gateway.deps import (
     BaseUrlDep,
@@ -16,11 +17,11 @@ from services.gateway.deps import (
     TenantDep,
     TryonSubmissionDep,
 )
-from services.gateway.errors import job_failure
+from services.gateway.errors import IntermediateNotFound, job_failure
 from services.gateway.routes.openapi import errors, request_body
 from services.gateway.schemas import JobOut, TryonForm, TryonJson, job_view
 from services.gateway.service import submit_tryon, wait_for_job
-from services.gateway.storage import MEDIA_TYPES, TenantArtifactStore, result_key
+from services.gateway.storage import INTERMEDIATES, MEDIA_TYPES, TenantArtifactStore, intermediate_key, result_key
 
 router = APIRouter(prefix="/v1/tryon", tags=["try-on"])
 
@@ -104,6 +105,43 @@ async def get_tryon_result(job_id: JobIdDep, tenant: TenantDep, gateway: Gateway
             "Content-Disposition": f'inline; filename="{job.id}.{extension}"',
         },
     )
+
+
+@router.get(
+    "/{job_id}/intermediates/{name}",
+    summary="What a try-on made on the way: the pose, the parse or the warped garment",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "the image"},
+        **errors(401, 404, 422),
+    },
+)
+async def get_tryon_intermediate(
+    job_id: JobIdDep,
+    name: Annotated[
+        Literal["pose", "parse", "warped"],
+        Path(
+            description="pose: the skeleton over the photo (JPEG); parse: the LIP label map (PNG); "
+            "warped: the garment warped onto the body (RGBA PNG)"
+        ),
+    ],
+    tenant: TenantDep,
+    gateway: GatewayDep,
+) -> Response:
+    job = await to_thread.run_sync(gateway.jobs.get, tenant, job_id)
+    if job is None:
+        raise JobNotFound(f"no try-on job {job_id}")
+    if not job.finished:
+        raise ResultNotReady(f"the job is {job.status}: its intermediates come with its result")
+    try:
+        image = await to_thread.run_sync(
+            TenantArtifactStore(gateway.artifacts, tenant).get, intermediate_key(job.id, name)
+        )
+    except ArtifactNotFound:
+        raise IntermediateNotFound(
+            f"job {job.id} kept no {name}: send intermediates=true with the try-on (a failed job keeps none)"
+        ) from None
+    return Response(image, media_type=INTERMEDIATES[name][1], headers={"Cache-Control": "private, no-store"})
 
 
 @router.delete(
