@@ -35,6 +35,9 @@ demo: models
 	$(BIN)/python -m tests.warp.drawn $(OUT)/tee.png
 	$(BIN)/fitroom tryon --person $(OUT)/astronaut.png --garment $(OUT)/tee.png -o $(OUT)/astronaut_tee.jpg --debug $(OUT)/tryon_debug
 	@echo "try-on: $(OUT)/astronaut_tee.jpg (the astronaut wearing the drawn tee $(OUT)/tee.png); intermediates: $(OUT)/tryon_debug/"
+	@echo "storefront demo page: $(BIN)/fitroom keys create --tenant demo   (prints an API key), then"
+	@echo "  FITROOM_DEMO=1 $(BIN)/fitroom serve --port 8000 --workers 2   and open http://127.0.0.1:8000/demo"
+	@echo "  (register garments there with 'Add a garment', e.g. $(OUT)/tee.png, or with POST /v1/garments)"
 
 lint: install
 	$(BIN)/ruff check services tests bench

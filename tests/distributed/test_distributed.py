@@ -7,6 +7,7 @@ the whole worker pool killed, redis-server restarted (AOF on), Triton gone for g
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -28,7 +29,7 @@ from services.common.imageio import decode_image, decode_image_rgba, encode_jpeg
 from services.common.inference import inference_backend
 from services.distributed.queues import QUEUES
 from services.gateway.redis_state import connect
-from services.pipeline import Pipeline
+from services.pipeline import Pipeline, person_prefix
 from tests.distributed.cluster import STALL_TIMEOUT_S, VISIBILITY_TIMEOUT_S, Cluster, cluster
 from tests.gateway.helpers import Key, encode, fitroom, free_port, wait_finished, wait_until
 from tests.warp.drawn import TEE, product_image
@@ -134,6 +135,51 @@ def test_a_second_garment_reuses_the_persons_pose_and_parse(deployment: Cluster,
     assert first["stages"]["pose"]["status"] == "done" and first["stages"]["parser"]["status"] == "done"
     assert second["stages"]["pose"]["status"] == "cached" and second["stages"]["parser"]["status"] == "cached"
     assert second["stages"]["garment"]["status"] == "done"
+
+
+def test_a_batch_on_a_registered_person_spreads_over_the_workers(deployment: Cluster, key: Key, tee_png: bytes) -> None:
+    """Three garments on one registered person, with two pose workers competing for the batch's jobs:
+    every job succeeds, pose and parser run once (the Redis person lock), and erasing the batch and
+    the person takes their files out of S3."""
+    extra = deployment.workers.start("pose")
+    photo = encode(np.ascontiguousarray(data.astronaut()[:, 12:]), "JPEG")
+    tee = "data:image/png;base64," + base64.b64encode(tee_png).decode()
+    try:
+        with deployment.gateway.client(key) as client:
+            garment_ids = []
+            for seed in (2, 3):
+                files = {"image": ("g.png", encode(product_image(TEE, seed=seed), "PNG"), "image/png")}
+                response = client.post("/v1/garments", files=files, data={"category": "upper"})
+                assert response.status_code == 201, response.text
+                garment_ids.append(response.json()["id"])
+            person = client.post("/v1/persons", files={"person": ("me.jpg", photo, "image/jpeg")})
+            assert person.status_code == 201, person.text
+            person_id = person.json()["id"]
+            body = {"person_id": person_id, "garment_ids": garment_ids, "garments": [tee], "intermediates": True}
+            response = client.post("/v1/tryon/batch", json=body)
+            assert response.status_code == 202, response.text
+            batch_id = response.json()["id"]
+            batch = client.get(f"/v1/tryon/batch/{batch_id}", params={"wait": 60}).json()
+            while batch["status"] != "finished":
+                batch = client.get(f"/v1/tryon/batch/{batch_id}", params={"wait": 60}).json()
+            assert batch["counts"]["succeeded"] == 3, batch
+            jobs = [client.get(job["status_url"]).json() for job in batch["jobs"]]
+            for stage in ("pose", "parser"):
+                assert sorted(job["stages"][stage]["status"] for job in jobs) == ["cached", "cached", "done"], stage
+            for job in jobs:
+                assert client.get(job["result_url"]).status_code == 200
+                assert client.get(f"/v1/tryon/{job['id']}/intermediates/warped").status_code == 200
+            tenant = "fitroom-test/tenants/acme/"
+            cache = tenant + person_prefix(decode_image(photo))
+            assert bucket_keys(deployment, f"{tenant}persons/{person_id}/") and bucket_keys(deployment, cache)
+            assert client.delete(f"/v1/tryon/batch/{batch_id}").status_code == 204
+            assert client.delete(f"/v1/persons/{person_id}").status_code == 204
+            assert client.get(f"/v1/tryon/batch/{batch_id}").status_code == 404
+        assert not any(bucket_keys(deployment, f"{tenant}jobs/{job['id']}/") for job in jobs)
+        assert not bucket_keys(deployment, f"{tenant}persons/{person_id}/") and not bucket_keys(deployment, cache)
+        assert not bucket_keys(deployment, f"{tenant}batches/{batch_id}/")
+    finally:
+        deployment.workers.kill(extra)
 
 
 def test_a_worker_killed_mid_task_and_replaced_the_job_still_succeeds(
