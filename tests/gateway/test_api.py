@@ -252,7 +252,12 @@ def test_a_tenant_never_sees_another_tenants_jobs_garments_or_results(
         assert garment_id not in [g["id"] for g in other.get("/v1/garments", params={"limit": 100}).json()["data"]]
         borrowed = other.post("/v1/tryon", files=files(person_jpeg), data={"garment_id": garment_id})
         assert borrowed.status_code == 404 and borrowed.json()["error"]["code"] == "garment_not_found"
-        assert other.delete("/v1/shoppers/s-1").json() == {"jobs_deleted": 0, "artifacts_deleted": 0}
+        assert other.delete("/v1/shoppers/s-1").json() == {
+            "jobs_deleted": 0,
+            "artifacts_deleted": 0,
+            "persons_deleted": 0,
+            "batches_deleted": 0,
+        }
     with server.client(acme) as client:  # all still there for their owner
         assert client.get(f"/v1/tryon/{job_id}/result").status_code == 200
         assert client.get(f"/v1/garments/{garment_id}").status_code == 200

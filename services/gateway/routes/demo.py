@@ -13,7 +13,10 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).resolve().parents[1] / "static"
 # Only this origin's own files and the images the page makes from API answers (blob:); no CDN, no
 # inline script: what the page runs is what is in the repository.
-CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; object-src 'none'"
+CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; connect-src 'self' blob:; style-src 'self'; "
+    "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'"
+)
 
 router = APIRouter(include_in_schema=False)
 
