@@ -58,8 +58,8 @@ def test_a_batch_of_ten_ends_with_ten_results_and_one_signed_webhook(
             assert result.status_code == 200 and result.headers["content-type"] == "image/jpeg"
             images.append(decode_image(result.content))
         assert all(image.shape == (492, 508, 3) for image in images)
-        # Four outlines among the ten (a seed only moves the backdrop's noise, which the cut-out drops).
-        assert len({image.tobytes() for image in images}) == len(UPPER_OUTLINES)
+        # Different garments, different pictures (drawn ones of one outline may come out alike).
+        assert len({image.tobytes() for image in images}) >= len(UPPER_OUTLINES)
 
         # The person's stages ran once for the whole batch.
         jobs = [client.get(job["status_url"]).json() for job in done["jobs"]]
