@@ -91,9 +91,9 @@ class DistributedState:
     def person_lock(self, scope: str, hold_s: float) -> PersonLock:
         """The pipeline's person lock across every worker process: jobs of one shopper taken by several
         pose (or parser) workers at once compute the pose once, the others wait and find it stored.
-        Best effort: the work is idempotent, so a lock that cannot be had within `hold_s` (or a Redis
-        blip) only costs a duplicate computation, never a failed job. The lock expires after `hold_s`
-        should its holder die."""
+        Best effort: the work is idempotent, so a lock that cannot be had within `hold_s` (a slow
+        holder, or one that died holding it: the lock expires after `hold_s`) or a Redis blip only costs
+        a duplicate computation, never a failed job."""
 
         def lock(key: str) -> AbstractContextManager[object]:
             return _best_effort(self.client.lock(f"fitroom:lock:{scope}{key}", timeout=hold_s, blocking_timeout=hold_s))

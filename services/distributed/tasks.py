@@ -250,8 +250,10 @@ def _batch_job_ended(context: Worker, job: Job, store: TenantArtifactStore) -> N
 
 
 def _pipeline(context: Worker, store: TenantArtifactStore) -> Pipeline:
-    # The person lock is scoped by the tenant's store prefix, as the cache it guards is.
-    lock = context.state.person_lock(store.prefix, float(context.settings.task_time_limit_s))
+    # The person lock is scoped by the tenant's store prefix, as the cache it guards is. A quarter of
+    # the time limit: a task redelivered after its worker died holding the lock must still have time
+    # to compute once that lock has expired (it waits at most that long, then computes anyway).
+    lock = context.state.person_lock(store.prefix, context.settings.task_time_limit_s / 4)
     return Pipeline(store, context.infer, context.settings.learned or None, lock)
 
 
