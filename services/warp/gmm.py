@@ -139,12 +139,18 @@ class WarpGMM(nn.Module):
 
     def apply(self, premult: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """`premult` (premultiplied RGBA at any size) resampled through `flow` scaled up to its
-        size, premultiplied. Only the rows and columns the garment can reach are sampled (its
-        alpha's box, widened by the largest offset): at a photo's full size the garment covers
-        about a third of it, and outside that box every sample is transparent anyway."""
+        size, premultiplied. For one photo only the rows and columns the garment can reach are
+        sampled (its alpha's box, widened by the largest offset): at a photo's full size the
+        garment covers about a third of it, and outside that box every sample is transparent
+        anyway. A training batch is sampled whole: its garments' boxes together cover most of
+        it, and finding them would stall a GPU every step."""
         n, _, height, width = premult.shape
         if self.flow_pool > 1:
             flow = F.avg_pool2d(flow, self.flow_pool, ceil_mode=True)
+        if n > 1:
+            offsets = resize_bilinear(flow, [height, width]).permute(0, 2, 3, 1)
+            grid = identity_grid(n, height, width, (0, height), (0, width), premult.device) + offsets
+            return F.grid_sample(premult, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         covered = premult[:, 3] > 0
         rows = torch.nonzero(covered.any(0).any(1))
         cols = torch.nonzero(covered.any(0).any(0))

@@ -357,8 +357,8 @@ KNOWN_FAILURES = {
 # The learned path with the reference weights (38 minutes of CPU training, 2026-12-03).
 # (2026-12-04: the print that ghosted over dresscode_050855_0's chest keeps now: the mask floor.)
 LEARNED_KNOWN_FAILURES = {
-    "vitonhd_01008_00.jpg": "learned path (2026-12-04 weights): the old sheer top's dark bra shows through a light "
-    "blouse as the generator's shade (the foil defect, learned)",
+    "dresscode_050855_0.jpg": "learned path (2026-12-04, second GPU run): a sheer pleated blouse over a yellow "
+    "cold-shoulder top comes out translucent with a dark band across the waist (the light and the shade)",
 }
 REFERENCE_WEIGHTS = PROJECT_ROOT / "weights" / "research" / "viton" / "tryon.pt"
 

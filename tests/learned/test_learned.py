@@ -403,13 +403,13 @@ def test_a_packed_cache_unpacks_to_the_same_pairs(cache: train.Cache, tmp_path: 
             np.testing.assert_array_equal(unpacked.arrays[name][n], cache.arrays[name][row])
         for name in ("person", "fused"):  # JPEG q85
             difference = np.abs(unpacked.arrays[name][n].astype(int) - cache.arrays[name][row].astype(int))
-            assert difference.mean() < 3
+            assert difference.mean() < 4  # of 255
         np.testing.assert_array_equal(unpacked.landmarks[n], cache.landmarks[row])
 
 
 def test_the_learned_warp_samples_only_where_the_garment_can_reach() -> None:
-    """WarpGMM.apply resamples only the box the garment's alpha can reach through the flow; the
-    result is the whole frame's resampling, pixel for pixel (zero outside that box)."""
+    """WarpGMM.apply resamples one photo only in the box the garment's alpha can reach through the
+    flow; the result is the whole frame's resampling (a batch's path), pixel for pixel."""
     rng = torch.Generator().manual_seed(0)
     height, width = 96, 72
     premult = torch.zeros(1, 4, height, width)
@@ -419,9 +419,11 @@ def test_the_learned_warp_samples_only_where_the_garment_can_reach() -> None:
     model = gmm.WarpGMM()
     flow = (torch.rand(1, 2, 24, 18, generator=rng) - 0.5) * 0.3
     cropped = model.apply(premult, flow)
+    batch = model.apply(torch.cat([premult, premult]), torch.cat([flow, flow]))
     pooled = torch.nn.functional.avg_pool2d(flow, gmm.FLOW_POOL, ceil_mode=True)
     offsets = torch.nn.functional.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=False)
     whole = gmm.identity_grid(1, height, width, (0, height), (0, width), premult.device) + offsets.permute(0, 2, 3, 1)
     expected = torch.nn.functional.grid_sample(premult, whole, mode="bilinear", align_corners=False)
     torch.testing.assert_close(cropped, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch, torch.cat([expected, expected]), atol=1e-6, rtol=0)
     assert float(cropped[:, 3].sum()) > 0.8 * float(premult[:, 3].sum())
