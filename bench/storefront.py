@@ -1,5 +1,5 @@
 """The storefront's case, end to end through a real `fitroom serve` (embedded mode, 2 pipeline
-workers, one torch thread each: the 2 cores of this machine): a catalogue of 20 garments on one
+workers, one torch thread each, by default: the 2 cores of this machine): a catalogue of 20 garments on one
 shopper, as one batch on a registered person (POST /v1/persons, then POST /v1/tryon/batch), against
 20 single try-ons sent one by one with the photo each time (POST /v1/tryon, wait, next), measured in
 the same run on the same server. Each run has a photo of its own, so each starts with a cold person
@@ -87,11 +87,13 @@ def p90(values: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--garments", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="pipeline worker threads (default 2)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads per worker (default 1)")
     args = parser.parse_args()
     batch_photo, single_photo, warm_photo = photos()
     catalogue = garments(args.garments)
-    env = {"FITROOM_TORCH_THREADS": "1", "FITROOM_QUEUE_SIZE": "64", "FITROOM_MAX_WAIT_S": "30"}
-    server = Server(Path(tempfile.mkdtemp(prefix="fitroom-storefront-")), env, workers=2)
+    env = {"FITROOM_TORCH_THREADS": str(args.torch_threads), "FITROOM_QUEUE_SIZE": "64", "FITROOM_MAX_WAIT_S": "30"}
+    server = Server(Path(tempfile.mkdtemp(prefix="fitroom-storefront-")), env, workers=args.workers)
     server.start()
     try:
         key = server.create_key("bench")
@@ -141,7 +143,8 @@ def main() -> int:
         ("batch on a registered person", batch_total, min(batch_latency), batch_latency, batch_jobs),
         ("singles, photo each time", single_total, single_latency[0], single_latency, single_jobs),
     ]
-    print(f"storefront, {n} garments on one shopper, {datetime.now(UTC):%Y-%m-%d} (embedded, 2 workers x 1 thread)")
+    setup = f"embedded, {args.workers} workers x {args.torch_threads} torch threads"
+    print(f"storefront, {n} garments on one shopper, {datetime.now(UTC):%Y-%m-%d} ({setup})")
     print(
         "| run | try-ons | total s | first result s | latency median / p90 s | stage work median / p90 s "
         "| pose / parser computed |"
