@@ -504,13 +504,14 @@ def warp_loss(gmm: torch.nn.Module, batch: Batch, weights: Weights) -> tuple[tor
     from services.warp.gmm import premultiplied, straight
 
     premult = premultiplied(batch.warped)
-    flow = gmm.flow(premult, batch.representation)
+    representation = batch.representation
+    flow = gmm(F.adaptive_avg_pool2d(premult, [representation.shape[2], representation.shape[3]]), representation)
     moved = gmm.apply(premult, flow)
     outline = moved[:, 3:4] - batch.worn
     colours = moved[:, :3] - batch.person * batch.worn
     # At several scales: bilinear sampling passes gradients only from the pixels next to a
     # sample, so a hem 20 pixels off is felt only through the coarser levels.
-    loss = weights.smoothness * second_order_smoothness(flow)
+    loss = weights.smoothness * second_order_smoothness(flow)  # the flow as applied: on FLOW_POOL cells
     for scale in WARP_LOSS_SCALES:
         term = F.avg_pool2d(outline, scale).abs().mean() + weights.colour * F.avg_pool2d(colours, scale).abs().mean()
         loss = loss + term / len(WARP_LOSS_SCALES)
@@ -526,7 +527,7 @@ def tryon_loss(
     discriminator: PatchDiscriminator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the generator's loss, its output)."""
-    output, mask = generator.layers(batch.fused, garment, batch.editable)
+    output, mask = generator.tryon(batch.fused, garment, batch.editable)
     loss = (output - batch.person).abs().mean() + (1.0 - grey_ssim_map(output, batch.person)).mean()
     loss = loss + weights.mask * (garment[:, 3:4] * batch.editable - mask * batch.editable).mean()
     if perceptual is not None and weights.perceptual:
@@ -554,13 +555,13 @@ def evaluate(
     iou = lambda a, b: (a & b).sum((1, 2, 3)).float() / (a | b).sum((1, 2, 3)).clamp_min(1).float()  # noqa: E731
     for start in range(0, len(rows), 16):
         batch = fetch(rows[start : start + 16]).to(device)
-        warped = gmm(batch.warped, batch.representation)
+        warped = gmm.warp(batch.warped, batch.representation)
         worn = batch.worn > 0.5
         scores["warp_iou_geometric"] += iou(batch.warped[:, 3:4] > 0.5, worn).tolist()
         scores["warp_iou"] += iou(warped[:, 3:4] > 0.5, worn).tolist()
         if kind == "tryon" and generator is not None:
             scores["ssim_fusion"] += grey_ssim_map(batch.fused, batch.person).mean((1, 2, 3)).tolist()
-            output = generator(batch.fused, warped, batch.editable)
+            output, _ = generator.tryon(batch.fused, warped, batch.editable)
             scores["ssim"] += grey_ssim_map(output, batch.person).mean((1, 2, 3)).tolist()
     return {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
 
@@ -749,7 +750,7 @@ def train(run: Run, log: Log = print) -> dict:
                 loss, _ = warp_loss(model, batch, run.weights)
             else:
                 with torch.no_grad():
-                    garment = gmm(batch.warped, batch.representation)
+                    garment = gmm.warp(batch.warped, batch.representation)
                 loss, output = tryon_loss(model, garment, batch, run.weights, perceptual, discriminator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

@@ -33,16 +33,19 @@ import itertools
 
 import cv2
 import numpy as np
+import torch
 
 from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.model import REGIONS
+from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
+from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 LIGHTING_SIGMA = 0.02  # of the image height: the issue's floor
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
@@ -214,13 +217,38 @@ def run(
         },
     )["tryon__0"]
     if learned:
-        inputs = {
-            "fused__0": fused,
-            "garment__1": np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
-            "editable__2": editable_region(region_maps, base).astype(np.float32)[None, None],
-        }
-        try:
-            fused = infer(tryon_model(learned), inputs)["tryon__0"]
-        except ModelUnavailable as exc:
-            raise unavailable(exc, learned) from exc
+        fused = learned_tryon(fused, warped.rgba, editable_region(region_maps, base), infer, learned)
     return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def learned_tryon(
+    fused: np.ndarray, garment: np.ndarray, editable: np.ndarray, infer: Infer, weights: str
+) -> np.ndarray:
+    """tryon_generator-`weights` (services/fusion/tom.py) over the fused photo ((1, 3, H, W)):
+    the network sees its inputs pooled to the work size; its layers are scaled up and composed
+    only inside the editable region's box (outside it the answer is the fused photo)."""
+    height, width = editable.shape
+    size = work_size(height, width)
+    inputs = {
+        "fused__0": np.concatenate([pooled(plane, size) for plane in fused[0]], axis=1),
+        "garment__1": pooled(premultiply(garment), size, alpha_box(garment[..., 3])),
+        "editable__2": pooled(editable.astype(np.float32), size),
+    }
+    try:
+        layers = infer(tryon_model(weights), inputs)["layers__0"][0]
+    except ModelUnavailable as exc:
+        raise unavailable(exc, weights) from exc
+    box = alpha_box(editable)
+    if box is None:
+        return fused
+    layers = cv2.resize(layers.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)[box]
+    as_nchw = lambda hwc: torch.from_numpy(hwc).permute(2, 0, 1)[None]  # noqa: E731
+    composed, _ = compose(
+        torch.from_numpy(fused[:, :, box[0], box[1]]),
+        as_nchw(garment[box]),
+        torch.from_numpy(editable[box].astype(np.float32))[None, None],
+        as_nchw(layers),
+    )
+    out = fused.copy()
+    out[:, :, box[0], box[1]] = composed.numpy()
+    return out

@@ -2,7 +2,8 @@
 
 tryon_fusion (services/fusion/model.py) already paints the repaint region and lays the garment
 with the old garment's light; what it gets wrong (seams, hems and sleeve ends, shading, what is
-in front of what) is learned here from paired photos. A U-Net at WORK_HEIGHT looks at the fused
+in front of what) is learned here from paired photos. A U-Net at the warp's work size
+(gmm.work_size: 128 pixels high, half the training photos) looks at the fused
 photo, the learned warp of the garment and the editable region, and predicts three layers:
 
 - a rendered layer: the fused photo's light, a multiplier of its colours (the shadow a garment
@@ -10,14 +11,17 @@ photo, the learned warp of the garment and the editable region, and predicts thr
 - a shade: a multiplier for the garment's colours (its folds and light);
 - a composition mask: where the warped garment's own pixels show.
 
-The layers are smooth, so at a photo's full resolution they are predicted at WORK_HEIGHT and
+The layers are smooth, so at a photo's full resolution they are predicted at the work size and
 scaled up; the garment's pixels come from the full-resolution warp of the flat-lay, so its
 print stays sharp, and the mask is multiplied by the full-resolution alpha, so its edges do too:
 
     out = e * (m * (garment * shade) + (1 - m) * (fused * light)) + (1 - e) * fused
 
 where e is the editable region (outside it the photo is the fused photo, which there is the
-person's own). No default weights: `fitroom train tryon` trains it (services/train.py).
+person's own). The served model is the network alone: its inputs pooled to the work size in, the
+three layers at the work size out; scaling them up and `compose` are the stage's, inside the
+editable region's box (services/fusion/stage.py), and training's (`TryonGenerator.tryon`).
+No default weights: `fitroom train tryon` trains it (services/train.py).
 """
 
 from __future__ import annotations
@@ -29,10 +33,9 @@ from torch import nn
 
 from services.common.model_repository import ModelSignature, TensorSpec
 from services.common.unet import UNet, resize_bilinear
-from services.warp.gmm import premultiplied
+from services.warp.gmm import premultiplied, work_size
 
 NAME = "tryon_generator"
-WORK_HEIGHT = 128  # the layers are smooth: predicted at half the training height (CPU-sized), scaled up
 WIDTHS = (24, 48, 96, 192)
 IN_CHANNELS = 3 + 4 + 1  # fused photo, warped garment (premultiplied RGB, alpha), editable region
 SHADE_RANGE = 0.5  # the shade and the light are exp(SHADE_RANGE * tanh(.)): 0.61 to 1.65
@@ -49,22 +52,33 @@ MASK_FLOOR = 0.9
 
 SIGNATURE = ModelSignature(
     NAME,
-    inputs=(
+    inputs=(  # each pooled to gmm.work_size of the photo
         TensorSpec("fused__0", (1, 3, -1, -1), np.float32),  # tryon_fusion's output, RGB in [0, 1]
-        TensorSpec("garment__1", (1, 4, -1, -1), np.float32),  # the (learned) warped garment, straight RGBA
-        TensorSpec("editable__2", (1, 1, -1, -1), np.float32),  # where the photo may change, 0 or 1
+        TensorSpec("garment__1", (1, 4, -1, -1), np.float32),  # the (learned) warped garment, premultiplied
+        TensorSpec("editable__2", (1, 1, -1, -1), np.float32),  # where the photo may change
     ),
-    outputs=(TensorSpec("tryon__0", (1, 3, -1, -1), np.float32),),
+    outputs=(TensorSpec("layers__0", (1, LAYERS, -1, -1), np.float32),),  # the light, the mask, the shade
     max_batch_size=0,
 )
 
 
+def compose(
+    fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor, layers: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the try-on, the composition mask) from the layers scaled up to the inputs' size; the
+    garment is straight RGBA."""
+    render = (fused * layers[:, 0:1]).clamp(0.0, 1.0)
+    mask = layers[:, 1:2] * garment[:, 3:4]
+    shaded = (garment[:, 0:3] * layers[:, 2:3]).clamp(0.0, 1.0)
+    tryon = mask * shaded + (1.0 - mask) * render
+    return editable * tryon + (1.0 - editable) * fused, mask
+
+
 class TryonGenerator(nn.Module):
-    __constants__ = ("work_height", "shade_range", "mask_floor")
+    __constants__ = ("shade_range", "mask_floor")
 
     def __init__(self) -> None:
         super().__init__()
-        self.work_height = WORK_HEIGHT
         self.shade_range = SHADE_RANGE
         self.mask_floor = MASK_FLOOR
         self.unet = UNet(IN_CHANNELS, LAYERS, WIDTHS)
@@ -72,32 +86,29 @@ class TryonGenerator(nn.Module):
             self.unet.head.weight.zero_()
             self.unet.head.bias.zero_()
 
-    def layers(
-        self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the try-on, the composition mask m), both at the inputs' size."""
-        height, width = fused.shape[-2:]
-        inputs = [fused, premultiplied(garment), editable]
-        small = height > self.work_height
-        if small:  # each input pooled on its own: no full-size copy of them all
-            size = [self.work_height, max(8, int(round(width * self.work_height / height)))]  # noqa: RUF046 (TorchScript's round gives a float)
-            inputs = [F.adaptive_avg_pool2d(x, size) for x in inputs]
-        maps = self.unet(torch.cat(inputs, dim=1))
-        layers = torch.cat(
+    def forward(self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
+        """The layers at the inputs' (work) size: the light, the mask before the garment's alpha,
+        the shade. `garment` is premultiplied."""
+        maps = self.unet(torch.cat([fused, garment, editable], dim=1))
+        return torch.cat(
             [
-                torch.exp(self.shade_range * torch.tanh(maps[:, 0:1])),  # the light
-                self.mask_floor + (1.0 - self.mask_floor) * torch.sigmoid(maps[:, 1:2]),  # the mask, before alpha
-                torch.exp(self.shade_range * torch.tanh(maps[:, 2:3])),  # the shade
+                torch.exp(self.shade_range * torch.tanh(maps[:, 0:1])),
+                self.mask_floor + (1.0 - self.mask_floor) * torch.sigmoid(maps[:, 1:2]),
+                torch.exp(self.shade_range * torch.tanh(maps[:, 2:3])),
             ],
             dim=1,
         )
-        if small:  # the nonlinearities ran at the work size: three smooth maps scaled up
-            layers = resize_bilinear(layers, [height, width])
-        render = (fused * layers[:, 0:1]).clamp(0.0, 1.0)
-        mask = layers[:, 1:2] * garment[:, 3:4]
-        shaded = (garment[:, 0:3] * layers[:, 2:3]).clamp(0.0, 1.0)
-        tryon = mask * shaded + (1.0 - mask) * render
-        return editable * tryon + (1.0 - editable) * fused, mask
 
-    def forward(self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
-        return self.layers(fused, garment, editable)[0]
+    def tryon(
+        self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the try-on, the composition mask) of a batch at any size (training): the stage's path
+        in torch. `garment` is straight RGBA."""
+        size = list(work_size(fused.shape[2], fused.shape[3]))
+        inputs = [fused, premultiplied(garment), editable]
+        if fused.shape[2] > size[0]:
+            inputs = [F.adaptive_avg_pool2d(x, size) for x in inputs]
+        layers = self(*inputs)
+        if fused.shape[2] > size[0]:
+            layers = resize_bilinear(layers, [fused.shape[2], fused.shape[3]])
+        return compose(fused, garment, editable, layers)

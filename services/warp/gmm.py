@@ -10,6 +10,11 @@ field. The flow is smooth (trained with ACGPN's second-order term), so it is sca
 photo's full resolution and the full-resolution geometric warp is resampled through it: the
 garment's pixels keep the flat-lay's own detail.
 
+The served model is the network alone, small in and small out: the garment pooled to the work
+size and the person representation in, the flow out. Scaling the flow up and resampling the
+photo-sized garment is the stage's (`resample`, with OpenCV, only over the box the garment can
+reach); training does the same in torch (`WarpGMM.apply`), and a test holds the two equal.
+
 No default weights: `fitroom train warp` trains it on the user's paired photos
 (services/train.py); `fitroom models install` exports it to the model repository.
 """
@@ -59,10 +64,10 @@ IN_CHANNELS = 4 + PERSON_CHANNELS  # the warped garment (premultiplied RGB and a
 SIGNATURE = ModelSignature(
     NAME,
     inputs=(
-        TensorSpec("warped__0", (1, 4, -1, -1), np.float32),  # the geometric warp, straight RGBA, full size
+        TensorSpec("garment__0", (1, 4, -1, -1), np.float32),  # the geometric warp, premultiplied, pooled to work_size
         TensorSpec("person__1", (1, PERSON_CHANNELS, -1, -1), np.float32),  # person_representation()
     ),
-    outputs=(TensorSpec("warped__0", (1, 4, -1, -1), np.float32),),  # the learned warp, straight RGBA
+    outputs=(TensorSpec("flow__0", (1, 2, -1, -1), np.float32),),  # on FLOW_POOL cells, grid_sample units
     max_batch_size=0,
 )
 
@@ -108,15 +113,75 @@ def straight(premult: torch.Tensor) -> torch.Tensor:
     return torch.cat([(premult[:, :3] / alpha.clamp_min(1e-6)).clamp(0.0, 1.0), alpha.clamp(0.0, 1.0)], dim=1)
 
 
-def identity_grid(
-    n: int, height: int, width: int, rows: tuple[int, int], cols: tuple[int, int], device: torch.device
-) -> torch.Tensor:
-    """(n, rows, cols, 2) grid_sample coordinates (align_corners=False) of the pixels in
-    [rows[0], rows[1]) x [cols[0], cols[1]) of a height x width image."""
-    ys = (torch.arange(rows[0], rows[1], dtype=torch.float32, device=device) * 2.0 + 1.0) / float(height) - 1.0
-    xs = (torch.arange(cols[0], cols[1], dtype=torch.float32, device=device) * 2.0 + 1.0) / float(width) - 1.0
+def identity_grid(n: int, height: int, width: int, device: torch.device) -> torch.Tensor:
+    """(n, height, width, 2) grid_sample coordinates (align_corners=False) of every pixel."""
+    ys = (torch.arange(height, dtype=torch.float32, device=device) * 2.0 + 1.0) / float(height) - 1.0
+    xs = (torch.arange(width, dtype=torch.float32, device=device) * 2.0 + 1.0) / float(width) - 1.0
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(n, rows[1] - rows[0], cols[1] - cols[0], 2)
+    return torch.stack([grid_x, grid_y], dim=-1).unsqueeze(0).expand(n, height, width, 2)
+
+
+def pooled(image: np.ndarray, size: tuple[int, int], box: tuple[slice, slice] | None = None) -> np.ndarray:
+    """HxW or HxWxC float32 -> (1, C, h, w) at size (h, w), each pixel the mean of its area: what
+    adaptive_avg_pool2d gives in training (the same for whole factors). With `box`, the image
+    is known to be 0 outside it: where the photo's size is a whole multiple of `size`, only the
+    cells over the box are read (a garment covers about a third of a photo)."""
+    height, width = image.shape[:2]
+    fy, fx = height // size[0], width // size[1]
+    if box is None or height != fy * size[0] or width != fx * size[1]:
+        small = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        return np.ascontiguousarray(small.reshape(size[0], size[1], -1).transpose(2, 0, 1)[None], dtype=np.float32)
+    rows = slice(box[0].start // fy, -(-box[0].stop // fy))  # the cells the box touches
+    cols = slice(box[1].start // fx, -(-box[1].stop // fx))
+    part = image[rows.start * fy : rows.stop * fy, cols.start * fx : cols.stop * fx]
+    small = np.zeros((size[0], size[1], *image.shape[2:]), np.float32)
+    small[rows, cols] = cv2.resize(part, (cols.stop - cols.start, rows.stop - rows.start), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(small.reshape(size[0], size[1], -1).transpose(2, 0, 1)[None])
+
+
+def alpha_box(alpha: np.ndarray, margin: tuple[int, int] = (0, 0)) -> tuple[slice, slice] | None:
+    """The rows and columns where `alpha` (HxW) is above 0, widened by margin (rows, columns)
+    within the image; None where it is 0 everywhere. The stages' full-size arithmetic on a
+    garment runs inside it: a garment covers about a third of a photo."""
+    rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
+    if rows.size == 0:
+        return None
+    height, width = alpha.shape
+    return (
+        slice(max(0, rows[0] - margin[0]), min(height, rows[-1] + 1 + margin[0])),
+        slice(max(0, cols[0] - margin[1]), min(width, cols[-1] + 1 + margin[1])),
+    )
+
+
+def premultiply(rgba: np.ndarray) -> np.ndarray:
+    """HxWx4 straight RGBA -> premultiplied (numpy, for the stages; `premultiplied` for tensors)."""
+    out = np.zeros_like(rgba)
+    box = alpha_box(rgba[..., 3])
+    if box is not None:
+        np.multiply(rgba[box][..., :3], rgba[box][..., 3:4], out=out[box][..., :3])
+        out[box][..., 3] = rgba[box][..., 3]
+    return out
+
+
+def resample(premult: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """The photo-sized premultiplied garment (HxWx4) resampled through `flow` (WarpGMM's output,
+    (2, h, w) in grid_sample units) scaled up to it, as straight RGBA: WarpGMM.warp for one
+    photo, with OpenCV, only inside the box the garment can reach (its alpha's, widened by the
+    largest offset)."""
+    height, width = premult.shape[:2]
+    out = np.zeros_like(premult)
+    reach = (int(np.abs(flow[1]).max() * height / 2) + 2, int(np.abs(flow[0]).max() * width / 2) + 2)
+    box = alpha_box(premult[..., 3], reach)  # grid units to pixels, and the bilinear neighbour
+    if box is None:
+        return out
+    offsets = cv2.resize(flow.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)[box]
+    # grid_sample (align_corners=False) reads pixel x + offset * width / 2 for output pixel x.
+    ys, xs = np.mgrid[box].astype(np.float32)
+    map_x = xs + offsets[..., 0] * (width / 2)
+    map_y = ys + offsets[..., 1] * (height / 2)
+    moved = cv2.remap(premult, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out[box] = straight(torch.from_numpy(moved).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    return out
 
 
 class WarpGMM(nn.Module):
@@ -131,41 +196,22 @@ class WarpGMM(nn.Module):
             self.unet.head.weight.zero_()
             self.unet.head.bias.zero_()
 
-    def flow(self, premult: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
-        """(N, 2, h, w) flow at the person representation's size, in grid_sample units, for the
-        geometric warp `premult` (premultiplied RGBA at any size)."""
-        small = F.adaptive_avg_pool2d(premult, [person.shape[2], person.shape[3]])
-        return torch.tanh(self.unet(torch.cat([small, person], dim=1))) * self.max_flow
+    def forward(self, garment: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
+        """(N, 2, h / FLOW_POOL, w / FLOW_POOL) flow in grid_sample units, for the geometric warp
+        `garment` (premultiplied, pooled to the person representation's size)."""
+        flow = torch.tanh(self.unet(torch.cat([garment, person], dim=1))) * self.max_flow
+        return F.avg_pool2d(flow, self.flow_pool, ceil_mode=True) if self.flow_pool > 1 else flow
 
     def apply(self, premult: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """`premult` (premultiplied RGBA at any size) resampled through `flow` scaled up to its
-        size, premultiplied. For one photo only the rows and columns the garment can reach are
-        sampled (its alpha's box, widened by the largest offset): at a photo's full size the
-        garment covers about a third of it, and outside that box every sample is transparent
-        anyway. A training batch is sampled whole: its garments' boxes together cover most of
-        it, and finding them would stall a GPU every step."""
+        size, premultiplied: what `resample` does for a photo, for a training batch."""
         n, _, height, width = premult.shape
-        if self.flow_pool > 1:
-            flow = F.avg_pool2d(flow, self.flow_pool, ceil_mode=True)
-        if n > 1:
-            offsets = resize_bilinear(flow, [height, width]).permute(0, 2, 3, 1)
-            grid = identity_grid(n, height, width, (0, height), (0, width), premult.device) + offsets
-            return F.grid_sample(premult, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        covered = premult[:, 3] > 0
-        rows = torch.nonzero(covered.any(0).any(1))
-        cols = torch.nonzero(covered.any(0).any(0))
-        if rows.shape[0] == 0:
-            return torch.zeros_like(premult)
-        reach_y = int(flow[:, 1].abs().max() * height / 2) + 2  # grid units to pixels, and the bilinear neighbour
-        reach_x = int(flow[:, 0].abs().max() * width / 2) + 2
-        top, bottom = max(0, int(rows[0, 0]) - reach_y), min(height, int(rows[-1, 0]) + 1 + reach_y)
-        left, right = max(0, int(cols[0, 0]) - reach_x), min(width, int(cols[-1, 0]) + 1 + reach_x)
-        offsets = resize_bilinear(flow, [height, width])[:, :, top:bottom, left:right].permute(0, 2, 3, 1)
-        grid = identity_grid(n, height, width, (top, bottom), (left, right), premult.device) + offsets
-        moved = F.grid_sample(premult, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return F.pad(moved, [left, width - right, top, height - bottom])
+        offsets = resize_bilinear(flow, [height, width]).permute(0, 2, 3, 1)
+        grid = identity_grid(n, height, width, premult.device) + offsets
+        return F.grid_sample(premult, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-    def forward(self, warped: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
-        """The learned warp of `warped` (straight RGBA, any size), straight RGBA."""
+    def warp(self, warped: torch.Tensor, person: torch.Tensor) -> torch.Tensor:
+        """The learned warp of `warped` (straight RGBA, a batch at any size), straight RGBA."""
         premult = premultiplied(warped)
-        return straight(self.apply(premult, self.flow(premult, person)))
+        flow = self(F.adaptive_avg_pool2d(premult, [person.shape[2], person.shape[3]]), person)
+        return straight(self.apply(premult, flow))

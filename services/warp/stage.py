@@ -473,12 +473,15 @@ def run(
 def learned_warp(geometric: np.ndarray, pose: PoseResult, parse: ParseResult, infer: Infer, weights: str) -> np.ndarray:
     """The geometric warp (HxWx4) resampled through the learned flow of warp_gmm-`weights`
     (services/warp/gmm.py); face and hair stay in front of it, as in the geometric warp."""
-    person = gmm.person_representation(parse.labels, pose.landmark_array())
-    inputs = {"warped__0": np.ascontiguousarray(geometric.transpose(2, 0, 1)[None]), "person__1": person[None]}
+    premult = gmm.premultiply(geometric)
+    inputs = {
+        "garment__0": gmm.pooled(premult, gmm.work_size(*geometric.shape[:2]), gmm.alpha_box(premult[..., 3])),
+        "person__1": gmm.person_representation(parse.labels, pose.landmark_array())[None],
+    }
     try:
-        rgba = infer(learned.warp_model(weights), inputs)["warped__0"][0].transpose(1, 2, 0)
+        flow = infer(learned.warp_model(weights), inputs)["flow__0"][0]
     except ModelUnavailable as exc:
         raise learned.unavailable(exc, weights) from exc
-    rgba = np.ascontiguousarray(rgba)
+    rgba = gmm.resample(premult, flow)
     rgba[..., 3][any_of(parse.labels, (LIP["face"], LIP["hair"]))] = 0.0
     return rgba

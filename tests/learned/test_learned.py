@@ -77,7 +77,7 @@ def fixed_batch_loss(kind: str, checkpoint: Path | None, cache: train.Cache) -> 
         generator = tom.TryonGenerator()
         generator.load_state_dict(state["model"])
         return float(
-            train.tryon_loss(generator, warp(batch.warped, batch.representation), batch, weights, None, None)[0]
+            train.tryon_loss(generator, warp.warp(batch.warped, batch.representation), batch, weights, None, None)[0]
         )
 
 
@@ -158,14 +158,16 @@ def installed(tryon_checkpoint: Path, repository: Path, tmp_path_factory: pytest
 
 
 def learned_inputs(height: int = 256, width: int = 192) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Inputs of the two served networks, at the work size of a height x width photo."""
     rng = np.random.default_rng(0)
-    warped = rng.random((1, 4, height, width), dtype=np.float32)
-    person = rng.random((1, gmm.PERSON_CHANNELS, *gmm.work_size(height, width)), dtype=np.float32)
-    fused = rng.random((1, 3, height, width), dtype=np.float32)
-    editable = (rng.random((1, 1, height, width)) > 0.3).astype(np.float32)
-    return {"warped__0": warped, "person__1": person}, {
+    size = gmm.work_size(height, width)
+    garment = rng.random((1, 4, *size), dtype=np.float32)
+    person = rng.random((1, gmm.PERSON_CHANNELS, *size), dtype=np.float32)
+    fused = rng.random((1, 3, *size), dtype=np.float32)
+    editable = rng.random((1, 1, *size), dtype=np.float32)
+    return {"garment__0": garment, "person__1": person}, {
         "fused__0": fused,
-        "garment__1": warped,
+        "garment__1": garment,
         "editable__2": editable,
     }
 
@@ -179,13 +181,15 @@ def test_checkpoint_exports_and_runs_the_same_locally_and_through_triton(
     generator.load_state_dict(state["model"])
     warp_inputs, tryon_inputs = learned_inputs()
     with torch.no_grad():
-        eager_warp = warp(*(torch.from_numpy(v) for v in warp_inputs.values())).numpy()
-        eager_tryon = generator(*(torch.from_numpy(v) for v in tryon_inputs.values())).numpy()
+        eager_flow = warp(*(torch.from_numpy(v) for v in warp_inputs.values())).numpy()
+        eager_layers = generator(*(torch.from_numpy(v) for v in tryon_inputs.values())).numpy()
+    assert eager_flow.shape == (1, 2, 128 // gmm.FLOW_POOL, 96 // gmm.FLOW_POOL)
+    assert eager_layers.shape == (1, tom.LAYERS, 128, 96)
     local = LocalBackend(installed)
-    local_warp = local("warp_gmm-test", warp_inputs)["warped__0"]
-    local_tryon = local("tryon_generator-test", tryon_inputs)["tryon__0"]
-    np.testing.assert_allclose(local_warp, eager_warp, atol=1e-5)
-    np.testing.assert_allclose(local_tryon, eager_tryon, atol=1e-5)
+    local_flow = local("warp_gmm-test", warp_inputs)["flow__0"]
+    local_layers = local("tryon_generator-test", tryon_inputs)["layers__0"]
+    np.testing.assert_allclose(local_flow, eager_flow, atol=1e-5)
+    np.testing.assert_allclose(local_layers, eager_layers, atol=1e-5)
     source = json.loads((installed / "tryon_generator-test" / "1" / "source.json").read_text())
     assert source["module"] == "services.fusion.tom" and source["samples"] == state["samples"] > 0
 
@@ -199,8 +203,55 @@ def test_checkpoint_exports_and_runs_the_same_locally_and_through_triton(
         triton_process(only_learned, Path(workdir)) as server,
     ):
         remote = TritonBackend(server.grpc_url, "grpc", only_learned)
-        np.testing.assert_allclose(remote("warp_gmm-test", warp_inputs)["warped__0"], local_warp, atol=1e-5)
-        np.testing.assert_allclose(remote("tryon_generator-test", tryon_inputs)["tryon__0"], local_tryon, atol=1e-5)
+        np.testing.assert_allclose(remote("warp_gmm-test", warp_inputs)["flow__0"], local_flow, atol=1e-5)
+        np.testing.assert_allclose(remote("tryon_generator-test", tryon_inputs)["layers__0"], local_layers, atol=1e-5)
+
+
+def test_the_stages_serve_what_training_computes(tryon_checkpoint: Path) -> None:
+    """The stages pool the inputs, scale the outputs up and resample or compose with OpenCV and
+    numpy, over the box that can change; training does it in torch on the whole frame. On a
+    drawn garment and random fused photo and flow, the two agree."""
+    from services.fusion.stage import learned_tryon
+
+    state = train.load_checkpoint(tryon_checkpoint)
+    warp = train.warp_from_checkpoint(state)
+    generator = tom.TryonGenerator()
+    generator.load_state_dict(state["model"])
+    height, width = 256, 192
+    rng = np.random.default_rng(1)
+    garment = np.zeros((height, width, 4), np.float32)
+    garment[60:200, 40:150, :3] = rng.random((140, 110, 3), dtype=np.float32)
+    garment[60:200, 40:150, 3] = 1.0
+    garment[58:60, 40:150, 3] = 0.5  # a soft edge
+    premult = gmm.premultiply(garment)
+    flow = (rng.random((2, 32, 24), dtype=np.float32) - 0.5) * 0.2
+    as_batch = lambda hwc: torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1)))[None]  # noqa: E731
+    with torch.no_grad():
+        moved = warp.apply(as_batch(premult), torch.from_numpy(flow)[None])
+        expected = moved[0].permute(1, 2, 0).numpy()
+        pooled = torch.nn.functional.adaptive_avg_pool2d(as_batch(premult), list(gmm.work_size(height, width)))
+    served = gmm.premultiply(gmm.resample(premult, flow))  # compared premultiplied: a colour at alpha ~0 is noise
+    np.testing.assert_allclose(served, expected, atol=0.04)  # OpenCV samples at 1/32 pixel
+    assert np.abs(served - expected).mean() < 1e-3
+    np.testing.assert_allclose(gmm.pooled(premult, gmm.work_size(height, width)), pooled.numpy(), atol=1e-5)
+    in_box = gmm.pooled(premult, gmm.work_size(height, width), gmm.alpha_box(premult[..., 3]))
+    np.testing.assert_array_equal(in_box, gmm.pooled(premult, gmm.work_size(height, width)))
+
+    fused = rng.random((1, 3, height, width), dtype=np.float32)
+    editable = np.zeros((height, width), bool)
+    editable[50:210, 30:160] = True
+
+    def backend(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # LocalBackend, uninstalled
+        with torch.no_grad():
+            return {"layers__0": generator(*(torch.from_numpy(v) for v in inputs.values())).numpy()}
+
+    served = learned_tryon(fused, garment, editable, backend, "test")
+    with torch.no_grad():
+        trained, _ = generator.tryon(
+            torch.from_numpy(fused), as_batch(garment), torch.from_numpy(editable.astype(np.float32))[None, None]
+        )
+    np.testing.assert_allclose(served, trained.numpy(), atol=1e-4)
+    assert not np.allclose(served, fused, atol=1e-3)  # the generator did change the photo
 
 
 def test_pipeline_runs_the_learned_path_only_when_named(installed: Path, astronaut: np.ndarray, tmp_path: Path) -> None:
@@ -405,25 +456,3 @@ def test_a_packed_cache_unpacks_to_the_same_pairs(cache: train.Cache, tmp_path: 
             difference = np.abs(unpacked.arrays[name][n].astype(int) - cache.arrays[name][row].astype(int))
             assert difference.mean() < 4  # of 255
         np.testing.assert_array_equal(unpacked.landmarks[n], cache.landmarks[row])
-
-
-def test_the_learned_warp_samples_only_where_the_garment_can_reach() -> None:
-    """WarpGMM.apply resamples one photo only in the box the garment's alpha can reach through the
-    flow; the result is the whole frame's resampling (a batch's path), pixel for pixel."""
-    rng = torch.Generator().manual_seed(0)
-    height, width = 96, 72
-    premult = torch.zeros(1, 4, height, width)
-    premult[:, 3, 30:60, 20:50] = 1.0
-    premult[:, 3, 40:44, 18:20] = 0.4  # a soft edge
-    premult[:, :3] = torch.rand(1, 3, height, width, generator=rng) * premult[:, 3:4]
-    model = gmm.WarpGMM()
-    flow = (torch.rand(1, 2, 24, 18, generator=rng) - 0.5) * 0.3
-    cropped = model.apply(premult, flow)
-    batch = model.apply(torch.cat([premult, premult]), torch.cat([flow, flow]))
-    pooled = torch.nn.functional.avg_pool2d(flow, gmm.FLOW_POOL, ceil_mode=True)
-    offsets = torch.nn.functional.interpolate(pooled, size=(height, width), mode="bilinear", align_corners=False)
-    whole = gmm.identity_grid(1, height, width, (0, height), (0, width), premult.device) + offsets.permute(0, 2, 3, 1)
-    expected = torch.nn.functional.grid_sample(premult, whole, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(cropped, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(batch, torch.cat([expected, expected]), atol=1e-6, rtol=0)
-    assert float(cropped[:, 3].sum()) > 0.8 * float(premult[:, 3].sum())
