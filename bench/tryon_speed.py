@@ -10,6 +10,12 @@ scaled to 768x1024; garment: ../shared/data/photos/garment/vitonhd_02305_00.jpg,
 
     .venv/bin/python bench/tryon_speed.py --runs 10
 
+Lower garments and dresses (issue 18): cold and warm rows for `lower` (a skirt or trousers) and
+`dress`, with the same budgets, on the full-body 768x1024 photos of ../shared/data/photos/person
+that can wear them (knees seen) and ../shared's dresscode_lower_051412_1 and
+dresscode_dress_051998_1. Without ../shared those rows are left out (the astronaut shows no
+knees), and the output says so.
+
 --learned CHECKPOINT adds "warm, learned": the warm try-on with the learned path (warp_gmm and
 tryon_generator, FITROOM_LEARNED), installed from that `fitroom train tryon` checkpoint into a
 copy of the model repository. Its cost is the architecture's, whatever the weights; the target
@@ -33,6 +39,7 @@ from skimage import data
 from services import learned
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import get_settings
+from services.common.errors import CategoryUnsupported
 from services.common.imageio import encode_jpeg, read_image_file
 from services.common.inference import LocalBackend, embedded_backend
 from services.pipeline import STAGES, Pipeline
@@ -111,7 +118,48 @@ def main() -> int:
     for stage in STAGES:
         cold, warm = np.median(stages["cold"][stage]), np.median(stages["warm"][stage])
         print(f"| {stage} | {cold:.1f} | {warm:.1f} |")
+    print()
+    lower_and_dress(infer, reference, args.runs)
     return 0
+
+
+LOWER_AND_DRESS = {"lower": "dresscode_lower_051412_1.jpg", "dress": "dresscode_dress_051998_1.jpg"}
+
+
+def lower_and_dress(infer: LocalBackend, reference: float, runs: int) -> None:
+    """Cold and warm rows for `lower` and `dress` on the full-body persons that can wear them."""
+    folder = SHARED_DATA / "photos"
+    if not folder.exists():
+        print("lower and dress rows: no ../shared/data/photos (full-body persons), left out")
+        return
+    everyone = [read_image_file(p) for p in sorted((folder / "person").iterdir())]
+    everyone = [p for p in everyone if p.shape[:2] == (1024, 768)]
+    print("| try-on | persons | median ms | p90 ms | x reference (JPEG encode) | target |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for category, name in LOWER_AND_DRESS.items():
+        garment = read_image_file(folder / "garment" / name, rgba=True)
+        wearers = []
+        for person in everyone:
+            try:
+                Pipeline(LocalArtifactStore(tempfile.mkdtemp()), infer).tryon(person, garment, category)
+                wearers.append(person)
+            except CategoryUnsupported:  # no knees in the photo
+                continue
+        totals: dict[str, list[float]] = {"cold": [], "warm": []}
+        for _ in range(runs):
+            for person in wearers:
+                with tempfile.TemporaryDirectory() as tmp:
+                    pipeline = Pipeline(LocalArtifactStore(tmp), infer)
+                    for kind in ("cold", "warm"):
+                        start = time.perf_counter()
+                        pipeline.tryon(person, garment, category)
+                        totals[kind].append(1000 * (time.perf_counter() - start))
+        for kind, v in totals.items():
+            verdict = "met" if np.median(v) <= BUDGET_MS[kind] else "**not met**"
+            print(
+                f"| {kind}, {category} | {len(wearers)} | {np.median(v):.1f} | {np.percentile(v, 90):.1f} "
+                f"| {np.median(v) / reference:.1f} | <= {BUDGET_MS[kind]:.0f} ms median: {verdict} |"
+            )
 
 
 if __name__ == "__main__":
