@@ -33,9 +33,9 @@ from shared_data import SHARED_DATA, VITON, select_ids
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from services.common.artifacts import LocalArtifactStore
-from services.common.contracts import LIP
+from services.common.contracts import LIP, Category
 from services.common.errors import FitroomError
-from services.common.imageio import encode_jpeg, read_image_file
+from services.common.imageio import decode_image, encode_jpeg, encode_png, read_image_file
 from services.common.inference import embedded_backend
 from services.pipeline import Pipeline
 
@@ -64,43 +64,55 @@ def scores(result: np.ndarray, truth: np.ndarray, box: tuple[slice, slice]) -> t
 
 
 def contact_sheet(pipelines: list[Pipeline], name: str = "unpaired_sheet.jpg") -> Path | None:
-    """Persons (rows) x garments; with two pipelines each garment gets two columns side by side
-    (the default, then the learned path) on the same pairs."""
+    """Persons (rows) x garments of ../shared/data/photos; with two pipelines each garment gets two
+    columns side by side (the default, then the learned path) on the same pairs."""
     if not (SHARED_DATA / "photos").exists():
         return None
+    photos = SHARED_DATA / "photos"
+    persons = [read_image_file(next((photos / "person").glob(f"{n}.*"))) for n in SHEET_PERSONS]
+    garments = [read_image_file(next((photos / "garment").glob(f"{n}.*")), rgba=True) for n in SHEET_GARMENTS]
+    return draw_sheet(pipelines, persons, [(g, None) for g in garments], OVERLAYS / name)
+
+
+def draw_sheet(
+    pipelines: list[Pipeline],
+    persons: list[np.ndarray],
+    garments: list[tuple[np.ndarray, Category | None]],
+    path: Path,
+) -> Path:
+    """The sheet: garment thumbnails (on white) over their columns, then one row per person: the
+    photo and each garment's try-on (of the category given, None: detected) by each pipeline; a
+    try-on that fails shows its error code."""
     height = 384
-    paths = [next((SHARED_DATA / "photos" / "garment").glob(f"{name}.*")) for name in SHEET_GARMENTS]
-    garments = [read_image_file(path, rgba=True) for path in paths]
     rows = []
-    for person_name in SHEET_PERSONS:
-        person_path = next((SHARED_DATA / "photos" / "person").glob(f"{person_name}.*"))
-        person = read_image_file(person_path)
+    for person in persons:
         width = round(person.shape[1] * height / person.shape[0])
         fit = lambda x, w=width: cv2.resize(x, (w, height), interpolation=cv2.INTER_AREA)  # noqa: E731
         row = [fit(person)]
-        for garment in garments:
+        for garment, category in garments:
             for pipeline in pipelines:
                 try:
-                    row.append(fit(pipeline.tryon(person, garment).image))
+                    row.append(fit(pipeline.tryon(person, garment, category).image))
                 except FitroomError as exc:
                     blank = np.full((height, width, 3), 255, np.uint8)
                     cv2.putText(blank, exc.code, (5, height // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (200, 0, 0), 1)
                     row.append(blank)
         rows.append(np.hstack(row))
-    on_white = [read_image_file(path) for path in paths]  # transparency flattened on white by the reader
+    on_white = [decode_image(encode_png(g)) for g, _ in garments]  # transparency on white, as uploads are
     thumbnails = [
         cv2.resize(g, (round(g.shape[1] * 160 / g.shape[0]), 160), interpolation=cv2.INTER_AREA) for g in on_white
     ]
     cell = rows[0].shape[1] // (1 + len(garments) * len(pipelines))  # thumbnails over their columns
     thumbnails = [
-        np.pad(t, ((0, 0), (0, max(0, cell * len(pipelines) - t.shape[1])), (0, 0)), constant_values=255)
+        np.pad(t, ((0, 0), (0, max(0, cell * len(pipelines) - t.shape[1])), (0, 0)), constant_values=255)[
+            :, : cell * len(pipelines)
+        ]
         for t in thumbnails
     ]
     width = max(r.shape[1] for r in rows)
     pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     strip = pad(np.hstack([np.full((160, cell, 3), 255, np.uint8), *thumbnails]))
-    OVERLAYS.mkdir(parents=True, exist_ok=True)
-    path = OVERLAYS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encode_jpeg(np.vstack([strip, *[pad(r) for r in rows]]), quality=88))
     return path
 
