@@ -59,10 +59,15 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
             shoulder, elbow = _px(pts, f"{side}_shoulder", f"{side}_elbow")
             cv2.line(body, shoulder, elbow, 1, limb)
     if category in ("lower", "dress"):
+        # Down to the ankles and across the gap between the legs: a long skirt or dress hangs
+        # there. Only the old garment is repainted (fusion), so bare calves stay the photo's
+        # where the new garment does not reach.
         for side in ("left", "right"):
-            hip, knee = _px(pts, f"{side}_hip", f"{side}_knee")
+            hip, knee, ankle = _px(pts, f"{side}_hip", f"{side}_knee", f"{side}_ankle")
             cv2.line(body, hip, knee, 1, limb)
-        cv2.fillPoly(body, [np.array(_px(pts, "left_hip", "right_hip", "right_knee", "left_knee"))], 1)
+            cv2.line(body, knee, ankle, 1, limb)
+        legs = _px(pts, "left_hip", "right_hip", "right_knee", "right_ankle", "left_ankle", "left_knee")
+        cv2.fillPoly(body, [np.array(legs)], 1)
     own = {"upper": UPPER_LABELS, "lower": LOWER_LABELS, "dress": UPPER_LABELS + LOWER_LABELS}[category]
     repaint = (any_of(labels, own) | body.astype(bool)).astype(np.uint8)
     # Grow by MARGIN with a distance transform: linear time, where a large elliptic dilation

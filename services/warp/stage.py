@@ -63,6 +63,7 @@ HEM_T = {"upper": (0.45, 1.6), "dress": (1.0, 3.5)}
 TOP_HEM_PRIOR, TOP_HEM_WEIGHT = 1.05, 0.3
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
+LEGS = (LIP["pants"], LIP["skirt"], LIP["dress"], LIP["left_leg"], LIP["right_leg"])
 COLLAR_BOX = (-0.6, 0.4, 0.6)  # body-frame t from, t to, and half-width in shoulder widths
 NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of a garment's inside back
 # Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
@@ -112,6 +113,16 @@ class Body:
             outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
             shown |= (t > HIPS_T) & (outside <= FLARE_MARGIN * self.frame.length)
         return shown
+
+    def between_legs(self) -> np.ndarray:
+        """Below the hips, each row from the leftmost to the rightmost pixel of the legs (bare or
+        clothed), less bare arms and hands (in front): where a skirt hangs, across the gap
+        between legs that stand apart."""
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width]
+        t, _ = self.frame.coords(xs, ys)
+        legs = any_of(self.labels, LEGS) & (t > HIPS_T)
+        between = np.logical_or.accumulate(legs, axis=1) & np.logical_or.accumulate(legs[:, ::-1], axis=1)[:, ::-1]
+        return between & ~self.arm_skin
 
     def arm_tube(self, side: str, length: float) -> np.ndarray:
         """The arm's silhouette within SLEEVE_REACH of its bones, from the shoulder joint down
@@ -355,13 +366,16 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     scale = np.linalg.norm(c_waist["left"] - c_waist["right"]) / max(
         np.linalg.norm(g_waist["left"] - g_waist["right"]), 1.0
     )
+    # A skirt (no crotch) is one piece across both legs: its hem's inner points, where the
+    # analysis finds them, would pull it onto each leg as a tube.
+    skirt = "crotch" not in garment.landmarks
     g_pts, c_pts = [], []
     for side in ("left", "right"):
         g_pts.append(g_waist[side])
         c_pts.append(c_waist[side])
         _hip, knee, ankle, _ = leg_chain(body.pts, side)
         g_outer = _g(garment, f"hem_{side}_outer")
-        g_inner = garment.landmarks.get(f"hem_{side}_inner")
+        g_inner = None if skirt else garment.landmarks.get(f"hem_{side}_inner")
         g_len = float(np.linalg.norm(g_outer - g_waist[side])) * scale
         chain = [c_waist[side], knee, ankle]
         c_hem, direction = _polyline_at(chain, g_len)
@@ -381,7 +395,10 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     if "crotch" in garment.landmarks:
         g_pts.append(_g(garment, "crotch"))
         c_pts.append(body.at(1.3, 0.0))
-    return [Part(np.array(g_pts), np.array(c_pts), garment.mask.copy(), body.torso_shown(flare=False))]
+    shown = body.torso_shown(flare=False)
+    if skirt:  # it hangs across the gap between the legs too
+        shown |= body.between_legs()
+    return [Part(np.array(g_pts), np.array(c_pts), garment.mask.copy(), shown)]
 
 
 def extend_colours(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:

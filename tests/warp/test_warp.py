@@ -20,7 +20,15 @@ from services.warp import stage as warp_stage
 from services.warp import tps
 from services.warp.garment import analyse_garment
 from services.warp.model import PARTS
-from tests.warp.drawn import INSIDE_BACK_COLOUR, TEE, drawn_mask, product_image, product_image_with_inside_back
+from tests.warp.drawn import (
+    INSIDE_BACK_COLOUR,
+    JEANS,
+    MINI_SKIRT,
+    TEE,
+    drawn_mask,
+    product_image,
+    product_image_with_inside_back,
+)
 
 
 def _shifted_warp(infer: LocalBackend, rgb: np.ndarray, shown: np.ndarray) -> np.ndarray:
@@ -110,6 +118,32 @@ def test_tee_lands_on_the_torso_of_a_real_photo(
     # The garment's colours are the product image's (navy and its lighter stripes).
     colours = warped.rgba[alpha][:, :3] * 255
     assert np.abs(colours.mean(axis=0) - (45, 60, 120)).max() < 25
+
+
+def test_a_skirt_hangs_across_legs_that_stand_apart(shared_person_photos: list[Path], infer: LocalBackend) -> None:
+    """A skirt is one piece: on a woman standing with her legs apart (dresscode_048462_0), a
+    mini skirt covers the gap between her thighs; trousers (a crotch) still go on each leg."""
+    from services.common.imageio import read_image_file
+
+    person = read_image_file(next(p for p in shared_person_photos if p.stem == "dresscode_048462_0"))
+    pose = pose_stage.run(person, infer)
+    parse = parser_stage.run(person, pose, infer, "lower")
+    pts = pose.landmark_array()[:, :2]
+    hips = pts[[LANDMARK_INDEX["left_hip"], LANDMARK_INDEX["right_hip"]]][:, 1].mean()
+    knees = pts[[LANDMARK_INDEX["left_knee"], LANDMARK_INDEX["right_knee"]]][:, 1].mean()
+    row = int(hips + 0.75 * (knees - hips))  # above the knees, where her legs part
+    xs = np.nonzero(np.isin(parse.labels[row], (LIP["left_leg"], LIP["right_leg"], LIP["pants"], LIP["skirt"])))[0]
+    runs = sorted(np.split(xs, np.nonzero(np.diff(xs) > 1)[0] + 1), key=len)[-2:]  # the two legs
+    gap = slice(min(r[-1] for r in runs) + 1, max(r[0] for r in runs))
+    assert gap.stop - gap.start >= 15, "the photo should show a gap between the legs here"
+
+    def covered(outline: dict) -> float:
+        image = product_image(outline)
+        alpha = warp_stage.run(image, analyse_garment(image, "lower"), pose, parse, infer).rgba[..., 3]
+        return float((alpha[row, gap] > 0.5).mean())
+
+    assert covered(MINI_SKIRT) > 0.9
+    assert covered(JEANS) < 0.5
 
 
 def test_torso_lies_over_the_sleeve_parts(astronaut_inputs: tuple, infer: LocalBackend) -> None:
