@@ -64,6 +64,8 @@ TOP_HEM_PRIOR, TOP_HEM_WEIGHT = 1.05, 0.3
 SIDE_FRACTIONS = (0.25, 0.5, 0.75)  # torso side points between armpit and hem
 HIPS_T = 1.1  # below this body-frame t the torso's sides are no longer seen
 LEGS = (LIP["pants"], LIP["skirt"], LIP["dress"], LIP["left_leg"], LIP["right_leg"])
+WAIST_T = (0.7, 0.95)  # body-frame t: the highest and the lowest a lower garment's waistband sits
+WAIST_OVERLAP = 0.05  # body-frame t: the waistband goes this far up under the top's hem
 COLLAR_BOX = (-0.6, 0.4, 0.6)  # body-frame t from, t to, and half-width in shoulder widths
 NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of a garment's inside back
 # Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
@@ -113,6 +115,18 @@ class Body:
             outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
             shown |= (t > HIPS_T) & (outside <= FLARE_MARGIN * self.frame.length)
         return shown
+
+    def waist_t(self) -> float:
+        """Body-frame t where a lower garment's waistband goes: at the hips (WAIST_T[1]), or up
+        to just under the hem of the top the person keeps on (WAIST_OVERLAP), no higher than
+        WAIST_T[0]: between a top tucked in or ending at the waist and the new waistband, no band
+        of belly that the photo does not show."""
+        top = any_of(self.labels, (LIP["upper_clothes"], LIP["coat"]))
+        if top.sum() < 100:
+            return WAIST_T[1]
+        ys, xs = np.nonzero(top)
+        hem = float(np.percentile(self.frame.coords(xs.astype(np.float64), ys.astype(np.float64))[0], 98))
+        return float(np.clip(hem - WAIST_OVERLAP, *WAIST_T))
 
     def between_legs(self) -> np.ndarray:
         """Below the hips, each row from the leftmost to the rightmost pixel of the legs (bare or
@@ -362,7 +376,7 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     """Trousers or a skirt as one part: waist on the hips, hems at the ankles (or the knees)."""
     f = body.frame
     g_waist = {s: _g(garment, f"waist_{s}") for s in ("left", "right")}
-    c_waist = {s: body.torso_edge(0.95, s) for s in ("left", "right")}
+    c_waist = {s: body.torso_edge(body.waist_t(), s) for s in ("left", "right")}
     scale = np.linalg.norm(c_waist["left"] - c_waist["right"]) / max(
         np.linalg.norm(g_waist["left"] - g_waist["right"]), 1.0
     )
