@@ -55,6 +55,8 @@ bench: models
 	$(BIN)/python bench/garment_category.py
 	$(BIN)/python bench/tryon_speed.py
 	$(BIN)/python bench/tryon_quality.py
+	$(BIN)/python bench/lower_dress_sheet.py
+	$(BIN)/python bench/storefront.py
 	$(BIN)/python bench/distributed.py
 	@command -v wrk >/dev/null && $(BIN)/python bench/gateway.py || echo "bench/gateway.py needs wrk (apt-get install wrk)"
 	@echo "bench/gpu_models.py and bench/train_on_device.sh need a CUDA machine: see their docstrings"

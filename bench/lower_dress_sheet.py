@@ -31,8 +31,8 @@ from tests.warp.drawn import JEANS, LONG_DRESS, MIDI_SKIRT, MINI_SKIRT, SHORT_DR
 def main() -> int:
     photos = SHARED_DATA / "photos"
     if not photos.exists():
-        print(f"no photos at {photos}", file=sys.stderr)
-        return 1
+        print(f"no photos at {photos}: no sheet")
+        return 0
     pipeline = Pipeline(LocalArtifactStore(tempfile.mkdtemp()), embedded_backend())
     garments = [
         (read_image_file(photos / "garment" / "dresscode_lower_051412_1.jpg", rgba=True), "lower"),
