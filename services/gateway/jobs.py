@@ -22,6 +22,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 from services.gateway.db import Database
@@ -34,25 +35,23 @@ CategoryChoice = Literal["auto", "upper", "lower", "dress"]
 OutputFormat = Literal["jpeg", "png"]
 FINISHED: tuple[JobStatus, ...] = ("succeeded", "failed")
 
-# Ids carry 128 random bits: unguessable, and the type is readable in logs ("job_", "gar_").
-_JOB_ID = re.compile(r"job_[0-9a-f]{32}")
-_GARMENT_ID = re.compile(r"gar_[0-9a-f]{32}")
+# Ids carry 128 random bits: unguessable, and the type is readable in logs ("job_", "gar_", "per_").
 
 
-def new_job_id() -> str:
-    return f"job_{secrets.token_hex(16)}"
+def new_id(kind: str) -> str:
+    """A new id of that kind: "job", "gar" (garment), "per" (person), "bat" (batch)."""
+    return f"{kind}_{secrets.token_hex(16)}"
 
 
-def new_garment_id() -> str:
-    return f"gar_{secrets.token_hex(16)}"
+def is_id(kind: str, value: str) -> bool:
+    """Whether `value` is shaped as an id of that kind (says nothing of whether it exists)."""
+    return re.fullmatch(rf"{kind}_[0-9a-f]{{32}}", value) is not None
 
 
-def is_job_id(value: str) -> bool:
-    return _JOB_ID.fullmatch(value) is not None
-
-
-def is_garment_id(value: str) -> bool:
-    return _GARMENT_ID.fullmatch(value) is not None
+new_job_id = partial(new_id, "job")
+new_garment_id = partial(new_id, "gar")
+is_job_id = partial(is_id, "job")
+is_garment_id = partial(is_id, "gar")
 
 
 @dataclass(frozen=True)

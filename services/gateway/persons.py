@@ -17,39 +17,24 @@ cannot leave a batch running for ever).
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 from services.gateway.db import Database
-from services.gateway.jobs import CategoryChoice, Job, JobStore, OutputFormat
+from services.gateway.jobs import CategoryChoice, Job, JobStore, OutputFormat, is_id, new_id
 from services.gateway.webhooks import Webhook, insert_delivery
 
 BatchStatus = Literal["running", "finished"]
 MAX_BATCH = 100  # garments in one batch
 
-_PERSON_ID = re.compile(r"per_[0-9a-f]{32}")
-_BATCH_ID = re.compile(r"bat_[0-9a-f]{32}")
-
-
-def new_person_id() -> str:
-    return f"per_{secrets.token_hex(16)}"
-
-
-def new_batch_id() -> str:
-    return f"bat_{secrets.token_hex(16)}"
-
-
-def is_person_id(value: str) -> bool:
-    return _PERSON_ID.fullmatch(value) is not None
-
-
-def is_batch_id(value: str) -> bool:
-    return _BATCH_ID.fullmatch(value) is not None
+new_person_id = partial(new_id, "per")
+new_batch_id = partial(new_id, "bat")
+is_person_id = partial(is_id, "per")
+is_batch_id = partial(is_id, "bat")
 
 
 @dataclass(frozen=True)
