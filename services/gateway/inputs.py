@@ -138,32 +138,40 @@ async def read_tryon(request: Request, max_bytes: int) -> TryonSubmission:
 
 async def read_garment(request: Request, max_bytes: int) -> GarmentSubmission:
     """POST /v1/garments' body, JSON or multipart."""
-    body, images = await _read_body(request, ("image",), max_bytes)
-    if _is_json(request):
-        parsed = _validate(GarmentJson, body)
-        image = _text_source("image", parsed.image)
-        fields = GarmentFields.model_validate(parsed.model_dump(exclude={"image"}))
-    else:
-        fields = _validate(GarmentFields, body)
-        image = images.get("image")
-    if image is None:
-        raise RequestInvalid("image is required: the garment's product image")
+    image, fields = await _read_one_image(
+        request, max_bytes, "image", GarmentJson, GarmentFields, "image is required: the garment's product image"
+    )
     return GarmentSubmission(image=image, fields=fields)
 
 
 async def read_person(request: Request, max_bytes: int) -> PersonSubmission:
     """POST /v1/persons' body, JSON or multipart."""
-    body, images = await _read_body(request, ("person",), max_bytes)
-    if _is_json(request):
-        parsed = _validate(PersonJson, body)
-        image = _text_source("person", parsed.person)
-        fields = PersonFields.model_validate(parsed.model_dump(exclude={"person"}))
-    else:
-        fields = _validate(PersonFields, body)
-        image = images.get("person")
-    if image is None:
-        raise RequestInvalid("person is required: the shopper's photo")
+    image, fields = await _read_one_image(
+        request, max_bytes, "person", PersonJson, PersonFields, "person is required: the shopper's photo"
+    )
     return PersonSubmission(image=image, fields=fields)
+
+
+async def _read_one_image(
+    request: Request,
+    max_bytes: int,
+    name: str,
+    json_model: type[BaseModel],
+    fields_model: type[Fields],
+    missing: str,
+) -> tuple[ImageSource, Fields]:
+    """A body of one image (the field `name`) and its fields, JSON or multipart."""
+    body, images = await _read_body(request, (name,), max_bytes)
+    if _is_json(request):
+        parsed = _validate(json_model, body)
+        image = _text_source(name, getattr(parsed, name))
+        fields = fields_model.model_validate(parsed.model_dump(exclude={name}))
+    else:
+        fields = _validate(fields_model, body)
+        image = images.get(name)
+    if image is None:
+        raise RequestInvalid(missing)
+    return image, fields
 
 
 async def read_batch(request: Request, max_bytes: int) -> BatchSubmission:

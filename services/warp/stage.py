@@ -110,11 +110,14 @@ class Body:
         the legs below the hips by FLARE_MARGIN."""
         shown = self.visible & ~self.arm_skin
         if flare:
-            ys, xs = np.mgrid[0 : self.height, 0 : self.width]
-            t, _ = self.frame.coords(xs, ys)
             outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
-            shown |= (t > HIPS_T) & (outside <= FLARE_MARGIN * self.frame.length)
+            shown |= self.below_hips() & (outside <= FLARE_MARGIN * self.frame.length)
         return shown
+
+    def below_hips(self) -> np.ndarray:
+        """HxW bool: below HIPS_T along the body's axis."""
+        ys, xs = np.mgrid[0 : self.height, 0 : self.width]
+        return self.frame.coords(xs, ys)[0] > HIPS_T
 
     def waist_t(self) -> float:
         """Body-frame t where a lower garment's waistband goes: at the hips (WAIST_T[1]), or up
@@ -132,9 +135,7 @@ class Body:
         """Below the hips, each row from the leftmost to the rightmost pixel of the legs (bare or
         clothed), less bare arms and hands (in front): where a skirt hangs, across the gap
         between legs that stand apart."""
-        ys, xs = np.mgrid[0 : self.height, 0 : self.width]
-        t, _ = self.frame.coords(xs, ys)
-        legs = any_of(self.labels, LEGS) & (t > HIPS_T)
+        legs = any_of(self.labels, LEGS) & self.below_hips()
         between = np.logical_or.accumulate(legs, axis=1) & np.logical_or.accumulate(legs[:, ::-1], axis=1)[:, ::-1]
         return between & ~self.arm_skin
 
