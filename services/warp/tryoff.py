@@ -1,0 +1,389 @@
+"""Try-off: the garment a person wears, as a frontal flat-lay product image (the warp read backwards).
+
+The warp takes a flat-lay's landmarks to body points (services/warp/stage.py: upper_parts,
+lower_parts, sleeve_part). Try-off lays a canonical flat-lay of the category (LAYOUTS: landmark
+positions fitted on VITON's product shots) on the person with those same functions, then fits
+each part's thin-plate spline the other way round, flat-lay -> person, and samples the photo and
+its parse through it:
+
+1. Layout: the canonical flat-lay of the category on an output canvas of the photo's size
+   (centred in the largest 3:4 box). A top's sleeves are short or long as the person's are
+   (`sleeve_kind`, measured along the arm on the parse), sleeveless where the arm is bare.
+2. Map: each flat-lay pixel belongs to one part (the torso, or a sleeve's band around its axis);
+   the part's spline gives the photo pixel it shows. Splines are evaluated on a coarse grid and
+   interpolated (they are smooth), then cv2.remap samples the photo and the labels.
+3. Mask: what the parse calls the category's garment. What hair or arms hide of it (their labels
+   land inside the garment's outline: between its visible pixels on the row, or where the mirror
+   image is garment, flat-lays being symmetric) is garment too.
+4. Colours: the photo's, from pixels well inside the garment (the parse's edge mixes in skin and
+   backdrop); the hidden and the fringe from the mirror image where it shows, else filled by
+   push-pull from the garment's own colours.
+
+The learned path (a U-Net generator trained on paired photos, `fitroom train tryoff`) is not
+built yet: `extract` is where it will be picked.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from services.common.contracts import LIP, Category, GarmentAnalysis, ParseResult, PoseResult
+from services.common.errors import GarmentNotDetected, ModelUnavailable
+from services.parser.agnostic import any_of
+from services.parser.geometry import arm_chain, chain_coords
+from services.warp import tps
+from services.warp.garment import LOWER_ORDER, UPPER_ORDER
+from services.warp.stage import REGULARISATION, Body, Part, lower_parts, upper_parts
+
+SleeveKind = Literal["none", "short", "long"]
+
+# Canonical flat-lays, as fractions of a 3:4 (width:height) box, right side only (the wearer's
+# right, the image's left); the left side is its mirror image. "upper" short and long: medians of
+# the landmarks services/warp/garment.py finds on VITON product shots (400 tops, 90 long-sleeved,
+# none of bench/viton_split.py's validation ids); the long cuff, which the analysis places poorly,
+# read off those images. Dress and lower: drawn after DressCode's product shots (not measured).
+_UPPER_TORSO = {
+    "neckline": (0.5, 0.074),
+    "collar_right": (0.323, 0.053),
+    "shoulder_right": (0.175, 0.098),
+    "armpit_right": (0.211, 0.407),
+    "hem_right": (0.196, 0.916),
+}
+_SHORT_SLEEVE = {"sleeve_right_outer": (0.088, 0.181), "sleeve_right_inner": (0.047, 0.377)}
+_LONG_SLEEVE = {"sleeve_right_outer": (0.07, 0.86), "sleeve_right_inner": (0.15, 0.89)}
+_DRESS_TORSO = {
+    "neckline": (0.5, 0.07),
+    "collar_right": (0.4, 0.04),
+    "shoulder_right": (0.33, 0.05),
+    "armpit_right": (0.33, 0.24),
+    "hem_right": (0.16, 0.96),
+}
+_DRESS_SHORT_SLEEVE = {"sleeve_right_outer": (0.22, 0.12), "sleeve_right_inner": (0.24, 0.22)}
+_DRESS_LONG_SLEEVE = {"sleeve_right_outer": (0.18, 0.6), "sleeve_right_inner": (0.24, 0.6)}
+_TROUSERS = {
+    "waist_right": (0.3, 0.04),
+    "hem_right_outer": (0.24, 0.96),
+    "hem_right_inner": (0.46, 0.96),
+    "crotch": (0.5, 0.33),
+}
+LAYOUT_ASPECT = 3 / 4  # width / height of the box the layout is drawn in
+
+# What the parse calls the worn garment of each category: our parser names tops upper_clothes
+# and everything below the hips pants (a dress is both).
+GARMENT_LABELS: dict[Category, tuple[int, ...]] = {
+    "upper": (LIP["upper_clothes"], LIP["coat"]),
+    "lower": (LIP["pants"], LIP["skirt"]),
+    "dress": (LIP["dress"], LIP["upper_clothes"], LIP["coat"], LIP["pants"], LIP["skirt"]),
+}
+# What may lie in front of a garment: its pixels under these are filled, not cut out.
+IN_FRONT = (LIP["hair"], LIP["left_arm"], LIP["right_arm"], LIP["glove"], LIP["scarf"])
+MIN_GARMENT_SHARE = 0.02  # of the person's pixels: less is "not wearing one"
+GRID_STEP = 8  # output pixels between the points where the splines are evaluated
+SLEEVE_BAND = 1.5  # a sleeve's part of the flat-lay: this many of its half-widths around its axis
+SLEEVE_REACH = 1.6  # and this many of its template lengths along it
+TORSO_MARGIN = 0.0  # of the box width: the torso's part reaches this far past the layout's sides
+# Sleeve length, as a share of the arm (shoulder to wrist) its garment covers: below SHORT the arm
+# is bare (sleeveless), from LONG on the sleeve is long. ARM_CORE: of the shoulder width, the
+# arm pixels measured lie this close to its bones (beyond, an arm against the body meets the torso).
+SLEEVE_SHORT, SLEEVE_LONG, ARM_CORE = 0.12, 0.6, 0.1
+EDGE_INSET = 0.006  # of the canvas's longer side: the parse's edge, recoloured from inside
+MIN_PART = 0.05  # of the largest: smaller specks of mask are dropped
+
+
+@dataclass(frozen=True)
+class Tryoff:
+    """A try-off: the flat-lay (HxWx4 uint8, RGBA on the photo-sized canvas) and what it is."""
+
+    rgba: np.ndarray
+    category: Category
+    sleeves: SleeveKind
+    hidden_share: float  # of the garment's flat-lay pixels, the share hidden on the photo and filled
+
+
+def extract(
+    image: np.ndarray, pose: PoseResult, parse: ParseResult, category: Category, learned: str | None = None
+) -> Tryoff:
+    """The garment of `category` that the person in `image` (RGB uint8) wears, as a flat-lay.
+    With `learned` (installed weights), the learned try-off: not built yet, so refused."""
+    if learned is not None:
+        raise ModelUnavailable(
+            f"no learned try-off is installed as {learned!r}: the learned try-off is not trained yet (issue 21); "
+            "the default (geometric) try-off runs without it"
+        )
+    return default_tryoff(image, pose, parse, category)
+
+
+def wears(parse: ParseResult, category: Category) -> bool:
+    """Whether the parse shows a garment of `category`: at least MIN_GARMENT_SHARE of the person."""
+    person = int((parse.labels != LIP["background"]).sum())
+    garment = int(any_of(parse.labels, GARMENT_LABELS[category]).sum())
+    return person > 0 and garment >= MIN_GARMENT_SHARE * person
+
+
+def default_tryoff(image: np.ndarray, pose: PoseResult, parse: ParseResult, category: Category) -> Tryoff:
+    """The geometric try-off (module docstring). GarmentNotDetected when the person wears no garment
+    of `category`."""
+    if not wears(parse, category):
+        raise GarmentNotDetected(f"the person wears no {category} garment that the parse can see")
+    body = Body(pose, parse)
+    height, width = image.shape[:2]
+    sleeves = sleeve_kind(body, category) if category != "lower" else "none"
+    layout = canonical_layout(category, sleeves, (width, height))
+    parts = lower_parts(layout, body) if category == "lower" else upper_parts(layout, body)
+    if sleeves != "long":
+        # Short sleeves stay close to the shoulders, where the torso's spline lays them (as the warp
+        # does): laid along the arm instead they come apart from the torso (tried on VITON).
+        parts = [part for part in parts if part.alpha is not None]
+    map_x, map_y, region = flatlay_map(layout, parts, (width, height))
+
+    labels = cv2.remap(parse.labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    colours = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    visible = any_of(labels, GARMENT_LABELS[category]) & region
+    # Hidden garment only within the layout's own outline: hair above the collar or an arm beside the
+    # torso is not garment.
+    hidden = any_of(labels, IN_FRONT) & region & layout.mask & ~visible
+    mask = clean(visible | (hidden & inside_outline(visible)))
+    if not mask.any():
+        raise GarmentNotDetected(f"no {category} garment could be laid flat from this photo")
+    rgb = fill_colours(colours, visible & mask, mask)
+    rgba = np.dstack([rgb, np.where(mask, 255, 0).astype(np.uint8)])
+    share = float((mask & ~visible).sum() / mask.sum())
+    return Tryoff(rgba=rgba, category=category, sleeves=sleeves, hidden_share=round(share, 3))
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def layout_box(size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(x0, y0, width, height): the largest LAYOUT_ASPECT box centred in a canvas of `size`."""
+    width, height = size
+    box_w = min(float(width), height * LAYOUT_ASPECT)
+    box_h = box_w / LAYOUT_ASPECT
+    return (width - box_w) / 2, (height - box_h) / 2, box_w, box_h
+
+
+def layout_points(category: Category, sleeves: SleeveKind) -> dict[str, tuple[float, float]]:
+    """The category's canonical landmarks, both sides, as fractions of the layout box."""
+    if category == "lower":
+        right = dict(_TROUSERS)
+    else:
+        torso = _UPPER_TORSO if category == "upper" else _DRESS_TORSO
+        short, long = (
+            (_SHORT_SLEEVE, _LONG_SLEEVE) if category == "upper" else (_DRESS_SHORT_SLEEVE, _DRESS_LONG_SLEEVE)
+        )
+        right = {**torso, **({"short": short, "long": long}.get(sleeves, {}))}
+    points = dict(right)
+    for name, (x, y) in right.items():
+        if "right" in name:
+            points[name.replace("right", "left")] = (1.0 - x, y)
+    order = LOWER_ORDER if category == "lower" else UPPER_ORDER
+    return {name: points[name] for name in order if name in points}
+
+
+def canonical_layout(category: Category, sleeves: SleeveKind, size: tuple[int, int]) -> GarmentAnalysis:
+    """The canonical flat-lay as a garment analysis on a canvas of `size` (width, height): its
+    landmarks, and its mask the polygon through them (the outline's order)."""
+    x0, y0, box_w, box_h = layout_box(size)
+    landmarks = {name: (x0 + x * box_w, y0 + y * box_h) for name, (x, y) in layout_points(category, sleeves).items()}
+    mask = np.zeros(size[::-1], np.uint8)
+    cv2.fillPoly(mask, [np.round(np.array(list(landmarks.values()))).astype(np.int32)], 1)
+    return GarmentAnalysis(
+        image_width=size[0], image_height=size[1], category=category, landmarks=landmarks, mask=mask.astype(bool)
+    )
+
+
+def sleeve_kind(body: Body, category: Category) -> SleeveKind:
+    """How far the garment's sleeves go down the arms: the longer of the two sides' covered share
+    of the arm (shoulder to wrist), read from the parse along each arm's bones."""
+    garment = any_of(body.labels, GARMENT_LABELS[category])
+    covered = []
+    for side in ("left", "right"):
+        chain = arm_chain(body.pts, side)[:3]
+        arm_length = float(sum(np.linalg.norm(b - a) for a, b in itertools.pairwise(chain)))
+        corners = np.array(chain)
+        reach = ARM_CORE * body.frame.shoulder_width
+        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
+        x1 = min(int(np.ceil(corners[:, 0].max() + reach)) + 1, body.width)
+        y1 = min(int(np.ceil(corners[:, 1].max() + reach)) + 1, body.height)
+        if x1 <= x0 or y1 <= y0 or arm_length < 1.0:
+            continue
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        distance, arc = chain_coords(xs.astype(np.float64), ys.astype(np.float64), chain)
+        core = (distance <= reach) & (arc >= 0)
+        clothed = garment[y0:y1, x0:x1] & core
+        bare = body.arm_skin[y0:y1, x0:x1] & core
+        # Along the arm in tenths: the sleeve ends where its share of the arm's core falls below half.
+        bins = np.minimum((arc / arm_length * 10).astype(int), 9)
+        share = 0.0
+        for b in range(10):
+            n_clothed, n_bare = int((clothed & (bins == b)).sum()), int((bare & (bins == b)).sum())
+            if n_clothed + n_bare == 0:
+                continue  # out of the photo, or hidden: says nothing
+            if n_clothed < n_bare:
+                break
+            share = (b + 1) / 10
+        covered.append(share)
+    length = max(covered, default=0.0)
+    return "none" if length < SLEEVE_SHORT else "long" if length >= SLEEVE_LONG else "short"
+
+
+# --------------------------------------------------------------------------- mapping
+
+
+def flatlay_map(
+    layout: GarmentAnalysis, parts: list[Part], size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every output pixel, the photo pixel it shows (map_x, map_y: float32 HxW, for cv2.remap)
+    and whether any part covers it (HxW bool). Each part's spline is fitted flat-lay -> photo on the
+    same point pairs the warp fits the other way."""
+    width, height = size
+    unit = float(max(width, height))
+    gx = np.arange(0, width + GRID_STEP, GRID_STEP, dtype=np.float64)
+    gy = np.arange(0, height + GRID_STEP, GRID_STEP, dtype=np.float64)
+    grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+    # Each output pixel's position on the coarse grid: remap interpolates the grid bilinearly there.
+    on_grid_x = np.broadcast_to(np.arange(width, dtype=np.float32) / GRID_STEP, (height, width))
+    on_grid_y = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None] / GRID_STEP, (height, width))
+    on_grid_x, on_grid_y = np.ascontiguousarray(on_grid_x), np.ascontiguousarray(on_grid_y)
+    map_x = np.zeros((height, width), np.float32)
+    map_y = np.zeros((height, width), np.float32)
+    covered = np.zeros((height, width), bool)
+    for part, region in zip(parts, part_regions(layout, parts, size), strict=True):
+        source = part.garment / unit
+        weights = tps.fit(source, part.canvas, REGULARISATION)
+        coarse = tps.evaluate(source, weights, grid / unit).reshape(len(gy), len(gx), 2).astype(np.float32)
+        full = cv2.remap(coarse, on_grid_x, on_grid_y, cv2.INTER_LINEAR)
+        take = region & ~covered
+        if part.alpha is None:  # a sleeve: only where it lands on its arm (Body.arm_tube)
+            shown = part.shown.astype(np.uint8)
+            take &= cv2.remap(shown, full[..., 0], full[..., 1], cv2.INTER_NEAREST, borderValue=0).astype(bool)
+        map_x[take], map_y[take] = full[..., 0][take], full[..., 1][take]
+        covered |= take
+    return map_x, map_y, covered
+
+
+def part_regions(layout: GarmentAnalysis, parts: list[Part], size: tuple[int, int]) -> list[np.ndarray]:
+    """Which flat-lay pixels each part lays out (HxW bool each, in the order of `parts`): a sleeve
+    (a part shaped by its arm, alpha None) its band around its axis; the torso (or a lower garment)
+    the rest of the layout, widened by TORSO_MARGIN below its armpits and down to the canvas's
+    foot (a long top or dress may be longer than the layout)."""
+    width, height = size
+    marks = {name: np.array(p) for name, p in layout.landmarks.items()}
+    margin = TORSO_MARGIN * layout_box(size)[2]
+    torso = np.zeros((height, width), np.uint8)
+    if layout.category == "lower":
+        outline = [marks["waist_right"], marks["hem_right_outer"], marks["hem_left_outer"], marks["waist_left"]]
+        outline = [outline[0] + (-margin, 0), outline[1] + (-margin, height), outline[2] + (margin, height)]
+        outline += [marks["waist_left"] + (margin, 0)]
+        outline = [np.array([p[0], min(p[1], height)]) for p in outline]
+    else:
+        outline = [
+            np.array([marks["shoulder_right"][0], 0.0]),
+            marks["shoulder_right"],
+            marks["armpit_right"] + (-margin, 0),
+            np.array([marks["hem_right"][0] - margin, height]),
+            np.array([marks["hem_left"][0] + margin, height]),
+            marks["armpit_left"] + (margin, 0),
+            marks["shoulder_left"],
+            np.array([marks["shoulder_left"][0], 0.0]),
+        ]
+    cv2.fillPoly(torso, [np.round(np.array(outline)).astype(np.int32)], 1)
+    if not any(part.alpha is None for part in parts):
+        # No sleeve parts (short sleeves): the torso's spline lays the layout's own sleeves out too.
+        torso |= cv2.dilate(layout.mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+    torso_region = torso.astype(bool)
+    regions = []
+    for part in parts:
+        if part.alpha is not None:
+            regions.append(torso_region)
+            continue
+        regions.append(sleeve_band(part, size) & ~torso_region)
+    return regions
+
+
+def sleeve_band(part: Part, size: tuple[int, int]) -> np.ndarray:
+    """HxW bool: the flat-lay around a sleeve part's axis. Its garment points are the warp's
+    (services/warp/stage.py sleeve_part): per station along the sleeve, its two edges and its axis."""
+    stations = part.garment.reshape(-1, 3, 2)
+    root, cuff = stations[0, 1], stations[4, 1]  # axis points at 0 and 1 of the sleeve's length
+    axis = cuff - root
+    end = root + SLEEVE_REACH * axis
+    half = SLEEVE_BAND * float(np.linalg.norm(stations[:, 0] - stations[:, 2], axis=1).max()) / 2
+    band = np.zeros(size[::-1], np.uint8)
+    cv2.line(band, tuple(np.round(root).astype(int)), tuple(np.round(end).astype(int)), 1, max(1, round(2 * half)))
+    return band.astype(bool)
+
+
+# --------------------------------------------------------------------------- mask and colours
+
+
+def inside_outline(visible: np.ndarray) -> np.ndarray:
+    """HxW bool: where a hidden pixel is still the garment: between the garment's visible pixels on
+    its row, or where its mirror image across the layout's centre line is visible."""
+    left = np.logical_or.accumulate(visible, axis=1)
+    right = np.logical_or.accumulate(visible[:, ::-1], axis=1)[:, ::-1]
+    return (left & right) | visible[:, ::-1]
+
+
+def clean(mask: np.ndarray) -> np.ndarray:
+    """The mask without specks (a small opening, then only parts at least MIN_PART of the largest)
+    and with its holes filled."""
+    size = max(3, round(0.006 * max(mask.shape)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    count, components, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    if count <= 1:
+        return np.zeros(mask.shape, bool)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.zeros(count, bool)
+    keep[1:] = areas >= MIN_PART * areas.max()
+    kept = keep[components].astype(np.uint8)
+    # Holes: what the border's flood fill of the background does not reach.
+    padded = np.pad(kept, 1)
+    flood = padded.copy()
+    cv2.floodFill(flood, None, (0, 0), 1)
+    return (kept | (1 - flood[1:-1, 1:-1])).astype(bool)
+
+
+def fill_colours(colours: np.ndarray, visible: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8: the sampled colours where they are the garment's own (visible, inset from the
+    parse's edge by EDGE_INSET), elsewhere in `mask` the mirror image's where that is known, and
+    the rest pulled in from the known colours (push-pull). White outside the mask."""
+    inset = max(1, round(EDGE_INSET * max(mask.shape)))
+    known = cv2.erode(visible.astype(np.uint8), np.ones((2 * inset + 1,) * 2, np.uint8)).astype(bool)
+    if not known.any():
+        known = visible
+    rgb = colours.astype(np.float32)
+    mirrored = known[:, ::-1] & ~known
+    rgb[mirrored] = rgb[:, ::-1][mirrored]
+    filled = push_pull(rgb, known | mirrored)
+    out = np.full(colours.shape, 255, np.uint8)
+    out[mask] = np.clip(filled[mask], 0, 255).round().astype(np.uint8)
+    return out
+
+
+def push_pull(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """`rgb` (HxWx3 float32) with the pixels outside `known` filled smoothly from the known ones:
+    known colours are averaged down a pyramid (push) and the coarse averages brought back up where
+    a level knows less (pull)."""
+    weight = known.astype(np.float32)
+    levels = [(rgb * weight[..., None], weight)]
+    while min(levels[-1][1].shape) > 2:
+        colour, w = levels[-1]
+        size = (max(1, w.shape[1] // 2), max(1, w.shape[0] // 2))
+        levels.append(
+            (cv2.resize(colour, size, interpolation=cv2.INTER_AREA), cv2.resize(w, size, interpolation=cv2.INTER_AREA))
+        )
+    colour, w = levels[-1]
+    result = colour / np.maximum(w, 1e-6)[..., None]
+    for colour, w in reversed(levels[:-1]):
+        up = cv2.resize(result, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        mean = colour / np.maximum(w, 1e-6)[..., None]
+        # w is the share of known pixels under each pixel of this level: trust it that much.
+        result = w[..., None] * mean + (1.0 - w[..., None]) * up
+    return result
