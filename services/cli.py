@@ -312,6 +312,72 @@ def cmd_tryon(args: argparse.Namespace) -> int:
     return _each_pair(jobs, tryon_one, progress=batch)
 
 
+def _tryoff_jobs(args: argparse.Namespace) -> list[tuple[str, Path]] | str:
+    """(photo, output) of each try-off, or why the arguments are wrong. One photo writes -o (.png:
+    RGBA; .jpg: RGB on white); a folder writes OUTDIR/<stem>.png."""
+    out = Path(args.output)
+    if args.person and not args.person_dir:
+        if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            return "-o must name a .png (RGBA) or .jpg (on white) file"
+        return [(args.person, out)]
+    if args.person_dir and not args.person:
+        folder = Path(args.person_dir)
+        if not folder.is_dir():
+            return f"--person-dir {folder} is not a folder"
+        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not photos:
+            return f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+        if out.resolve() == folder.resolve():
+            return "-o must be another folder than --person-dir"
+        return [(str(p), out / f"{p.stem}.png") for p in photos]
+    return "give --person PHOTO or --person-dir FOLDER"
+
+
+def on_white(rgba: np.ndarray) -> np.ndarray:
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    return np.round(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+def cmd_tryoff(args: argparse.Namespace) -> int:
+    from services.common.artifacts import LocalArtifactStore
+    from services.pipeline import Pipeline
+    from services.pose.overlay import draw_pose
+
+    jobs = _tryoff_jobs(args)
+    if isinstance(jobs, str):
+        print(f"fitroom: error: {jobs}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    batch = args.person_dir is not None
+    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
+
+    def tryoff_one(photo_path: str, _unused: str, out: Path) -> dict:
+        photo = read_image_file(photo_path)
+        start = time.perf_counter()
+        result = pipeline.tryoff(photo, args.category)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        jpeg = out.suffix.lower() in (".jpg", ".jpeg")
+        _write_atomically(out, encode_jpeg(on_white(result.rgba)) if jpeg else encode_png(result.rgba))
+        record = {
+            "person": photo_path,
+            "category": result.category,
+            "sleeves": result.sleeves,
+            "hidden_share": result.hidden_share,
+            "output": str(out),
+            "ms": round(1000 * (time.perf_counter() - start), 1),
+        }
+        if args.debug:
+            folder = Path(args.debug) / out.stem if batch else Path(args.debug)
+            folder.mkdir(parents=True, exist_ok=True)
+            pose, parse = pipeline.person(photo)
+            (folder / "pose.jpg").write_bytes(encode_jpeg(draw_pose(photo, pose)))
+            (folder / "parse.png").write_bytes(encode_label_png(parse.labels, LIP_PALETTE))
+            (folder / "flatlay_on_white.jpg").write_bytes(encode_jpeg(on_white(result.rgba)))
+            record["debug"] = str(folder)
+        return record
+
+    return _each_pair([(photo, "", out) for photo, out in jobs], tryoff_one, progress=batch)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Never a half-written result: write beside the target, then rename over it."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -332,13 +398,18 @@ def _each_pair(
         except ModelUnavailable:
             raise
         except (NoPersonDetected, GarmentNotDetected, CategoryUnsupported) as exc:
-            record, nothing_found = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
+            record, nothing_found = _pair_error(person_path, garment_path, exc), True
         except FitroomError as exc:
-            record, unreadable = {"person": person_path, "garment": garment_path, "error": exc.to_dict()}, True
+            record, unreadable = _pair_error(person_path, garment_path, exc), True
         print(json.dumps(record), flush=True)
         if progress:
             _progress(n, len(jobs), time.perf_counter() - start)
     return EXIT_BAD_INPUT if unreadable else EXIT_NO_PERSON if nothing_found else EXIT_OK
+
+
+def _pair_error(person_path: str, garment_path: str, error: FitroomError) -> dict:
+    """The JSON line of a failed pair (a try-off has no garment file: "")."""
+    return {"person": person_path, **({"garment": garment_path} if garment_path else {}), "error": error.to_dict()}
 
 
 def _progress(done: int, total: int, elapsed: float) -> None:
@@ -526,6 +597,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", metavar="DIR", help="write every intermediate there (batches: one sub-folder per result)"
     )
     tryon.set_defaults(func=cmd_tryon)
+    tryoff = commands.add_parser(
+        "tryoff",
+        help="the garment a person wears as a frontal flat-lay product image (the default, geometric try-off)",
+        description="Lay the garment of --category that the photo's person wears flat, as a product shot: "
+        "our parse gives its pixels and our pose the body, the warp's splines run backwards onto a canonical "
+        "flat-lay of the category, and what hair or arms hide is filled from the garment's own colours. "
+        "Writes the photo's size; .png is RGBA, .jpg is on white. Exit 3: no person, or no such garment worn.",
+    )
+    tryoff.add_argument("--person", help="the on-model photo")
+    tryoff.add_argument("--person-dir", help="batch: every image in this folder (models loaded once)")
+    tryoff.add_argument("--category", choices=["upper", "lower", "dress"], default="upper")
+    tryoff.add_argument(
+        "-o", "--output", required=True, help="GARMENT.png (RGBA) or .jpg (on white); batches: OUTDIR/<stem>.png"
+    )
+    tryoff.add_argument("--debug", metavar="DIR", help="write pose, parse and the flat-lay on white there")
+    tryoff.set_defaults(func=cmd_tryoff)
     train_command = commands.add_parser(
         "train", help="train the learned warp or try-on generator on paired photos (docs/TRAINING.md)"
     )

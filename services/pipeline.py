@@ -34,6 +34,7 @@ from services.parser import stage as parser_stage
 from services.parser.agnostic import agnostic_mask
 from services.pose import stage as pose_stage
 from services.warp import stage as warp_stage
+from services.warp import tryoff as tryoff_stage
 from services.warp.cache import cached_analysis
 
 STAGES = ("pose", "parser", "garment", "warp", "fusion")
@@ -199,6 +200,15 @@ class Pipeline:
         image = fusion_stage.run(person_image, dressed, pose, warped, self.infer, self.learned)
         notify("fusion", "done", time.perf_counter() - start)
         return image
+
+    def tryoff(self, image: np.ndarray, category: Category = "upper") -> tryoff_stage.Tryoff:
+        """The garment of `category` worn in `image` (RGB uint8) as a flat-lay; pose and parse come from
+        the store like a shopper's. NoPersonDetected, CategoryUnsupported (the photo lacks the joints
+        the category stands on) or GarmentNotDetected (nothing of that category is worn)."""
+        pose, parse = self.person(image)
+        check_category(pose, category)
+        # The learned try-off is not built yet: self.learned names try-on weights, never try-off ones.
+        return tryoff_stage.extract(image, pose, parse, category, learned=None)
 
     def tryon(
         self,
