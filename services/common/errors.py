@@ -138,6 +138,21 @@ class CategoryInvalid(FitroomError):
     http_status = 422
 
 
+class PhotoTypeInvalid(FitroomError):
+    """A garment's photo_type is not one of flat_lay, model."""
+
+    code = "photo_type_invalid"
+    http_status = 422
+
+
+class PhotoTypeUnsupported(FitroomError):
+    """photo_type model (try-off) in distributed mode, whose gateway loads no models: extract the
+    garment with `fitroom tryoff` and register the flat-lay."""
+
+    code = "photo_type_unsupported"
+    http_status = 422
+
+
 class RequestTooLarge(FitroomError):
     """The request body is over FITROOM_MAX_REQUEST_BYTES."""
 

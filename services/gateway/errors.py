@@ -24,6 +24,7 @@ from services.common.errors import (
     JsonInvalid,
     MethodNotAllowed,
     NotFound,
+    PhotoTypeInvalid,
     QueueFull,
     RequestInvalid,
     Unauthorized,
@@ -64,7 +65,7 @@ class BatchTooLarge(FitroomError):
 
 
 # Fields whose bad values have their own code (clients switch on it).
-_FIELD_CODES: dict[str, type[FitroomError]] = {"category": CategoryInvalid}
+_FIELD_CODES: dict[str, type[FitroomError]] = {"category": CategoryInvalid, "photo_type": PhotoTypeInvalid}
 
 
 def error_response(error: FitroomError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -125,7 +125,15 @@ class BatchForm(BatchFields):
 
 
 class GarmentFields(_Strict):
-    category: CategoryChoice = Field("auto", description="what the garment is; auto detects it")
+    category: CategoryChoice = Field(
+        "auto", description="what the garment is; auto detects it (with photo_type model: auto is upper)"
+    )
+    photo_type: Literal["flat_lay", "model"] = Field(
+        "flat_lay",
+        description="flat_lay: a product image of the garment; model: a photo of a person wearing it, from which "
+        "the garment of `category` is extracted as a flat-lay (try-off) and registered; GET /v1/garments/{id}/image "
+        "then serves the extracted image (embedded mode only: distributed mode answers photo_type_unsupported)",
+    )
     sku: str | None = Field(None, max_length=128, description="your own reference for the garment")
 
 

@@ -15,13 +15,16 @@ import numpy as np
 from anyio import to_thread
 from PIL import Image
 
+from services.common.contracts import Category
 from services.common.errors import (
     CategoryInvalid,
     GarmentNotFound,
     IdempotencyConflict,
+    PhotoTypeUnsupported,
     QueueFull,
     UrlForbidden,
 )
+from services.common.imageio import encode_png
 from services.gateway.errors import PersonNotFound
 from services.gateway.inputs import (
     BatchSubmission,
@@ -323,20 +326,33 @@ async def wait_for_batch(gateway: Gateway, tenant: str, batch_id: str, wait_s: f
 
 def register_garment(gateway: Gateway, tenant: str, submission: GarmentSubmission) -> Garment:
     """Decode and analyse the garment now (a bad product image is a 4xx here, not a failed job
-    later); the analysis is cached, so every try-on naming the garment reuses it."""
+    later); the analysis is cached, so every try-on naming the garment reuses it. With photo_type
+    model the photo is a person wearing the garment: it is extracted first (try-off) and the
+    extracted flat-lay is what is registered, analysed and served."""
     settings = gateway.settings
+    fields = submission.fields
+    if fields.photo_type == "model" and settings.mode == "distributed":
+        raise PhotoTypeUnsupported(
+            "photo_type model extracts the garment with the pose and parser models, which a distributed gateway "
+            "does not load: run `fitroom tryoff` and register the flat-lay it writes"
+        )
     image = load_image(
         submission.image,
         gateway.fetcher,
-        rgba=True,
+        rgba=fields.photo_type == "flat_lay",
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
     )
-    requested = submission.fields.category
+    requested = fields.category
     category = None if requested == "auto" else requested
     store = TenantArtifactStore(gateway.artifacts, tenant)
+    pixels, data = image.pixels, image.data
     with gateway.analysis_slots:  # analyses run on request threads: no more at once than there are workers
-        analysis = Pipeline(store, gateway.infer).garment(image.pixels, category)
+        pipeline = Pipeline(store, gateway.infer)
+        if fields.photo_type == "model":
+            pixels = extract_garment(store, pipeline, image.pixels, category or "upper")
+            data = encode_png(pixels)
+        analysis = pipeline.garment(pixels, category)
     garment = Garment(
         id=new_garment_id(),
         tenant=tenant,
@@ -345,12 +361,27 @@ def register_garment(gateway: Gateway, tenant: str, submission: GarmentSubmissio
         requested_category=requested,
         width=analysis.image_width,
         height=analysis.image_height,
-        cache_prefix=garment_cache.garment_prefix(image.pixels),
-        sku=submission.fields.sku,
+        cache_prefix=garment_cache.garment_prefix(pixels),
+        sku=fields.sku,
     )
-    store.put(garment_image_key(garment.id), image.data)
+    store.put(garment_image_key(garment.id), data)
     gateway.garments.add(garment)
     return garment
+
+
+def extract_garment(
+    store: TenantArtifactStore, pipeline: Pipeline, photo: np.ndarray, category: Category
+) -> np.ndarray:
+    """The flat-lay (RGBA) of the garment of `category` worn in `photo`. The photo's pose and parse
+    go through the store like a shopper's, and are erased after unless they were there before (a
+    catalogue photo is not a shopper's to keep)."""
+    prefix = person_prefix(photo)
+    cached_before = bool(store.list(prefix))
+    try:
+        return pipeline.tryoff(photo, category).rgba
+    finally:
+        if not cached_before:
+            store.delete_prefix(prefix)
 
 
 def delete_garment(gateway: Gateway, garment: Garment) -> None:
