@@ -68,7 +68,7 @@ def main() -> int:
         print(f"| {answer} | {count} | {count / len(results):.4f} |")
     print(f"upper: {upper:.4f} (target >= {TARGET_UPPER}): {'met' if upper >= TARGET_UPPER else 'NOT met'}")
     wrong = [(name, category, confidence) for name, category, confidence in results if category != "upper"]
-    for name, category, confidence in wrong[:40]:
+    for name, category, confidence in wrong:
         print(f"  {name}: {category} ({confidence:.2f})")
 
     photos = sorted((SHARED_DATA / "photos" / "garment").iterdir())

@@ -79,11 +79,11 @@ def draw_sheet(
     persons: list[np.ndarray],
     garments: list[tuple[np.ndarray, Category | None]],
     path: Path,
+    height: int = 384,
 ) -> Path:
     """The sheet: garment thumbnails (on white) over their columns, then one row per person: the
-    photo and each garment's try-on (of the category given, None: detected) by each pipeline; a
-    try-on that fails shows its error code."""
-    height = 384
+    photo and each garment's try-on (of the category given, None: detected) by each pipeline, all
+    `height` pixels high; a try-on that fails shows its error code."""
     rows = []
     for person in persons:
         width = round(person.shape[1] * height / person.shape[0])

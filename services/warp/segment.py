@@ -27,6 +27,8 @@ WORK_SIDE = 512  # segmentation runs with the longer side at most this
 BORDER = 3  # pixels of the frame sampled as background
 BORDER_OUTLIER = 12.0  # Lab distance from the border's median beyond which a border pixel is garment
 BACKGROUND_MIN_STD = np.array([0.5, 0.3, 0.3])
+FLAT_BACKDROP_STD = 0.05  # Lab L spread of the border under which the backdrop is one retouched value
+FLAT_BACKDROP_SHARE = 0.3  # ... and its colour model's floor is this share of BACKGROUND_MIN_STD
 BACKGROUND_COST = 9.0  # nll under the border model below which a pixel looks like background
 EDGE_L = 100.0  # lightness step (Lab L, 3x3) that no flat background has: an outline
 GAP_RADIUS = 0.008  # of the longer side: outline gaps narrower than twice this are closed
@@ -66,7 +68,10 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     near_median = np.linalg.norm(border - np.median(border, axis=0), axis=1) < BORDER_OUTLIER
     if near_median.mean() < MIN_UNIFORM_BORDER:
         raise GarmentNotDetected("the image border is not a plain background: not a product image")
-    model = colour.fit(border[near_median], 3, BACKGROUND_MIN_STD)
+    # A retouched backdrop of one exact value tells a white garment apart by an L unit or two;
+    # a noisy one needs the floor, or its own noise would read as garment.
+    flat = border[near_median, 0].std() < FLAT_BACKDROP_STD
+    model = colour.fit(border[near_median], 3, BACKGROUND_MIN_STD * (FLAT_BACKDROP_SHARE if flat else 1.0))
     if model is None:
         raise GarmentNotDetected("image too small to find a garment in")
     cost = model.nll(lab.reshape(-1, 3)).reshape(lab.shape[:2])

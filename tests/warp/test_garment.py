@@ -158,10 +158,7 @@ TOPS = [
         "catvton_upper_21514384.jpg",
         marks=pytest.mark.xfail(strict=True, reason="the cardigan is cut by the image's sides: hem corners misplaced"),
     ),
-    pytest.param(
-        "fitdit_top_3.jpg",
-        marks=pytest.mark.xfail(strict=True, reason="a sleeve against the torso hides an armpit"),
-    ),
+    "fitdit_top_3.jpg",
     pytest.param(
         "vitonhd_09133_00.jpg",
         marks=pytest.mark.xfail(strict=True, reason="white top on light grey: the segmentation leaks"),
