@@ -146,7 +146,10 @@ def _armpits(outline: Outline) -> dict[str, Dent]:
 
         def accept(d: Dent, sign: int = sign) -> bool:
             s = outline.side(d[2]) * sign
-            return s > 0.12 and 0.1 < outline.level(d[2]) < 0.8 and d[3] > MIN_ARMPIT_DEPTH * outline.width
+            # The outline starts at the neckline: a dent deepest there is the neck opening
+            # (beside a strap the segmentation lost), not an armpit.
+            neck = d[2] == 0
+            return not neck and s > 0.12 and 0.1 < outline.level(d[2]) < 0.8 and d[3] > MIN_ARMPIT_DEPTH * outline.width
 
         dent = _deepest(outline, accept)
         if dent is not None:
