@@ -219,12 +219,13 @@ def sleeve_kind(body: Body, category: Category) -> SleeveKind:
         bare = body.arm_skin[y0:y1, x0:x1] & core
         # Along the arm in tenths: the sleeve ends where its share of the arm's core falls below half.
         bins = np.minimum((arc / arm_length * 10).astype(int), 9)
+        n_clothed = np.bincount(bins[clothed], minlength=10)
+        n_bare = np.bincount(bins[bare], minlength=10)
         share = 0.0
         for b in range(10):
-            n_clothed, n_bare = int((clothed & (bins == b)).sum()), int((bare & (bins == b)).sum())
-            if n_clothed + n_bare == 0:
+            if n_clothed[b] + n_bare[b] == 0:
                 continue  # out of the photo, or hidden: says nothing
-            if n_clothed < n_bare:
+            if n_clothed[b] < n_bare[b]:
                 break
             share = (b + 1) / 10
         covered.append(share)
@@ -358,13 +359,19 @@ def fill_colours(colours: np.ndarray, visible: np.ndarray, mask: np.ndarray) -> 
     known = cv2.erode(visible.astype(np.uint8), np.ones((2 * inset + 1,) * 2, np.uint8)).astype(bool)
     if not known.any():
         known = visible
-    rgb = colours.astype(np.float32)
     mirrored = known[:, ::-1] & ~known
-    rgb[mirrored] = rgb[:, ::-1][mirrored]
-    filled = push_pull(rgb, known | mirrored)
-    out = np.full(colours.shape, 255, np.uint8)
-    out[mask] = np.clip(filled[mask], 0, 255).round().astype(np.uint8)
-    return out
+    rgb = np.where(mirrored[..., None], colours[:, ::-1], colours)
+    source = known | mirrored
+    # Filled at half the size (what is filled is smooth anyway); known colours stay at full size.
+    half = (max(1, mask.shape[1] // 2), max(1, mask.shape[0] // 2))
+    weight = source.astype(np.float32)
+    premultiplied = np.where(source[..., None], rgb, 0).astype(np.float32)
+    small_weight = cv2.resize(weight, half, interpolation=cv2.INTER_AREA)
+    small = cv2.resize(premultiplied, half, interpolation=cv2.INTER_AREA) / np.maximum(small_weight, 1e-6)[..., None]
+    filled = cv2.resize(push_pull(small, small_weight > 0), mask.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    filled = np.clip(filled, 0, 255).round().astype(np.uint8)
+    garment = np.where(source[..., None], rgb, filled)
+    return np.where(mask[..., None], garment, np.uint8(255))
 
 
 def push_pull(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
