@@ -15,7 +15,11 @@ services/fusion/stage.py; this model does the per-pixel work).
    (at least 2% of the image height: its print and edges are gone) and divided by its mean,
    is the shading the new garment is multiplied by (folds, side light, shadows under the arms).
    A dark old garment lends proportionally less of it: its luminance is sheen and noise over a
-   tiny mean (black satin would print grey blotches on a white tee).
+   tiny mean (black satin would print grey blotches on a white tee). The shading is two parts:
+   the broad light (blurred BROAD_LIGHT times more: side light, the shadow under the arms) and
+   the folds (the rest). A light new garment takes the broad light whole but only a share of the
+   old garment's folds, falling to FOLDS_ON_WHITE on white: they are not its folds, and on white
+   a fold's few tenths of darkening read as blotches of crumpled foil.
 3. Blend: the repaint region is feathered by a pixel or two, and the garment goes over it with
    its own soft alpha: no hard cut-out edges.
 """
@@ -33,7 +37,7 @@ from services.common.model_repository import ModelSignature, TensorSpec, install
 from services.common.unet import resize_bilinear
 
 NAME = "tryon_fusion"
-VERSION = 11  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 12  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = (
     "repaint",
     "body",
@@ -51,6 +55,9 @@ MAX_LIGHT = 4.0  # luminance over albedo is clamped here: a misassigned dye's ed
 DARK_FULL = 0.25  # mean luma (0 to 1) under which a source's shading is trusted proportionally less
 FILL_SCALE = 4  # the skin, background and lower-garment fills are interpolated at this fraction of the resolution
 FEATHER = 2  # half-width in pixels of the box filter that softens the repaint region's edge
+BROAD_LIGHT = 4.0  # the broad light's blur, in lighting sigmas
+FOLDS_ON_WHITE = 0.2  # share of the old garment's folds a white garment takes; 1 up to FOLDS_FULL
+FOLDS_FULL = 0.3  # luma (0 to 1) of the new garment up to which it takes the folds whole
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -114,7 +121,18 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class TryonFusion(nn.Module):
-    __constants__ = ("feather", "low", "high", "fill_scale", "support_full", "dark_full", "max_light")
+    __constants__ = (
+        "feather",
+        "low",
+        "high",
+        "fill_scale",
+        "support_full",
+        "dark_full",
+        "max_light",
+        "broad_light",
+        "folds_on_white",
+        "folds_full",
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,6 +142,9 @@ class TryonFusion(nn.Module):
         self.support_full = SUPPORT_FULL
         self.dark_full = DARK_FULL
         self.max_light = MAX_LIGHT
+        self.broad_light = BROAD_LIGHT
+        self.folds_on_white = FOLDS_ON_WHITE
+        self.folds_full = FOLDS_FULL
 
     def _relative_shading(
         self, luminance: torch.Tensor, albedo: torch.Tensor, mask: torch.Tensor, sigma: float
@@ -152,12 +173,20 @@ class TryonFusion(nn.Module):
         skin_source, background_source, lower_source = regions[:, 3:4], regions[:, 4:5], regions[:, 5:6]
         shading_source, allowed, albedo = regions[:, 6:7], regions[:, 7:8], regions[:, 8:9]
 
-        # Lighting: the old garment's blurred light (luminance over its dye's) relative to its mean.
+        # Lighting: the old garment's blurred light (luminance over its dye's) relative to its mean,
+        # as broad light times folds; a light new garment takes fewer of the folds.
         sigma = float(lighting_sigma[0, 0])
-        shading = self._relative_shading(_luminance(image), albedo, shading_source, sigma)
+        luminance = _luminance(image)
+        shading = self._relative_shading(luminance, albedo, shading_source, sigma)
+        broad = self._relative_shading(luminance, albedo, shading_source, self.broad_light * sigma)
+        alpha = garment[:, 3:4] * allowed
+        lightness = _gaussian_blur(_luminance(garment), sigma)  # the dye's, not its print's edges
+        fold_share = 1.0 - (1.0 - self.folds_on_white) * (
+            (lightness - self.folds_full) / (1.0 - self.folds_full)
+        ).clamp(0.0, 1.0)
+        shading = (broad * (shading / broad) ** fold_share).clamp(self.low, self.high)
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
         # the same way, so that the garment carries the person photo's light, not both.
-        alpha = garment[:, 3:4] * allowed
         own_shading = self._relative_shading(_luminance(garment), torch.full_like(alpha, 1.0), alpha, sigma)
 
         # Fill: the lower garment below the waist, skin elsewhere inside the body, background outside it.

@@ -18,7 +18,7 @@ from services import learned
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import PROJECT_ROOT
 from services.common.contracts import LANDMARK_INDEX, LIP
-from services.common.errors import CategoryUnsupported
+from services.common.errors import CategoryUncertain, CategoryUnsupported
 from services.common.inference import LocalBackend
 from services.fusion import model as fusion_model
 from services.fusion import stage as fusion_stage
@@ -256,6 +256,38 @@ def test_the_old_garments_print_is_not_its_light(infer: LocalBackend) -> None:
     assert out[40:60, 50:60].mean() - out[40:60, 20:30].mean() > 0.1
 
 
+def test_a_light_garment_takes_the_old_light_but_not_its_blotches(infer: LocalBackend) -> None:
+    """An old top lit from one side and crumpled into blotches (folds a few lighting sigmas
+    across): a mid-grey new garment takes both; a white one takes the side light as it would from
+    an uncrumpled top, but only a fraction of the blotches, which on white read as crumpled foil."""
+    h, w, sigma = 240, 160, 4.0
+    rng = np.random.default_rng(0)
+    blotches = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), (0, 0), 2 * sigma)
+    blotches *= 0.25 / blotches[20:220, 20:140].std()  # 25% of light, up and down
+    side_light = np.linspace(0.6, 1.2, w, dtype=np.float32)[None, :] * np.ones((h, 1), np.float32)
+    maps = empty_region_maps(h, w)
+    maps["repaint"][20:220, 20:140] = maps["shading_source"][20:220, 20:140] = maps["garment_allowed"][:] = 1
+    inner = (slice(50, 190), slice(40, 120))
+
+    def light_on(level: float, old_light: np.ndarray) -> tuple[float, float]:
+        """(fine light's spread, side light's step) on a new garment of grey `level`, in log units."""
+        image = np.full((h, w, 3), 0.8, np.float32)
+        image[20:220, 20:140] = 0.6 * old_light[20:220, 20:140, None]
+        garment = np.zeros((h, w, 4), np.float32)
+        garment[20:220, 20:140] = (level, level, level, 1.0)
+        light = np.log(run_fusion_model(infer, image, garment, maps, sigma)[..., 1] / level)[inner]
+        columns = light.mean(axis=0)
+        # The step into the shaded side (white is not lit brighter than white on the other).
+        return float((light - columns[None, :]).std()), float(columns[35:45].mean() - columns[:10].mean())
+
+    fine_grey, _ = light_on(0.3, side_light * np.exp(blotches))
+    fine_white, side_white = light_on(0.95, side_light * np.exp(blotches))
+    _, side_white_uncrumpled = light_on(0.95, side_light)
+    assert fine_grey > 0.1  # the blotches carry over onto a mid-tone garment...
+    assert fine_white < 0.35 * fine_grey  # ...but hardly onto white
+    assert side_white_uncrumpled > 0.1 and side_white > 0.8 * side_white_uncrumpled  # the side light does
+
+
 def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:
     pose, parse = pipeline.person(astronaut)
     lower_body = fusion_model.REGIONS.index("lower_body")
@@ -356,9 +388,13 @@ KNOWN_FAILURES = {
 
 # The learned path with the reference weights (38 minutes of CPU training, 2026-12-03).
 # (2026-12-04: the print that ghosted over dresscode_050855_0's chest keeps now: the mask floor.)
-LEARNED_KNOWN_FAILURES = {
-    "dresscode_050855_0.jpg": "learned path (2026-12-04, second GPU run): a sheer pleated blouse over a yellow "
-    "cold-shoulder top comes out translucent with a dark band across the waist (the light and the shade)",
+# (2026-12-04, evening: dresscode_050855_0's sheer blouse no longer comes out translucent with a
+# dark waist band since a light garment takes fewer of the old garment's folds.)
+LEARNED_KNOWN_FAILURES: dict[str, str] = {}
+# Single pairs, (person, garment): the rest of the person's garments are still checked. Strict too.
+KNOWN_PAIR_FAILURES = {
+    ("vitonhd_01008_00.jpg", "vitonhd_09290_00.jpg"): "parser: the peach blouse, evenly lit since light "
+    "garments take fewer of the old folds, parses as skin across the chest (it looks right on the sheet)",
 }
 REFERENCE_WEIGHTS = PROJECT_ROOT / "weights" / "research" / "viton" / "tryon.pt"
 
@@ -384,8 +420,11 @@ def unpaired(
     garments = []
     for path in sorted((PHOTOS / "garment").iterdir()):
         image = read_image_file(path, rgba=True)
-        if pipeline.garment(image).category == "upper":
-            garments.append((path.name, image))
+        try:
+            if pipeline.garment(image).category == "upper":
+                garments.append((path.name, image))
+        except CategoryUncertain:  # the white tank on flat grey: asked for, not guessed
+            continue
     assert len(garments) >= 5
     return pipeline, garments
 
@@ -414,6 +453,7 @@ def test_unpaired_photos_keep_face_hands_and_lower_garment(
     pts = pose.landmark_array()[:, :2]
     t_axis = BodyFrame.from_points(pts)
     for name, garment in garments:
+        found = len(problems)
         result = pipeline.tryon(person, garment, "upper")
         after = parser_stage.run(result.image, pose, infer)
         case = f"{person_path.name} + {name}"
@@ -442,6 +482,12 @@ def test_unpaired_photos_keep_face_hands_and_lower_garment(
         covered = np.isin(chest, (LIP["upper_clothes"], LIP["dress"], LIP["coat"])).mean()
         if covered < 0.7:
             problems.append(f"{case}: {covered:.0%} of the chest parses as a garment")
+        known_pair = None if pipeline.learned else KNOWN_PAIR_FAILURES.get((person_name, name))
+        if known_pair:  # its problems are expected; a known failure that passes is reported
+            expected = problems[found:]
+            del problems[found:]
+            if not expected:
+                problems.append(f"{case}: fixed, remove it from KNOWN_PAIR_FAILURES: {known_pair}")
     known = LEARNED_KNOWN_FAILURES.get(person_name) if pipeline.learned else None
     if known:  # strict: a known failure that passes is reported, so the entry is removed
         assert problems, f"fixed, remove it from LEARNED_KNOWN_FAILURES: {known}"
