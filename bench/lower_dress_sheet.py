@@ -25,7 +25,7 @@ from services.common.inference import embedded_backend
 from services.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.warp.drawn import JEANS, LONG_DRESS, MIDI_SKIRT, MINI_SKIRT, SHORT_DRESS, SHORTS, product_image
+from tests.warp.drawn import CATALOGUE, product_image
 
 
 def main() -> int:
@@ -37,8 +37,10 @@ def main() -> int:
     garments = [
         (read_image_file(photos / "garment" / "dresscode_lower_051412_1.jpg", rgba=True), "lower"),
         (read_image_file(photos / "garment" / "dresscode_dress_051998_1.jpg", rgba=True), "dress"),
-        *((product_image(outline), "lower") for outline in (JEANS, SHORTS, MINI_SKIRT, MIDI_SKIRT)),
-        *((product_image(outline), "dress") for outline in (SHORT_DRESS, LONG_DRESS)),
+        *(
+            (product_image(*CATALOGUE[name][:2]), CATALOGUE[name][2])
+            for name in ("jeans", "shorts", "mini skirt", "midi skirt", "short dress", "long dress")
+        ),
     ]
     persons = []
     for path in sorted((photos / "person").iterdir()):

@@ -28,7 +28,7 @@ BORDER = 3  # pixels of the frame sampled as background
 BORDER_OUTLIER = 12.0  # Lab distance from the border's median beyond which a border pixel is garment
 BACKGROUND_MIN_STD = np.array([0.5, 0.3, 0.3])
 FLAT_BACKDROP_STD = 0.05  # Lab L spread of the border under which the backdrop is one retouched value
-FLAT_BACKDROP_SHARE = 0.3  # ... and its colour model's floor is this share of BACKGROUND_MIN_STD
+FLAT_BACKDROP_SHARE = 0.3  # ... and its flood's colour model's floor is this share of BACKGROUND_MIN_STD
 BACKGROUND_COST = 9.0  # nll under the border model below which a pixel looks like background
 EDGE_L = 100.0  # lightness step (Lab L, 3x3) that no flat background has: an outline
 GAP_RADIUS = 0.008  # of the longer side: outline gaps narrower than twice this are closed
@@ -61,6 +61,16 @@ def _clean(mask: np.ndarray) -> np.ndarray:
     return keep[parts]
 
 
+def _background_cost(lab: np.ndarray, border: np.ndarray, min_std: np.ndarray) -> np.ndarray:
+    """HxW: each pixel's nll under a colour model of the `border` pixels (spread floored at
+    `min_std`), less the border's own median: 0 is as typical as the border itself."""
+    model = colour.fit(border, 3, min_std)
+    if model is None:
+        raise GarmentNotDetected("image too small to find a garment in")
+    cost = model.nll(lab.reshape(-1, 3)).reshape(lab.shape[:2])
+    return cost - np.median(model.nll(border))
+
+
 def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     lab = _lab(cv2.medianBlur(rgb, 5))
     frame = _frame(lab.shape[:2])
@@ -68,25 +78,25 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     near_median = np.linalg.norm(border - np.median(border, axis=0), axis=1) < BORDER_OUTLIER
     if near_median.mean() < MIN_UNIFORM_BORDER:
         raise GarmentNotDetected("the image border is not a plain background: not a product image")
-    # A retouched backdrop of one exact value tells a white garment apart by an L unit or two;
-    # a noisy one needs the floor, or its own noise would read as garment.
-    flat = border[near_median, 0].std() < FLAT_BACKDROP_STD
-    model = colour.fit(border[near_median], 3, BACKGROUND_MIN_STD * (FLAT_BACKDROP_SHARE if flat else 1.0))
-    if model is None:
-        raise GarmentNotDetected("image too small to find a garment in")
-    cost = model.nll(lab.reshape(-1, 3)).reshape(lab.shape[:2])
-    cost -= np.median(model.nll(border[near_median]))  # 0 = as typical as the border itself
+    cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD)
     if (cost[frame] < BACKGROUND_COST).mean() < MIN_UNIFORM_BORDER:
         raise GarmentNotDetected("the image border is not a plain background: not a product image")
+    # A retouched backdrop of one exact value tells a white garment apart by an L unit or two:
+    # there, what the background's flood may cross is judged by a tighter model (a noisy
+    # backdrop needs the floor, or its own noise would read as garment). The looser one still
+    # takes back the outline's JPEG fringe, within the r pixels the flood gives back.
+    flat = border[near_median, 0].std() < FLAT_BACKDROP_STD
+    flood_cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD * FLAT_BACKDROP_SHARE) if flat else cost
 
     # Background is border-coloured and flat. A white garment on white is separated from the
     # background only by its faint outline, which has gaps: the opening closes gaps narrower
     # than 2 * r before connectivity is tested, and the dilation gives the r pixels back.
     gradient = cv2.morphologyEx(lab[..., 0], cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     background_like = ((cost < BACKGROUND_COST) & (gradient < EDGE_L)).astype(np.uint8)
+    floodable = ((flood_cost < BACKGROUND_COST) & (gradient < EDGE_L)).astype(np.uint8)
     r = max(1, round(GAP_RADIUS * max(lab.shape[:2])))
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    opened = cv2.morphologyEx(background_like, cv2.MORPH_OPEN, disc)
+    opened = cv2.morphologyEx(floodable, cv2.MORPH_OPEN, disc)
     _, parts = cv2.connectedComponents(opened, connectivity=4)
     outside = np.unique(parts[frame & (opened > 0)])
     background = np.isin(parts, outside[outside > 0]).astype(np.uint8)
@@ -95,7 +105,7 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     garment = cv2.morphologyEx((~background).astype(np.uint8), cv2.MORPH_OPEN, disc) > 0
     garment = _clean(garment)
     # Real holes: enclosed, tightly border-coloured, not tiny. Everything else enclosed is garment.
-    holes = garment & (cost < HOLE_COST)
+    holes = garment & (flood_cost < HOLE_COST)
     count, hole_parts, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
     big = np.zeros(count, bool)
     big[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_HOLE * garment.sum()

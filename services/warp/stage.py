@@ -264,7 +264,7 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     g_neck = _g(garment, "neckline_front" if "neckline_front" in garment.landmarks else "neckline")
     g_pts: list[np.ndarray] = [g_neck]
     c_pts: list[np.ndarray] = [body.at(-NECK_UP, 0.0)]
-    hem_points = {}
+    side_points = {}
     for side in ("left", "right"):
         sign = body.side_sign(side)
         g_armpit, g_hem = _g(garment, f"armpit_{side}"), _g(garment, f"hem_{side}")
@@ -279,19 +279,31 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
         else:  # below the hips the body says little: keep the garment's own flare
             half = abs(g_hem[0] - _g(garment, "neckline")[0]) * scale / length
             c_hem = body.at(t_hem, sign * half)
-        hem_points[side] = c_hem
-        g_pts += [_g(garment, f"collar_{side}"), _g(garment, f"shoulder_{side}"), g_armpit, g_hem]
-        c_pts += [body.at(-COLLAR_UP, sign * COLLAR_ACROSS * sw / length), body.shoulder(side), c_armpit, c_hem]
-        for frac, g_side in zip(SIDE_FRACTIONS, _side_walk(mask, g_armpit, g_hem, SIDE_FRACTIONS), strict=True):
-            g_pts.append(g_side)
-            c_pts.append(body.torso_edge(t_armpit + frac * (t_hem - t_armpit), side))
-    # The centre line, so that prints stay straight: neckline to hem middle.
-    g_hem_mid = (_g(garment, "hem_left") + _g(garment, "hem_right")) / 2
-    c_hem_mid = (hem_points["left"] + hem_points["right"]) / 2
-    for frac in (0.33, 0.66, 1.0):
-        g_pts.append(g_neck + frac * (g_hem_mid - g_neck))
-        c_pts.append(body.at(-NECK_UP, 0.0) + frac * (c_hem_mid - body.at(-NECK_UP, 0.0)))
+        g_pts += [_g(garment, f"collar_{side}"), _g(garment, f"shoulder_{side}")]
+        c_pts += [body.at(-COLLAR_UP, sign * COLLAR_ACROSS * sw / length), body.shoulder(side)]
+        g_sides = [g_armpit, *_side_walk(mask, g_armpit, g_hem, SIDE_FRACTIONS), g_hem]
+        c_sides = [c_armpit, *(body.torso_edge(t_armpit + f * (t_hem - t_armpit), side) for f in SIDE_FRACTIONS), c_hem]
+        g_pts += g_sides
+        c_pts += c_sides
+        side_points[side] = (g_sides, c_sides)
+    # The centre line, so that prints stay straight: from the neckline, then level with each
+    # pair of side points (armpits, sides, hem) and midway between them. The sides' heights on
+    # the body are not one linear map of the flat-lay's (the armpits are clipped to ARMPIT_T,
+    # a top's hem is drawn to the prior): a centre line mapped on its own would put a stripe
+    # lower in the middle than at the sides, and dresses' stripes would bow into arcs.
+    c_neck = body.at(-NECK_UP, 0.0)
+    (g_left, c_left), (g_right, c_right) = side_points["left"], side_points["right"]
+    g_level = [(a + b) / 2 for a, b in zip(g_left, g_right, strict=True)]
+    c_level = [(a + b) / 2 for a, b in zip(c_left, c_right, strict=True)]
+    g_hem_mid = g_level[-1]
+    for g_mid, c_mid in [((g_neck + g_level[0]) / 2, (c_neck + c_level[0]) / 2), *zip(g_level, c_level, strict=True)]:
+        # On the flat-lay, the straight line from neckline to hem middle at that height.
+        along = (g_mid[1] - g_neck[1]) / max(g_hem_mid[1] - g_neck[1], 1.0)
+        g_pts.append(np.array([g_neck[0] + along * (g_hem_mid[0] - g_neck[0]), g_mid[1]]))
+        c_pts.append(c_mid)
     shown = body.torso_shown(flare=garment.category == "dress")
+    if garment.category == "dress":  # its skirt hangs across the gap between the legs, as a skirt's does
+        shown |= body.between_legs()
     back = inside_back(garment)
     torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
