@@ -348,7 +348,8 @@ def cmd_tryoff(args: argparse.Namespace) -> int:
         print(f"fitroom: error: {jobs}", file=sys.stderr)
         return EXIT_BAD_INPUT
     batch = args.person_dir is not None
-    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend())
+    learned = args.learned or get_settings().learned_tryoff or None
+    pipeline = Pipeline(LocalArtifactStore.from_settings(), embedded_backend(), learned_tryoff=learned)
 
     def tryoff_one(photo_path: str, _unused: str, out: Path) -> dict:
         photo = read_image_file(photo_path)
@@ -362,6 +363,7 @@ def cmd_tryoff(args: argparse.Namespace) -> int:
             "category": result.category,
             "sleeves": result.sleeves,
             "hidden_share": result.hidden_share,
+            "path": f"learned:{learned}" if learned else "default",
             "output": str(out),
             "ms": round(1000 * (time.perf_counter() - start), 1),
         }
@@ -465,7 +467,7 @@ def _add_pair_arguments(command: argparse.ArgumentParser, output_help: str) -> N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Prepare the paired data (cached) and train the learned warp or try-on generator."""
+    """Prepare the paired data (cached) and train the learned warp, try-on generator or try-off."""
     from services import train
 
     data = Path(args.data)
@@ -487,14 +489,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     size = train.TRAIN_SIZE
     cache_root = Path(args.cache) if args.cache else train.default_cache(data, args.category, size)
-    cache = train.prepare(data, cache_root, args.category, size, args.workers, args.limit, log)
+    cache = train.prepare(data, cache_root, args.category, size, args.workers, args.limit, log, args.kind == "tryoff")
     given = {
         "smoothness": args.smoothness,
         "colour": args.colour_weight,
         "perceptual": args.perceptual,
         "adversarial": args.adversarial,
     }
-    weights = train.Weights(**{k: v for k, v in (given | {"mask": args.mask_weight}).items() if v is not None})
+    given |= {"mask": args.mask_weight, "alpha": args.alpha_weight}
+    weights = train.Weights(**{k: v for k, v in given.items() if v is not None})
     run = train.Run(
         kind=args.kind,
         cache=cache,
@@ -612,11 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, help="GARMENT.png (RGBA) or .jpg (on white); batches: OUTDIR/<stem>.png"
     )
     tryoff.add_argument("--debug", metavar="DIR", help="write pose, parse and the flat-lay on white there")
+    tryoff.add_argument(
+        "--learned",
+        type=_weights_name,
+        help="the learned try-off with these installed weights (FITROOM_LEARNED_TRYOFF; `fitroom train tryoff`)",
+    )
     tryoff.set_defaults(func=cmd_tryoff)
     train_command = commands.add_parser(
-        "train", help="train the learned warp or try-on generator on paired photos (docs/TRAINING.md)"
+        "train", help="train the learned warp, try-on generator or try-off on paired photos (docs/TRAINING.md)"
     )
-    train_command.add_argument("kind", choices=["warp", "tryon"], help="warp first, then tryon (which uses the warp)")
+    train_command.add_argument(
+        "kind",
+        choices=["warp", "tryon", "tryoff"],
+        help="warp first, then tryon (which uses the warp); tryoff: person in, flat-lay out (on its own)",
+    )
     train_command.add_argument(
         "--data", required=True, help="VITON's layout: train_pairs.txt, train/image/<id>_0, train/cloth/<id>_1"
     )
@@ -640,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_argument("--perceptual", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--adversarial", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--mask-weight", type=float, help="loss weight (default: services/train.py Weights)")
+    train_command.add_argument(
+        "--alpha-weight", type=float, help="tryoff: the mask's BCE weight (default: services/train.py Weights)"
+    )
     train_command.add_argument("--trained-on", default="", help="what the data is and its licence (kept with it)")
     train_command.add_argument("--seed", type=int, default=0)
     train_command.set_defaults(func=cmd_train)

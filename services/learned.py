@@ -4,7 +4,9 @@
 The learned warp (services/warp/gmm.py) and try-on generator (services/fusion/tom.py) are
 installed under the name of their weights, `warp_gmm-NAME` and `tryon_generator-NAME`, so that
 a repository can hold several (a retailer's own, a research reference) and FITROOM_LEARNED=NAME
-picks one. Nothing is installed by default: the default path is the geometric one.
+picks one. The learned try-off (services/warp/tryoff_net.py) is `tryoff_generator-NAME`, picked
+by FITROOM_LEARNED_TRYOFF=NAME (its own setting: a retailer may train one and not the other).
+Nothing is installed by default: the default path is the geometric one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ def tryon_model(weights: str) -> str:
     return f"{tom.NAME}-{weights}"
 
 
+def tryoff_model(weights: str) -> str:
+    from services.warp.tryoff_net import NAME  # not at the top: tryoff_net -> tryoff -> warp stage -> here
+
+    return f"{NAME}-{weights}"
+
+
 def learned_models(stage: str, weights: str | None) -> tuple[str, ...]:
     """The learned models a stage's worker loads (none without FITROOM_LEARNED)."""
     if not weights:
@@ -36,10 +44,10 @@ def learned_models(stage: str, weights: str | None) -> tuple[str, ...]:
     return {"warp": (warp_model(weights),), "fusion": (tryon_model(weights),)}.get(stage, ())
 
 
-def unavailable(exc: ModelUnavailable, weights: str) -> ModelUnavailable:
+def unavailable(exc: ModelUnavailable, weights: str, setting: str = "FITROOM_LEARNED") -> ModelUnavailable:
     """The loader's error, with what makes the learned path's models exist."""
     return ModelUnavailable(
-        f"{exc.message} (FITROOM_LEARNED={weights} needs the learned path's weights installed: "
+        f"{exc.message} ({setting}={weights} needs the learned path's weights installed: "
         f"`fitroom models install CHECKPOINT --name {weights}`, docs/TRAINING.md)"
     )
 
@@ -47,12 +55,19 @@ def unavailable(exc: ModelUnavailable, weights: str) -> ModelUnavailable:
 def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
     """Export the networks of a `fitroom train` checkpoint into the repository as TorchScript,
     with their config.pbtxt: a warp checkpoint gives warp_gmm-NAME, a try-on checkpoint (which
-    carries its warp) both. Returns the models' names."""
+    carries its warp) both, a try-off checkpoint tryoff_generator-NAME. Returns the models' names."""
     from services.train import load_checkpoint, warp_from_checkpoint
+    from services.warp import tryoff_net
 
     state = load_checkpoint(checkpoint)
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-    networks: list[tuple[str, torch.nn.Module, object]] = [(warp_model(weights), warp_from_checkpoint(state), gmm)]
+    networks: list[tuple[str, torch.nn.Module, object]] = []
+    if state["kind"] == "tryoff":
+        extractor = tryoff_net.TryoffGenerator()
+        extractor.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        networks.append((tryoff_model(weights), extractor.eval(), tryoff_net))
+    else:
+        networks.append((warp_model(weights), warp_from_checkpoint(state), gmm))
     if state["kind"] == "tryon":
         generator = tom.TryonGenerator()
         generator.load_state_dict({k: v.float() for k, v in state["model"].items()})

@@ -102,11 +102,17 @@ class Pipeline:
     (services/distributed/tasks.py), on the same methods."""
 
     def __init__(
-        self, store: ArtifactStore, infer: Infer, learned: str | None = None, person_lock: PersonLock | None = None
+        self,
+        store: ArtifactStore,
+        infer: Infer,
+        learned: str | None = None,
+        person_lock: PersonLock | None = None,
+        learned_tryoff: str | None = None,
     ) -> None:
         self.store = store
         self.infer = infer
         self.learned = learned  # the learned path's weights (FITROOM_LEARNED), or None: geometric
+        self.learned_tryoff = learned_tryoff  # the learned try-off's (FITROOM_LEARNED_TRYOFF), or None
         self.person_lock = person_lock or local_person_lock
 
     def pose(self, image: np.ndarray, on_stage: StageCallback | None = None) -> PoseResult:
@@ -204,11 +210,11 @@ class Pipeline:
     def tryoff(self, image: np.ndarray, category: Category = "upper") -> tryoff_stage.Tryoff:
         """The garment of `category` worn in `image` (RGB uint8) as a flat-lay; pose and parse come from
         the store like a shopper's. NoPersonDetected, CategoryUnsupported (the photo lacks the joints
-        the category stands on) or GarmentNotDetected (nothing of that category is worn)."""
+        the category stands on) or GarmentNotDetected (nothing of that category is worn). With
+        learned_tryoff, the learned try-off (ModelUnavailable when those weights are not installed)."""
         pose, parse = self.person(image)
         check_category(pose, category)
-        # The learned try-off is not built yet: self.learned names try-on weights, never try-off ones.
-        return tryoff_stage.extract(image, pose, parse, category, learned=None)
+        return tryoff_stage.extract(image, pose, parse, category, learned=self.learned_tryoff, infer=self.infer)
 
     def tryon(
         self,

@@ -1,4 +1,4 @@
-"""`fitroom train warp|tryon`: the learned path's training, in one file (data, losses, loop, checkpoints).
+"""`fitroom train warp|tryon|tryoff`: the learned path's training, in one file (data, losses, loop, checkpoints).
 
 Paired photos in VITON's layout are the data: person `<id>_0`, the flat-lay `<id>_1` of the
 garment that person wears, and a pairs file. The person photo is the answer.
@@ -13,6 +13,11 @@ garment that person wears, and a pairs file. The person photo is the answer.
 3. Try-on (services/fusion/tom.py): with the trained warp frozen, the generator learns its
    rendered layer and composition mask: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
    ImageNet features, from a PyPI wheel, training only) and a PatchGAN adversarial loss.
+4. Try-off (services/warp/tryoff_net.py): the same pairs read the other way, person in and
+   flat-lay out. The cache gains, once, the flat-lay fitted onto the scoring canvas with its
+   mask from our garment analysis (never the data set's own masks) and the default try-off's
+   flat-lay on the same canvas, where the generator starts; L1, SSIM, perceptual, PatchGAN and a
+   BCE on the mask.
 
 Runs are time-boxed and resumable: a checkpoint (weights, optimiser, step, the held-out curve)
 is written atomically every few minutes and at the end, and `--resume` goes on from it. CPU by
@@ -54,6 +59,13 @@ ARRAYS = {  # name: (shape after N, H, W; dtype)
     "warped": (4, np.uint8),
     "fused": (3, np.uint8),
     "editable": (0, np.uint8),
+}
+# The try-off's rows (`prepare(..., tryoff=True)`), beside the others in the same cache, on the
+# scoring canvas (services/warp/tryoff.py `aligned`, the training size): added to a cache
+# prepared before without touching its other arrays.
+TRYOFF_ARRAYS = {
+    "flatlay": (4, np.uint8),  # the answer: the flat-lay on white, alpha its mask from our garment analysis
+    "tryoff_default": (4, np.uint8),  # the default try-off's flat-lay on white and its mask
 }
 
 
@@ -144,6 +156,39 @@ def _prepare_one(job: tuple[int, tuple[Path, Path], Category | None, tuple[int, 
     return index, prepare_pair(pair, category, size)
 
 
+def prepare_tryoff_row(
+    flat_lay: Path, category: Category, person: np.ndarray, labels: np.ndarray, landmarks: np.ndarray
+) -> dict[str, np.ndarray] | str:
+    """A prepared row's try-off arrays (TRYOFF_ARRAYS): the flat-lay with its mask from our garment
+    analysis, and the default try-off of the row's photo, pose and parse, both on the scoring
+    canvas; the error code when either is refused."""
+    from services.common.contracts import ParseResult
+    from services.warp import tryoff, tryoff_net
+
+    pipeline = _worker_pipeline
+    assert pipeline is not None
+    size = (person.shape[1], person.shape[0])
+    try:
+        garment_image = read_image_file(flat_lay, rgba=True)
+        analysis = pipeline.garment(garment_image, category)
+        rgb, mask = tryoff.aligned(garment_image[..., :3], analysis.mask, size)
+        pose = tryoff_net.pose_from_landmarks(landmarks, size)
+        parse = ParseResult(image_width=size[0], image_height=size[1], labels=labels)
+        default, _ = tryoff_net.default_aligned(person, pose, parse, category)
+    except FitroomError as exc:
+        return exc.code
+    if not mask.any():
+        return "garment_not_detected"
+    return {"flatlay": np.dstack([rgb, np.where(mask, 255, 0).astype(np.uint8)]), "tryoff_default": default}
+
+
+def _prepare_tryoff_one(
+    job: tuple[int, Path, Category, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[int, dict[str, np.ndarray] | str]:
+    index, flat_lay, category, person, labels, landmarks = job
+    return index, prepare_tryoff_row(flat_lay, category, person, labels, landmarks)
+
+
 class Cache:
     """The prepared pairs: a folder of .npy arrays (memory-mapped), one row per pair, and
     status.npy (0 not prepared yet, 1 ready, 2 rejected by the pipeline)."""
@@ -157,6 +202,11 @@ class Cache:
         self.category = np.load(root / "category.npy", mmap_mode=mode)
         self.status = np.load(root / "status.npy", mmap_mode=mode)
         self.ids: list[str] = self.meta["ids"]
+        self.tryoff: dict[str, np.ndarray] = {}
+        self.tryoff_status: np.ndarray | None = None  # 0 not prepared yet, 1 ready, 2 rejected
+        if (root / "tryoff_status.npy").is_file():
+            self.tryoff = {name: np.load(root / f"{name}.npy", mmap_mode=mode) for name in TRYOFF_ARRAYS}
+            self.tryoff_status = np.load(root / "tryoff_status.npy", mmap_mode=mode)
 
     @classmethod
     def create(cls, root: Path, pairs: list[tuple[Path, Path]], size: tuple[int, int], category: str | None) -> Cache:
@@ -182,6 +232,32 @@ class Cache:
     def ready(self) -> np.ndarray:
         return np.nonzero(np.asarray(self.status) == 1)[0]
 
+    def add_tryoff(self) -> None:
+        """The try-off's arrays (TRYOFF_ARRAYS), created empty where they are not there yet."""
+        if self.tryoff_status is not None:
+            return
+        (w, h), n = self.meta["size"], len(self)
+        for name, (channels, dtype) in TRYOFF_ARRAYS.items():
+            np.lib.format.open_memmap(self.root / f"{name}.npy", "w+", dtype, (n, h, w, channels)).flush()
+        np.save(self.root / "tryoff_status.npy", np.zeros(n, np.int8))  # last: it says the others are there
+        self.tryoff = {name: np.load(self.root / f"{name}.npy", mmap_mode="r+") for name in TRYOFF_ARRAYS}
+        self.tryoff_status = np.load(self.root / "tryoff_status.npy", mmap_mode="r+")
+
+    def tryoff_ready(self) -> np.ndarray:
+        """Rows ready for the try-off: prepared, and their try-off arrays too."""
+        if self.tryoff_status is None:
+            return np.zeros(0, np.int64)
+        return np.nonzero((np.asarray(self.status) == 1) & (np.asarray(self.tryoff_status) == 1))[0]
+
+    def store_tryoff(self, index: int, prepared: dict[str, np.ndarray] | str) -> None:
+        assert self.tryoff_status is not None
+        if isinstance(prepared, str):
+            self.tryoff_status[index] = 2
+            return
+        for name, array in prepared.items():
+            self.tryoff[name][index] = array
+        self.tryoff_status[index] = 1
+
     def store(self, index: int, prepared: Prepared | str) -> None:
         if isinstance(prepared, str):
             self.status[index] = 2
@@ -195,6 +271,10 @@ class Cache:
     def flush(self) -> None:
         for array in (*self.arrays.values(), self.landmarks, self.category, self.status):
             array.flush()
+        for array in self.tryoff.values():
+            array.flush()
+        if self.tryoff_status is not None:
+            self.tryoff_status.flush()
 
 
 def prepare(
@@ -205,15 +285,31 @@ def prepare(
     workers: int = 2,
     limit: int | None = None,
     log: Log = print,
+    tryoff: bool = False,
 ) -> Cache:
-    """Run every pair of `data` through our stages into the cache at `cache_root` (resuming)."""
-    from services.common.config import get_settings
-
+    """Run every pair of `data` through our stages into the cache at `cache_root` (resuming);
+    with `tryoff`, the try-off's arrays of every prepared pair too."""
     pairs = read_pairs(data)[:limit]
     cache = Cache.create(cache_root, pairs, size, category)
+    _prepare_rows(cache, pairs, category, size, workers, log)
+    if tryoff:
+        _prepare_tryoff_rows(cache, pairs, workers, log)
+    return cache
+
+
+def _prepare_rows(
+    cache: Cache,
+    pairs: list[tuple[Path, Path]],
+    category: Category | None,
+    size: tuple[int, int],
+    workers: int,
+    log: Log,
+) -> None:
+    from services.common.config import get_settings
+
     todo = [i for i in range(len(pairs)) if cache.status[i] == 0]
     if not todo:
-        return cache
+        return
     log(f"preparing {len(todo)} of {len(pairs)} pairs at {size[0]}x{size[1]} with {workers} processes")
     models = str(get_settings().model_repository)
     # In a fixed random order: a cache that is still being prepared is already a fair sample.
@@ -232,7 +328,39 @@ def prepare(
                 rate = n / (time.perf_counter() - start)
                 log(f"prepared {n}/{len(jobs)}  {rate:.1f} pairs/s  rejected {rejected or 0}")
     cache.flush()
-    return cache
+
+
+def _prepare_tryoff_rows(cache: Cache, pairs: list[tuple[Path, Path]], workers: int, log: Log) -> None:
+    """The try-off's arrays of every prepared row that lacks them (resuming)."""
+    from services.common.config import get_settings
+
+    cache.add_tryoff()
+    assert cache.tryoff_status is not None
+    todo = [int(i) for i in cache.ready() if cache.tryoff_status[i] == 0]
+    if not todo:
+        return
+    log(f"preparing the try-off of {len(todo)} pairs with {workers} processes")
+    models = str(get_settings().model_repository)
+
+    def jobs() -> Iterator[tuple[int, Path, Category, np.ndarray, np.ndarray, np.ndarray]]:
+        for i in todo:  # read lazily: the photos and labels go to the workers one chunk at a time
+            category = CATEGORIES[int(cache.category[i])]
+            person, labels = np.asarray(cache.arrays["person"][i]), np.asarray(cache.arrays["labels"][i])
+            yield i, pairs[i][1], category, person, labels, np.asarray(cache.landmarks[i])
+
+    start, last_flush, rejected = time.perf_counter(), time.perf_counter(), {}
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(models,)) as pool:
+        for n, (index, prepared) in enumerate(pool.imap_unordered(_prepare_tryoff_one, jobs(), chunksize=8), 1):
+            cache.store_tryoff(index, prepared)
+            if isinstance(prepared, str):
+                rejected[prepared] = rejected.get(prepared, 0) + 1
+            if time.perf_counter() - last_flush > 30 or n == len(todo):
+                cache.flush()
+                last_flush = time.perf_counter()
+                rate = n / (time.perf_counter() - start)
+                log(f"prepared the try-off of {n}/{len(todo)}  {rate:.1f} pairs/s  rejected {rejected or 0}")
+    cache.flush()
 
 
 def default_cache(data: Path, category: str | None, size: tuple[int, int]) -> Path:
@@ -249,10 +377,13 @@ def validation_ids(path: Path | None) -> set[str]:
     return {pair_id(Path(line.split()[0])) for line in path.read_text().splitlines() if line.strip()}
 
 
-def split(cache: Cache, held_out: set[str], val_fraction: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, validation rows) among the ready ones: the --val-pairs ids, or without
-    them a fixed share of the ids (by a hash of the id, so it never moves as the cache grows)."""
-    ready = cache.ready()
+def split(
+    cache: Cache, held_out: set[str], val_fraction: float = 0.05, ready: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) among the ready ones (`ready`, default cache.ready()): the
+    --val-pairs ids, or without them a fixed share of the ids (by a hash of the id, so it never
+    moves as the cache grows)."""
+    ready = cache.ready() if ready is None else ready
     if held_out:
         is_val = np.array([cache.ids[i] in held_out for i in ready], bool)
     else:
@@ -313,18 +444,62 @@ def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
     )
 
 
+@dataclass
+class TryoffBatch:
+    """Try-off rows of the cache as float tensors in [0, 1], N x C x H x W."""
+
+    person: torch.Tensor  # the photo
+    worn: torch.Tensor  # the worn garment's region in our parse (tryoff.GARMENT_LABELS)
+    default: torch.Tensor  # the default try-off on the scoring canvas: RGB on white, mask
+    flatlay: torch.Tensor  # the answer on the same canvas: RGB on white, mask (our garment analysis)
+
+    def to(self, device: torch.device) -> TryoffBatch:
+        return TryoffBatch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
+
+    def flipped(self) -> TryoffBatch:
+        """Mirrored left-right: a garment mirrored is still a garment, on the photo and laid flat."""
+        return TryoffBatch(*(getattr(self, f).flip(-1) for f in self.__dataclass_fields__))
+
+
+def load_tryoff_batch(cache: Cache, rows: np.ndarray) -> TryoffBatch:
+    from services.parser.agnostic import any_of
+    from services.warp.tryoff import GARMENT_LABELS
+
+    rows = np.sort(rows)
+    as_nchw = lambda array: torch.from_numpy(np.asarray(array[rows])).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    labels = np.asarray(cache.arrays["labels"][rows])
+    categories = [CATEGORIES[c] for c in np.asarray(cache.category[rows])]
+    worn = np.stack([any_of(lab, GARMENT_LABELS[c]) for lab, c in zip(labels, categories, strict=True)])
+    return TryoffBatch(
+        as_nchw(cache.arrays["person"]),
+        torch.from_numpy(worn)[:, None].float(),
+        as_nchw(cache.tryoff["tryoff_default"]),
+        as_nchw(cache.tryoff["flatlay"]),
+    )
+
+
 class DeviceCache:
     """Rows of the cache held on the training device (images as uint8, the person representation
     in fp16: about 0.9 MB a pair), for a GPU: there a step takes less time than reading its batch
-    from the cache and drawing the person representations on the CPU, so they are read once."""
+    from the cache and drawing the person representations on the CPU, so they are read once.
+    `loader` reads a batch of rows (load_batch, or load_tryoff_batch for the try-off)."""
 
-    def __init__(self, cache: Cache, rows: np.ndarray, device: torch.device, chunk: int = 64) -> None:
+    def __init__(
+        self,
+        cache: Cache,
+        rows: np.ndarray,
+        device: torch.device,
+        chunk: int = 64,
+        loader: Callable[[Cache, np.ndarray], Batch | TryoffBatch] | None = None,
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.rows = np.sort(rows)
+        load = loader or load_batch
+        self.kind = type(load(cache, self.rows[:1]))
 
         def compact_chunk(start: int) -> dict[str, torch.Tensor]:
-            batch = load_batch(cache, self.rows[start : start + chunk])
+            batch = load(cache, self.rows[start : start + chunk])
             return {
                 name: (values * 255).round().to(torch.uint8) if name != "representation" else values.half()
                 for name, values in vars(batch).items()
@@ -333,12 +508,12 @@ class DeviceCache:
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # numpy and the memory-mapped reads let go of the GIL
             parts = list(pool.map(compact_chunk, range(0, len(self.rows), chunk)))
         self.fields = {
-            name: torch.cat([part[name] for part in parts]).to(device) for name in Batch.__dataclass_fields__
+            name: torch.cat([part[name] for part in parts]).to(device) for name in self.kind.__dataclass_fields__
         }
 
-    def __call__(self, rows: np.ndarray) -> Batch:
+    def __call__(self, rows: np.ndarray) -> Batch | TryoffBatch:
         index = torch.from_numpy(np.searchsorted(self.rows, np.sort(rows))).to(self.fields["person"].device)
-        return Batch(
+        return self.kind(
             **{
                 name: values[index].float() / 255 if values.dtype == torch.uint8 else values[index].float()
                 for name, values in self.fields.items()
@@ -492,6 +667,7 @@ class Weights:
     perceptual: float = 0.5  # try-on: EfficientNet-Lite0 feature L1
     adversarial: float = 0.05  # try-on: PatchGAN (least squares)
     mask: float = 0.1  # try-on: prefer the warped garment's own pixels where it has them
+    alpha: float = 1.0  # try-off: BCE of the flat-lay's mask against our garment analysis's
 
 
 WARP_LOSS_SCALES = (1, 4, 16)
@@ -537,6 +713,31 @@ def tryon_loss(
     return loss, output
 
 
+def tryoff_loss(
+    generator: torch.nn.Module,
+    batch: TryoffBatch,
+    weights: Weights,
+    perceptual: Perceptual | None,
+    discriminator: PatchDiscriminator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the try-off generator's loss, its flat-lay on white): L1 and 1 - SSIM of the flat-lay on
+    white (the canvas it is scored on), BCE of its mask, perceptual and PatchGAN terms."""
+    from services.warp.tryoff_net import on_white
+
+    out = generator.logits(batch.person, batch.worn, batch.default)
+    alpha = torch.sigmoid(out[:, 3:4])
+    output = on_white(torch.cat([out[:, 0:3], alpha], dim=1))
+    target = batch.flatlay[:, 0:3]
+    loss = (output - target).abs().mean() + (1.0 - grey_ssim_map(output, target)).mean()
+    with torch.autocast(output.device.type, enabled=False):
+        loss = loss + weights.alpha * F.binary_cross_entropy_with_logits(out[:, 3:4].float(), batch.flatlay[:, 3:4])
+    if perceptual is not None and weights.perceptual:
+        loss = loss + weights.perceptual * perceptual(output, target)
+    if discriminator is not None and weights.adversarial:
+        loss = loss + weights.adversarial * ((discriminator(output, batch.default) - 1.0) ** 2).mean()
+    return loss, output
+
+
 # --------------------------------------------------------------------------- evaluation
 
 
@@ -563,6 +764,37 @@ def evaluate(
             scores["ssim_fusion"] += grey_ssim_map(batch.fused, batch.person).mean((1, 2, 3)).tolist()
             output, _ = generator.tryon(batch.fused, warped, batch.editable)
             scores["ssim"] += grey_ssim_map(output, batch.person).mean((1, 2, 3)).tolist()
+    return {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
+
+
+@torch.no_grad()
+def evaluate_tryoff(
+    generator: torch.nn.Module, fetch: Callable[[np.ndarray], TryoffBatch], rows: np.ndarray, device: torch.device
+) -> dict[str, float]:
+    """Held-out try-off scores, learned and default: the flat-lay's mask IoU and grey SSIM on the
+    white canvas (services/warp/tryoff.py `aligned` and `scores`, bench/tryoff_quality.py's),
+    against the answer with its mask from our garment analysis."""
+    from services.warp import tryoff
+
+    as_images = lambda t: (t.permute(0, 2, 3, 1).float().cpu().numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    scores: dict[str, list[float]] = {
+        "tryoff_iou_default": [],
+        "tryoff_iou": [],
+        "tryoff_ssim_default": [],
+        "tryoff_ssim": [],
+    }
+    for start in range(0, len(rows), 16):
+        batch = fetch(rows[start : start + 16]).to(device)
+        output = generator(batch.person, batch.worn, batch.default)
+        for name, flatlays in (("_default", batch.default), ("", output)):
+            for ours, truth in zip(as_images(flatlays), as_images(batch.flatlay), strict=True):
+                alpha = ours[..., 3:].astype(np.float32) / 255.0
+                rgb = np.round(ours[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+                iou, ssim = tryoff.scores(
+                    tryoff.aligned(rgb, ours[..., 3] >= 128), tryoff.aligned(truth[..., :3], truth[..., 3] >= 128)
+                )
+                scores[f"tryoff_iou{name}"].append(iou)
+                scores[f"tryoff_ssim{name}"].append(ssim)
     return {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
 
 
@@ -612,7 +844,7 @@ def warp_from_checkpoint(state: dict) -> torch.nn.Module:
 class Run:
     """What `fitroom train` was asked for."""
 
-    kind: str  # "warp" or "tryon"
+    kind: str  # "warp", "tryon" or "tryoff"
     cache: Cache
     output: Path
     val_ids: set[str]
@@ -661,6 +893,7 @@ def train(run: Run, log: Log = print) -> dict:
     """Train until run.max_minutes have passed; returns the final checkpoint's state."""
     from services.fusion.tom import TryonGenerator
     from services.warp.gmm import WarpGMM
+    from services.warp.tryoff_net import TryoffGenerator
 
     rank, world = _distributed()
     torch.manual_seed(run.seed + rank)
@@ -669,21 +902,26 @@ def train(run: Run, log: Log = print) -> dict:
     state = load_checkpoint(run.resume) if run.resume else None
     if state is not None and state["kind"] != run.kind:
         raise ValueError(f"{run.resume} is a {state['kind']} checkpoint, not {run.kind}")
-    training, validation = split(run.cache, run.val_ids)
+    tryoff = run.kind == "tryoff"
+    if tryoff and run.cache.tryoff_status is None:
+        raise ValueError("the cache has no try-off rows: prepare it with prepare(..., tryoff=True)")
+    training, validation = split(run.cache, run.val_ids, ready=run.cache.tryoff_ready() if tryoff else None)
     if len(training) < run.batch_size:
         raise ValueError(f"only {len(training)} prepared training pairs: fewer than a batch")
     validation = validation[: run.val_limit]
+    loader = load_tryoff_batch if tryoff else load_batch
     if device.type == "cuda":
         log(f"holding {len(training) + len(validation)} prepared pairs on {device}")
         fetch_training, fetch_validation = (
-            DeviceCache(run.cache, training, device),
-            DeviceCache(run.cache, validation, device),
+            DeviceCache(run.cache, training, device, loader=loader),
+            DeviceCache(run.cache, validation, device, loader=loader),
         )
     else:
-        fetch_training = fetch_validation = lambda rows: load_batch(run.cache, rows)
+        fetch_training = fetch_validation = lambda rows: loader(run.cache, rows)
 
     gmm = WarpGMM().to(device)
-    generator = TryonGenerator().to(device) if run.kind == "tryon" else None
+    generator = {"tryon": TryonGenerator, "tryoff": TryoffGenerator}.get(run.kind)
+    generator = generator().to(device) if generator is not None else None
     discriminator = PatchDiscriminator().to(device) if generator is not None and run.weights.adversarial else None
     perceptual = Perceptual().to(device) if generator is not None and run.weights.perceptual else None
     if run.kind == "tryon":  # the warp is trained first and frozen here
@@ -713,7 +951,12 @@ def train(run: Run, log: Log = print) -> dict:
 
     def checkpoint() -> dict:
         minutes = minutes_before + (time.perf_counter() - start) / 60
-        scores = evaluate(run.kind, gmm, generator, fetch_validation, validation, device) if len(validation) else {}
+        if not len(validation):
+            scores = {}
+        elif tryoff:
+            scores = evaluate_tryoff(model, fetch_validation, validation, device)
+        else:
+            scores = evaluate(run.kind, gmm, generator, fetch_validation, validation, device)
         model.train()
         curve.append({"minutes": round(minutes, 2), "samples": samples, **scores})
         new = {
@@ -727,7 +970,7 @@ def train(run: Run, log: Log = print) -> dict:
             "trained_on": run.trained_on,
             "training_pairs": len(training),
         }
-        if generator is not None:
+        if run.kind == "tryon":
             new["warp"] = gmm.state_dict()
         if discriminator is not None:
             new |= {"discriminator": discriminator.state_dict(), "d_optimiser": compact(d_optimiser.state_dict())}
@@ -746,7 +989,10 @@ def train(run: Run, log: Log = print) -> dict:
         batch = fetch_training(rows).to(device)
         batch = batch.flipped() if rng.random() < 0.5 else batch
         with autocast:
-            if generator is None:
+            if tryoff:
+                loss, output = tryoff_loss(model, batch, run.weights, perceptual, discriminator)
+                garment = batch.default  # what the discriminator is shown beside the flat-lay
+            elif generator is None:
                 loss, _ = warp_loss(model, batch, run.weights)
             else:
                 with torch.no_grad():
@@ -758,7 +1004,8 @@ def train(run: Run, log: Log = print) -> dict:
         optimiser.step()
         if discriminator is not None:  # least-squares GAN: real photos to 1, generated ones to 0
             with autocast:
-                d_loss = ((discriminator(batch.person, garment) - 1) ** 2).mean() + (
+                real = batch.flatlay[:, 0:3] if tryoff else batch.person
+                d_loss = ((discriminator(real, garment) - 1) ** 2).mean() + (
                     discriminator(output.detach(), garment) ** 2
                 ).mean()
             d_optimiser.zero_grad(set_to_none=True)

@@ -35,6 +35,11 @@ class Settings(BaseModel):
     # `fitroom models install CHECKPOINT --name NAME`; empty runs the geometric default. No
     # weights are installed by default (docs/TRAINING.md).
     learned: str = Field(default_factory=lambda: _env("LEARNED", ""), pattern=r"^[a-z0-9][a-z0-9-]{0,40}$|^$")
+    # The learned try-off (tryoff_generator, `fitroom train tryoff`), named the same way; its own
+    # setting, as a retailer may train the try-on and not the try-off. Empty: the geometric one.
+    learned_tryoff: str = Field(
+        default_factory=lambda: _env("LEARNED_TRYOFF", ""), pattern=r"^[a-z0-9][a-z0-9-]{0,40}$|^$"
+    )
 
     # --- REST gateway (`fitroom serve`, services/gateway) ---
     # Base URL clients reach the gateway at, for the status, result and webhook links; unset, the

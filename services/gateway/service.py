@@ -348,7 +348,7 @@ def register_garment(gateway: Gateway, tenant: str, submission: GarmentSubmissio
     store = TenantArtifactStore(gateway.artifacts, tenant)
     pixels, data = image.pixels, image.data
     with gateway.analysis_slots:  # analyses run on request threads: no more at once than there are workers
-        pipeline = Pipeline(store, gateway.infer)
+        pipeline = Pipeline(store, gateway.infer, learned_tryoff=settings.learned_tryoff or None)
         if fields.photo_type == "model":
             pixels = extract_garment(store, pipeline, image.pixels, category or "upper")
             data = encode_png(pixels)

@@ -19,8 +19,13 @@ its parse through it:
    backdrop); the hidden and the fringe from the mirror image where it shows, else filled by
    push-pull from the garment's own colours.
 
-The learned path (a U-Net generator trained on paired photos, `fitroom train tryoff`) is not
-built yet: `extract` is where it will be picked.
+The learned path (services/warp/tryoff_net.py: a small U-Net trained on paired photos by
+`fitroom train tryoff`, installed with `fitroom models install`) starts from this one: `extract`
+runs it when given the name of installed weights.
+
+Scoring a flat-lay (training's held-out figures and bench/tryoff_quality.py, one definition):
+`aligned` fits a flat-lay by its mask's box into a white CANVAS less MARGIN, and `scores` gives
+the two masks' IoU and the grey SSIM of the two canvases.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import cv2
 import numpy as np
 
 from services.common.contracts import LIP, Category, GarmentAnalysis, ParseResult, PoseResult
-from services.common.errors import GarmentNotDetected, ModelUnavailable
+from services.common.errors import GarmentNotDetected
+from services.common.inference import Infer
 from services.parser.agnostic import any_of
 from services.parser.geometry import arm_chain, chain_coords
 from services.warp import tps
@@ -106,15 +112,22 @@ class Tryoff:
 
 
 def extract(
-    image: np.ndarray, pose: PoseResult, parse: ParseResult, category: Category, learned: str | None = None
+    image: np.ndarray,
+    pose: PoseResult,
+    parse: ParseResult,
+    category: Category,
+    learned: str | None = None,
+    infer: Infer | None = None,
 ) -> Tryoff:
     """The garment of `category` that the person in `image` (RGB uint8) wears, as a flat-lay.
-    With `learned` (installed weights), the learned try-off: not built yet, so refused."""
-    if learned is not None:
-        raise ModelUnavailable(
-            f"no learned try-off is installed as {learned!r}: the learned try-off is not trained yet (issue 21); "
-            "the default (geometric) try-off runs without it"
-        )
+    With `learned` (the name of installed weights, FITROOM_LEARNED_TRYOFF), the learned try-off
+    through `infer`; ModelUnavailable, with the command that installs them, when they are not."""
+    if learned:
+        if infer is None:
+            raise ValueError("the learned try-off runs through an inference backend: pass infer")
+        from services.warp import tryoff_net
+
+        return tryoff_net.learned_tryoff(image, pose, parse, category, infer, learned)
     return default_tryoff(image, pose, parse, category)
 
 
@@ -394,3 +407,59 @@ def push_pull(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
         # w is the share of known pixels under each pixel of this level: trust it that much.
         result = w[..., None] * mean + (1.0 - w[..., None]) * up
     return result
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+CANVAS = (192, 256)  # width, height: the common canvas flat-lays are scored on (VITON's size)
+MARGIN = 8  # pixels of white around the garment's box on it
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # skimage's structural_similarity(gaussian_weights=True): truncate 3.5
+
+
+def aligned(
+    rgb: np.ndarray, mask: np.ndarray, canvas: tuple[int, int] = CANVAS, margin: int = MARGIN
+) -> tuple[np.ndarray, np.ndarray]:
+    """A flat-lay (HxWx3 uint8 and its HxW mask) cropped to its mask's box, scaled with its aspect
+    kept to fit `canvas` (width, height) less `margin` on every side, centred, composited on white;
+    and its mask there (the scaled mask >= 0.5). An empty mask gives a white canvas and no mask."""
+    width, height = canvas
+    out = np.full((height, width, 3), 255.0, np.float32)
+    alpha = np.zeros((height, width), np.float32)
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return out.astype(np.uint8), alpha >= 0.5
+    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+    crop_rgb, crop_mask = rgb[box], mask[box].astype(np.float32)
+    scale = min((width - 2 * margin) / crop_rgb.shape[1], (height - 2 * margin) / crop_rgb.shape[0])
+    size = (max(1, round(crop_rgb.shape[1] * scale)), max(1, round(crop_rgb.shape[0] * scale)))
+    small_rgb = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    small_mask = cv2.resize(crop_mask, size, interpolation=cv2.INTER_AREA)
+    x0, y0 = (width - size[0]) // 2, (height - size[1]) // 2
+    region = (slice(y0, y0 + size[1]), slice(x0, x0 + size[0]))
+    out[region] = small_rgb * small_mask[..., None] + out[region] * (1 - small_mask[..., None])
+    alpha[region] = small_mask
+    return out.round().astype(np.uint8), alpha >= 0.5
+
+
+def grey_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two RGB uint8 images on grey (Rec. 601, as cv2.COLOR_RGB2GRAY), Gaussian window
+    sigma 1.5, data range 255, the border of half a window left out: skimage's
+    structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False), which the
+    benchmarks use, without skimage (a test dependency only)."""
+    x, y = (cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float64) for image in (a, b))
+    size = 2 * SSIM_RADIUS + 1
+    blur = lambda t: cv2.GaussianBlur(t, (size, size), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    r = SSIM_RADIUS
+    return float(ssim[r:-r, r:-r].mean())
+
+
+def scores(ours: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+    """(mask IoU, grey SSIM) of two `aligned` flat-lays (canvas, mask) on the same white canvas."""
+    (rgb_a, mask_a), (rgb_b, mask_b) = ours, truth
+    iou = float((mask_a & mask_b).sum() / max(1, (mask_a | mask_b).sum()))
+    return iou, grey_ssim(rgb_a, rgb_b)

@@ -109,8 +109,8 @@ def test_refusals_have_their_codes(
     bare[bare == LIP["upper_clothes"]] = LIP["torso_skin"]
     with pytest.raises(GarmentNotDetected):
         tryoff.extract(wearing_tee, pose, parse.model_copy(update={"labels": bare}), "upper")
-    with pytest.raises(ModelUnavailable, match="not trained yet"):
-        tryoff.extract(wearing_tee, pose, parse, "upper", learned="acme-1")
+    with pytest.raises(ModelUnavailable, match="fitroom models install CHECKPOINT --name acme-1"):
+        tryoff.extract(wearing_tee, pose, parse, "upper", learned="acme-1", infer=pipeline.infer)
 
 
 def test_the_layout_is_symmetric_and_fits_the_canvas() -> None:

@@ -1,0 +1,236 @@
+"""The learned try-off (services/warp/tryoff_net.py, `fitroom train tryoff`): its cache rows, a few
+training steps on tiny drawn pairs that lower the loss, resuming, export to the model repository
+(the installed network gives the eager network's output), the pipeline and the CLI with it, and
+the clean error for weights that are not installed. No ../shared data: the pairs are the
+astronaut wearing drawn tees (put on her by the try-on pipeline) and each tee's flat-lay."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from services import learned, train
+from services.common.artifacts import LocalArtifactStore
+from services.common.config import PROJECT_ROOT
+from services.common.errors import ModelUnavailable
+from services.common.imageio import encode_png
+from services.common.inference import LocalBackend
+from services.pipeline import Pipeline
+from services.warp import tryoff, tryoff_net
+from tests.warp.drawn import TEE, product_image
+
+PAIRS = 6
+STEPS = 12
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def paired_data(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, repository: Path) -> Path:
+    """VITON's layout: the astronaut (shifted, mirrored) wearing drawn tees of different colours,
+    made by the geometric try-on, and each tee's flat-lay."""
+    root = tmp_path_factory.mktemp("paired")
+    (root / "train" / "image").mkdir(parents=True)
+    (root / "train" / "cloth").mkdir(parents=True)
+    pipeline = Pipeline(LocalArtifactStore(root / "artifacts"), LocalBackend(repository))
+    lines = []
+    for n in range(PAIRS):
+        person = train.fit_to(astronaut[:, 20 * n : 512 - 20 * (PAIRS - n)], train.TRAIN_SIZE)
+        person = person[:, ::-1].copy() if n % 2 else person
+        tee = product_image(TEE, seed=n)
+        tee = np.roll(tee, n, axis=2) if n % 3 else tee  # another colour
+        worn = pipeline.tryon(person, tee, "upper").image
+        (root / "train" / "image" / f"{n:06d}_0.png").write_bytes(encode_png(worn))
+        (root / "train" / "cloth" / f"{n:06d}_1.png").write_bytes(encode_png(tee))
+        lines.append(f"{n:06d}_0.png {n:06d}_1.png\n")
+    (root / "train_pairs.txt").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(paired_data: Path, tmp_path_factory: pytest.TempPathFactory) -> train.Cache:
+    root = tmp_path_factory.mktemp("cache")
+    return train.prepare(paired_data, root, "upper", workers=1, log=lambda _: None, tryoff=True)
+
+
+def fixed_batch_loss(model: tryoff_net.TryoffGenerator, cache: train.Cache) -> float:
+    batch = train.load_tryoff_batch(cache, cache.tryoff_ready())
+    with torch.no_grad():
+        return float(train.tryoff_loss(model, batch, train.Weights(), None, None)[0])
+
+
+def generator_of(checkpoint: Path) -> tryoff_net.TryoffGenerator:
+    model = tryoff_net.TryoffGenerator()
+    model.load_state_dict(train.load_checkpoint(checkpoint)["model"])
+    return model.eval()
+
+
+def test_prepare_adds_the_tryoff_rows_and_resumes(cache: train.Cache, paired_data: Path) -> None:
+    assert list(cache.tryoff_ready()) == list(range(PAIRS))
+    batch = train.load_tryoff_batch(cache, cache.tryoff_ready())
+    assert batch.flatlay.shape == batch.default.shape == (PAIRS, 4, 256, 192)
+    # The answer: the drawn tee's mask from our garment analysis, fitted into the canvas less its margin.
+    answer = batch.flatlay[:, 3]
+    assert 0.3 < float(answer.mean()) < 0.8 and float(answer[:, :, : tryoff.MARGIN].max()) == 0.0
+    # Our parse found the tee on every photo, and the default laid it flat.
+    assert 0.05 < float(batch.worn.mean()) < 0.5 and float(batch.default[:, 3].mean()) > 0.3
+    again = train.prepare(paired_data, cache.root, "upper", workers=1, log=pytest.fail, tryoff=True)
+    assert list(again.tryoff_ready()) == list(range(PAIRS))
+
+
+def test_an_untrained_generator_gives_the_default_back(cache: train.Cache) -> None:
+    batch = train.load_tryoff_batch(cache, cache.tryoff_ready())
+    with torch.no_grad():
+        out = tryoff_net.TryoffGenerator()(batch.person, batch.worn, batch.default)
+    torch.testing.assert_close(out[:, :3], batch.default[:, :3])
+    assert torch.equal(out[:, 3] > 0.5, batch.default[:, 3] > 0.5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(cache: train.Cache, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tryoff") / "tryoff.pt"
+    weights = train.Weights(perceptual=0.0)  # the adversarial term stays: every other loss runs
+    run = train.Run("tryoff", cache, path, set(), max_steps=STEPS, batch_size=BATCH, lr=3e-3, weights=weights)
+    train.train(run, log=lambda _: None)
+    return path
+
+
+def test_training_lowers_the_loss(cache: train.Cache, checkpoint: Path) -> None:
+    before = fixed_batch_loss(tryoff_net.TryoffGenerator(), cache)
+    # 12 steps of 2 pairs: 1.78 -> 1.47 (mostly the mask's BCE, which starts at the default's outline)
+    assert fixed_batch_loss(generator_of(checkpoint), cache) < 0.9 * before
+    state = train.load_checkpoint(checkpoint)
+    assert state["kind"] == "tryoff" and state["step"] == STEPS and "warp" not in state
+    assert "discriminator" in state
+
+
+def test_resume_goes_on_from_the_checkpoint(cache: train.Cache, checkpoint: Path, tmp_path: Path) -> None:
+    saved = train.load_checkpoint(checkpoint)
+    resumed = tmp_path / "resumed.pt"
+    run = train.Run("tryoff", cache, resumed, set(), max_steps=STEPS, batch_size=BATCH, resume=checkpoint)
+    state = train.train(run, log=lambda _: None)  # already there: nothing more to do
+    for name, value in saved["model"].items():
+        assert torch.equal(state["model"][name], value), name
+    run = train.Run("tryoff", cache, resumed, set(), max_steps=STEPS + 2, batch_size=BATCH, resume=checkpoint)
+    state = train.train(run, log=lambda _: None)
+    assert state["step"] == STEPS + 2 and state["samples"] == saved["samples"] + 2 * BATCH
+    assert len(state["curve"]) == len(saved["curve"]) + 1
+    with pytest.raises(ValueError, match="not warp"):
+        train.train(train.Run("warp", cache, tmp_path / "x.pt", set(), resume=checkpoint), log=lambda _: None)
+
+
+def test_a_cache_without_tryoff_rows_is_refused(paired_data: Path, cache: train.Cache, tmp_path: Path) -> None:
+    plain = train.Cache(cache.root)
+    plain.tryoff_status = None
+    with pytest.raises(ValueError, match="no try-off rows"):
+        train.train(train.Run("tryoff", plain, tmp_path / "x.pt", set(), max_steps=1), log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def installed(checkpoint: Path, repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built repository with the briefly trained try-off installed as `test`."""
+    target = tmp_path_factory.mktemp("models") / "triton_models"
+    shutil.copytree(repository, target, ignore=shutil.ignore_patterns("warp_gmm-*", "tryon_generator-*", "tryoff_*"))
+    assert learned.install(checkpoint, target, "test") == ["tryoff_generator-test"]
+    return target
+
+
+def test_the_installed_network_gives_the_eager_output(installed: Path, checkpoint: Path, cache: train.Cache) -> None:
+    batch = train.load_tryoff_batch(cache, cache.tryoff_ready()[:1])
+    inputs = {
+        "photo__0": batch.person.numpy(),
+        "worn__1": batch.worn.numpy(),
+        "default__2": batch.default.numpy(),
+    }
+    with torch.no_grad():
+        eager = generator_of(checkpoint)(batch.person, batch.worn, batch.default).numpy()
+    served = LocalBackend(installed)("tryoff_generator-test", inputs)["flatlay__0"]
+    assert served.shape == (1, 4, 256, 192)
+    np.testing.assert_allclose(served, eager, atol=1e-5)
+    source = json.loads((installed / "tryoff_generator-test" / "1" / "source.json").read_text())
+    assert source["module"] == "services.warp.tryoff_net" and source["samples"] == STEPS * BATCH
+
+
+def test_the_pipeline_runs_the_learned_tryoff(installed: Path, checkpoint: Path, paired_data: Path) -> None:
+    photo = np.array(Image.open(paired_data / "train" / "image" / "000000_0.png").convert("RGB"))
+    photo = cv2.resize(photo, (384, 512), interpolation=cv2.INTER_CUBIC)  # served at another size than trained
+    infer = LocalBackend(installed)
+    pipeline = Pipeline(LocalArtifactStore(paired_data / "artifacts"), infer, learned_tryoff="test")
+    result = pipeline.tryoff(photo, "upper")
+    assert result.rgba.shape == (512, 384, 4) and result.category == "upper"
+    # It is the network's answer at the training size, scaled onto the photo-sized canvas.
+    pose, parse = pipeline.person(photo)
+    small, small_pose, small_parse = tryoff_net.at_training_size(photo, pose, parse)
+    default, _ = tryoff_net.default_aligned(small, small_pose, small_parse, "upper")
+    inputs = tryoff_net.inputs(small, small_parse.labels, default, "upper")
+    with torch.no_grad():
+        eager = generator_of(checkpoint)(*(torch.from_numpy(v) for v in inputs.values()))[0].numpy()
+    expected = cv2.resize(eager.transpose(1, 2, 0), (384, 512), interpolation=cv2.INTER_LINEAR)
+    alpha = result.rgba[..., 3].astype(np.float32) / 255.0
+    assert np.abs(alpha - np.where(expected[..., 3] < 1 / 255, 0, expected[..., 3])).max() < 0.01
+    inside = alpha > 0.5
+    assert inside.mean() > 0.2
+    assert np.abs(result.rgba[..., :3][inside] / 255.0 - expected[..., :3][inside]).max() < 0.01
+    assert (result.rgba[..., :3][alpha == 0] == 255).all()  # white where there is no garment
+    # The default path, without the setting, is another image.
+    assert not np.array_equal(Pipeline(pipeline.store, infer).tryoff(photo, "upper").rgba, result.rgba)
+
+
+def test_weights_not_installed_are_a_clean_error(
+    repository: Path, paired_data: Path, tmp_path: Path, installed: Path
+) -> None:
+    photo = np.array(Image.open(paired_data / "train" / "image" / "000000_0.png").convert("RGB"))
+    pipeline = Pipeline(LocalArtifactStore(tmp_path / "artifacts"), LocalBackend(installed), learned_tryoff="nope")
+    with pytest.raises(ModelUnavailable, match=r"FITROOM_LEARNED_TRYOFF=nope .*fitroom models install CHECKPOINT"):
+        pipeline.tryoff(photo, "upper")
+    # The CLI: exit 4 (no models) with the same words, no traceback.
+    env = {
+        "FITROOM_DATA_DIR": str(tmp_path / "data"),
+        "FITROOM_MODEL_REPOSITORY": str(installed),
+        "PATH": "/usr/bin:/bin",
+    }
+    (tmp_path / "model.png").write_bytes(encode_png(photo))
+    command = [sys.executable, "-m", "services.cli", "tryoff", "--person", str(tmp_path / "model.png")]
+    ran = subprocess.run(
+        [*command, "-o", str(tmp_path / "tee.png"), "--learned", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert ran.returncode == 4, ran.stderr
+    assert "fitroom models install CHECKPOINT --name nope" in ran.stderr and "Traceback" not in ran.stderr
+    ran = subprocess.run(
+        [*command, "-o", str(tmp_path / "tee.png")],
+        capture_output=True,
+        text=True,
+        env={**env, "FITROOM_LEARNED_TRYOFF": "test"},
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["path"] == "learned:test"
+
+
+def test_scores_are_the_benchmarks(cache: train.Cache) -> None:
+    """tryoff.grey_ssim is skimage's structural_similarity as bench/tryoff_quality.py called it;
+    the network's size is training's."""
+    assert tryoff_net.SIZE == train.TRAIN_SIZE == tryoff.CANVAS
+    batch = train.load_tryoff_batch(cache, cache.tryoff_ready()[:2])
+    a, b = ((x[:3].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for x in batch.default)
+    grey_a, grey_b = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (a, b))
+    expected = structural_similarity(
+        grey_a, grey_b, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
+    assert tryoff.grey_ssim(a, b) == pytest.approx(expected, abs=1e-9)
+    assert tryoff.scores(tryoff.aligned(a, a[..., 0] < 250), tryoff.aligned(a, a[..., 0] < 250)) == (1.0, 1.0)
