@@ -1,18 +1,22 @@
 """Try-off quality on ../shared/data/viton's validation split (bench/viton_split.py's ids): person
 <id>_0 in, its flat-lay <id>_1 as the answer.
 
-Canonical alignment: each flat-lay (ours, RGBA; VITON's cloth with its cloth-mask thresholded at
+Canonical alignment (services/warp/tryoff.py `aligned` and `scores`, which training's held-out
+figures use too): each flat-lay (ours, RGBA; VITON's cloth with its cloth-mask thresholded at
 128) is cropped to its mask's bounding box, scaled to fit (aspect kept) inside CANVAS less MARGIN
 on every side, centred, and composited on white. On that common canvas: the garment mask's IoU,
 and grayscale SSIM of the whole canvas (Gaussian window, sigma 1.5, as bench/tryon_quality.py).
+With --learned NAME, the learned try-off installed as NAME (`fitroom models install`) is scored
+beside the default in the same run, on the same photos.
 Reference in the same run: the canonical layout's own mask (short sleeves) filled with the true
 flat-lay's mean colour, i.e. a fixed shape with a perfect flat colour.
 
 Also draws bench/overlays/tryoff/sheet.jpg: 8 validation persons (photo | true flat-lay | ours,
-default | the learned path's column, not trained yet), and round trips on ../shared/data/photos:
-a garment taken off person A and tried on person B with the try-on pipeline.
+default | ours, learned), and round trips on ../shared/data/photos: a garment taken off person A
+(by the default, and by the learned path with --learned) and tried on person B with the try-on
+pipeline.
 
-    .venv/bin/python bench/tryoff_quality.py --limit 200
+    .venv/bin/python bench/tryoff_quality.py --limit 200 [--learned NAME]
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import cv2
 import numpy as np
 from PIL import Image
 from shared_data import PERSON_PHOTOS, VITON, select_ids
-from skimage.metrics import structural_similarity
 from viton_split import VALIDATION_PAIRS
 
 from services.common.artifacts import LocalArtifactStore
@@ -36,39 +39,10 @@ from services.common.imageio import encode_jpeg, read_image_file
 from services.common.inference import embedded_backend
 from services.pipeline import Pipeline
 from services.warp import tryoff
+from services.warp.tryoff import CANVAS, aligned, scores
 
-CANVAS = (192, 256)  # width, height: VITON's
-MARGIN = 8
 SHEET = Path(__file__).resolve().parent / "overlays" / "tryoff" / "sheet.jpg"
 ROUND_TRIPS = (("vitonhd_00008_00", "catvton_Simon_1"), ("boostcamp_upper_short_Man_b", "vitonhd_03191_00"))
-
-
-def aligned(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The garment cropped to its mask's box, fitted into CANVAS less MARGIN, on white; and its mask."""
-    ys, xs = np.nonzero(mask)
-    box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-    crop_rgb, crop_mask = rgb[box], mask[box].astype(np.float32)
-    scale = min((CANVAS[0] - 2 * MARGIN) / crop_rgb.shape[1], (CANVAS[1] - 2 * MARGIN) / crop_rgb.shape[0])
-    size = (max(1, round(crop_rgb.shape[1] * scale)), max(1, round(crop_rgb.shape[0] * scale)))
-    small_rgb = cv2.resize(crop_rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    small_mask = cv2.resize(crop_mask, size, interpolation=cv2.INTER_AREA)
-    canvas = np.full((CANVAS[1], CANVAS[0], 3), 255.0, np.float32)
-    alpha = np.zeros((CANVAS[1], CANVAS[0]), np.float32)
-    x0, y0 = (CANVAS[0] - size[0]) // 2, (CANVAS[1] - size[1]) // 2
-    region = (slice(y0, y0 + size[1]), slice(x0, x0 + size[0]))
-    canvas[region] = small_rgb * small_mask[..., None] + canvas[region] * (1 - small_mask[..., None])
-    alpha[region] = small_mask
-    return canvas.round().astype(np.uint8), alpha >= 0.5
-
-
-def scores(ours: tuple[np.ndarray, np.ndarray], truth: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    (rgb_a, mask_a), (rgb_b, mask_b) = ours, truth
-    iou = float((mask_a & mask_b).sum() / max(1, (mask_a | mask_b).sum()))
-    grey_a, grey_b = (cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in (rgb_a, rgb_b))
-    ssim = structural_similarity(
-        grey_a, grey_b, data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
-    )
-    return iou, float(ssim)
 
 
 def truth_of(pair_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -102,9 +76,9 @@ def cell(image: np.ndarray, label: str = "") -> np.ndarray:
     return out
 
 
-def not_trained() -> np.ndarray:
+def not_run(why: str) -> np.ndarray:
     out = np.full((CANVAS[1], CANVAS[0], 3), 235, np.uint8)
-    for n, line in enumerate(("learned:", "not trained yet")):
+    for n, line in enumerate(("learned:", why)):
         cv2.putText(out, line, (10, 120 + 18 * n), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (90, 90, 90), 1, cv2.LINE_AA)
     return out
 
@@ -112,16 +86,20 @@ def not_trained() -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=200, help=f"pairs, every k-th of the {VALIDATION_PAIRS} held out")
+    parser.add_argument("--learned", help="also the learned try-off installed under this name (fitroom models install)")
     args = parser.parse_args()
     if not VITON.exists():
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
     # The validation split's ids, thinned evenly to --limit (every id of a smaller limit is in the split).
     ids, _ = select_ids(VITON, min(args.limit, VALIDATION_PAIRS))
-    pipeline = Pipeline(LocalArtifactStore(tempfile.mkdtemp()), embedded_backend())
+    store, infer = LocalArtifactStore(tempfile.mkdtemp()), embedded_backend()
+    pipeline = Pipeline(store, infer)
+    learned = Pipeline(store, infer, learned_tryoff=args.learned) if args.learned else None
     rows: dict[str, list[float]] = {
         "mask IoU, default": [],
         "grey SSIM, default": [],
+        **({f"mask IoU, learned ({args.learned})": [], f"grey SSIM, learned ({args.learned})": []} if learned else {}),
         "mask IoU, reference: canonical layout": [],
         "grey SSIM, reference: canonical layout in the true mean colour": [],
     }
@@ -142,24 +120,35 @@ def main() -> int:
         except FitroomError as exc:
             failed[exc.code] = failed.get(exc.code, 0) + 1
             continue
-        iou, ssim = scores(aligned(result.rgba[..., :3], result.rgba[..., 3] > 0), truth_aligned)
+        iou, ssim = scores(aligned(on_white(result.rgba), result.rgba[..., 3] >= 128), truth_aligned)
         rows["mask IoU, default"].append(iou)
         rows["grey SSIM, default"].append(ssim)
+        learned_cell = not_run("not asked (--learned)")
+        if learned is not None:
+            ours = learned.tryoff(person, "upper").rgba  # the same photo: refused by the default, refused here too
+            iou, ssim = scores(aligned(on_white(ours), ours[..., 3] >= 128), truth_aligned)
+            rows[f"mask IoU, learned ({args.learned})"].append(iou)
+            rows[f"grey SSIM, learned ({args.learned})"].append(ssim)
+            learned_cell = cell(on_white(ours), f"learned: {args.learned}")
         if len(sheet_rows) < 8:
-            sheet_rows.append([cell(person, pair_id), cell(truth[0], "true"), cell(on_white(result.rgba), "default")])
+            sheet_rows.append(
+                [cell(person, pair_id), cell(truth[0], "true"), cell(on_white(result.rgba), "default"), learned_cell]
+            )
     print(f"{len(ids)} validation pairs in {time.perf_counter() - start:.0f} s; failed: {failed or 'none'}")
     print(table(rows))
 
-    grid = [np.hstack([*r, not_trained()]) for r in sheet_rows]
+    grid = [np.hstack(r) for r in sheet_rows]
     if PERSON_PHOTOS.exists():
         for giver, wearer in ROUND_TRIPS:
             a = read_image_file(next(PERSON_PHOTOS.glob(f"{giver}.*")))
             b = read_image_file(next(PERSON_PHOTOS.glob(f"{wearer}.*")))
-            extracted = pipeline.tryoff(a, "upper").rgba
-            worn = pipeline.tryon(b, extracted, "upper").image
-            grid.append(
-                np.hstack([cell(a, "A"), cell(on_white(extracted), "taken off A"), cell(b, "B"), cell(worn, "on B")])
-            )
+            for name, source in (("default", pipeline), (f"learned: {args.learned}", learned)):
+                if source is None:
+                    continue
+                extracted = source.tryoff(a, "upper").rgba
+                worn = pipeline.tryon(b, extracted, "upper").image
+                cells = [cell(a, "A"), cell(on_white(extracted), f"off A, {name}"), cell(b, "B"), cell(worn, "on B")]
+                grid.append(np.hstack(cells))
     SHEET.parent.mkdir(parents=True, exist_ok=True)
     SHEET.write_bytes(encode_jpeg(np.vstack(grid)))
     print(f"sheet: {SHEET}")
