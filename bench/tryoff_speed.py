@@ -6,7 +6,10 @@ body, the splines' other direction). Person: ../shared/data/photos/person/vitonh
 when present, else the astronaut scaled to 768x1024; the warp's garment:
 ../shared/data/photos/garment/vitonhd_02305_00.jpg, else the drawn tee.
 
-    .venv/bin/python bench/tryoff_speed.py --runs 20
+With --learned NAME, the learned try-off installed as NAME too (the default at the training size,
+the network, the answer scaled onto the canvas).
+
+    .venv/bin/python bench/tryoff_speed.py --runs 20 [--learned NAME]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ TARGET_MS = 150.0
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--learned", help="also the learned try-off installed under this name")
     args = parser.parse_args()
     person_file = SHARED_DATA / "photos" / "person" / "vitonhd_00008_00.jpg"
     garment_file = SHARED_DATA / "photos" / "garment" / "vitonhd_02305_00.jpg"
@@ -52,6 +56,11 @@ def main() -> int:
 
     default = timings(lambda: tryoff.extract(person, pose, parse, "upper"), args.runs)
     through_store = timings(lambda: pipeline.tryoff(person, "upper"), args.runs)
+    learned = (
+        timings(lambda: tryoff.extract(person, pose, parse, "upper", args.learned, infer), args.runs)
+        if args.learned
+        else None
+    )
     warp = timings(lambda: warp_stage.run(garment_image, garment, pose, parse, infer), args.runs)
 
     print(f"person {person.shape[1]}x{person.shape[0]}, {args.runs} runs, pose and parse cached")
@@ -61,6 +70,7 @@ def main() -> int:
     rows = [
         ("try-off, default (tryoff.extract)", default, f"<= {TARGET_MS:.0f} ms"),
         ("try-off through Pipeline.tryoff (pose, parse read from the store)", through_store, ""),
+        *([(f"try-off, learned ({args.learned}, tryoff.extract)", learned, "reported")] if learned else []),
         ("reference: warp stage, same photo", warp, ""),
     ]
     for name, t, target in rows:
