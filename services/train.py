@@ -496,7 +496,7 @@ class DeviceCache:
 
         self.rows = np.sort(rows)
         load = loader or load_batch
-        self.kind = type(load(cache, self.rows[:1]))
+        self.kind: type[Batch] | type[TryoffBatch] = TryoffBatch if load is load_tryoff_batch else Batch
 
         def compact_chunk(start: int) -> dict[str, torch.Tensor]:
             batch = load(cache, self.rows[start : start + chunk])

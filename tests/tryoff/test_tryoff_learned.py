@@ -6,6 +6,7 @@ astronaut wearing drawn tees (put on her by the try-on pipeline) and each tee's 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -85,6 +86,15 @@ def test_prepare_adds_the_tryoff_rows_and_resumes(cache: train.Cache, paired_dat
     assert 0.05 < float(batch.worn.mean()) < 0.5 and float(batch.default[:, 3].mean()) > 0.3
     again = train.prepare(paired_data, cache.root, "upper", workers=1, log=pytest.fail, tryoff=True)
     assert list(again.tryoff_ready()) == list(range(PAIRS))
+
+
+def test_rows_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:
+    rows = cache.tryoff_ready()[[3, 1]]
+    held = train.DeviceCache(cache, rows, torch.device("cpu"), loader=train.load_tryoff_batch)(rows)
+    read = train.load_tryoff_batch(cache, rows)
+    assert isinstance(held, train.TryoffBatch)
+    for name in train.TryoffBatch.__dataclass_fields__:
+        torch.testing.assert_close(getattr(held, name), getattr(read, name), atol=1 / 255, rtol=0)
 
 
 def test_an_untrained_generator_gives_the_default_back(cache: train.Cache) -> None:
@@ -234,3 +244,35 @@ def test_scores_are_the_benchmarks(cache: train.Cache) -> None:
     )
     assert tryoff.grey_ssim(a, b) == pytest.approx(expected, abs=1e-9)
     assert tryoff.scores(tryoff.aligned(a, a[..., 0] < 250), tryoff.aligned(a, a[..., 0] < 250)) == (1.0, 1.0)
+
+
+def test_the_api_registers_a_model_photo_through_the_learned_tryoff(
+    installed: Path, paired_data: Path, tmp_path: Path
+) -> None:
+    """POST /v1/garments with photo_type model on a server with FITROOM_LEARNED_TRYOFF: the
+    flat-lay registered and served is the learned try-off's."""
+    from tests.gateway.helpers import Server
+
+    photo_png = (paired_data / "train" / "image" / "000002_0.png").read_bytes()
+    photo = np.array(Image.open(paired_data / "train" / "image" / "000002_0.png").convert("RGB"))
+    expected = Pipeline(LocalArtifactStore(tmp_path / "local"), LocalBackend(installed), learned_tryoff="test")
+    expected_rgba = expected.tryoff(photo, "upper").rgba
+    server = Server(
+        tmp_path / "gateway", {"FITROOM_MODEL_REPOSITORY": str(installed), "FITROOM_LEARNED_TRYOFF": "test"}
+    )
+    server.start()
+    try:
+        key = server.create_key("acme")
+        with server.client(key) as client:
+            created = client.post(
+                "/v1/garments",
+                files={"image": ("model.png", photo_png, "image/png")},
+                data={"photo_type": "model", "category": "upper"},
+            )
+            assert created.status_code == 201, created.text
+            served = client.get(f"/v1/garments/{created.json()['id']}/image")
+    finally:
+        server.stop()
+    flatlay = np.array(Image.open(io.BytesIO(served.content)))
+    assert flatlay.shape == expected_rgba.shape
+    assert np.abs(flatlay.astype(int) - expected_rgba.astype(int)).max() <= 2
