@@ -135,7 +135,11 @@ def _deepest(outline: Outline, accept: Callable[[Dent], bool]) -> Dent | None:
 
 def _crotch(outline: Outline) -> Dent | None:
     def accept(d: Dent) -> bool:
-        return abs(outline.side(d[2])) < 0.2 and outline.level(d[2]) > 0.2 and d[3] > MIN_CROTCH_DEPTH * outline.height
+        # Between two legs the gap opens downwards: its hull edge (hem to hem) lies below its
+        # deepest point. A camisole's neck, between the straps, opens upwards.
+        opens_down = outline.point(d[2])[1] < min(outline.point(d[0])[1], outline.point(d[1])[1])
+        central = abs(outline.side(d[2])) < 0.2 and outline.level(d[2]) > 0.2
+        return opens_down and central and d[3] > MIN_CROTCH_DEPTH * outline.height
 
     return _deepest(outline, accept)
 
@@ -194,7 +198,7 @@ def category_evidence(outline: Outline) -> dict[str, float]:
     - waistband: the top edge runs straight across the garment (a waist), rather than a collar
       or straps narrower than the shoulders just below them;
     - crotch: a dent between two legs;
-    - sleeveless: no armpits;
+    - sleeveless: no armpit;
     - long: taller than a top, for its width;
     - flared: wider at the hem than at its narrowest between chest and hips (a dress's skirt)."""
     band = _row_width(outline, 0.0, WAISTBAND_ROWS) / max(_row_width(outline, *BELOW_THE_TOP), 1.0)
@@ -203,7 +207,8 @@ def category_evidence(outline: Outline) -> dict[str, float]:
     return {
         "waistband": (band - WAISTBAND[0]) / WAISTBAND[1],
         "crotch": (crotch[3] / outline.height - CROTCH[0]) / CROTCH[1] if crotch else -2.0,
-        "sleeveless": 1.0 if len(_armpits(outline)) < 2 else -1.0,
+        # One armpit is a sleeve (the other may lie against the torso); none is sleeveless.
+        "sleeveless": 1.0 if not _armpits(outline) else -1.0,
         "long": (outline.height / outline.width - DRESS_LENGTH[0]) / DRESS_LENGTH[1],
         "longish": (outline.height / outline.width - FLARED_DRESS_LENGTH[0]) / FLARED_DRESS_LENGTH[1],
         "flared": (_centre_run(outline, 0.95) / waist - FLARE[0]) / FLARE[1] if waist else -2.0,
