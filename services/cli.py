@@ -533,7 +533,8 @@ def cmd_models_install(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     repository = get_settings().model_repository
     names = learned.install(checkpoint, repository, args.name)
-    print(json.dumps({"installed": names, "repository": str(repository), "use": f"FITROOM_LEARNED={args.name}"}))
+    setting = "FITROOM_LEARNED_TRYOFF" if names == [learned.tryoff_model(args.name)] else "FITROOM_LEARNED"
+    print(json.dumps({"installed": names, "repository": str(repository), "use": f"{setting}={args.name}"}))
     return EXIT_OK
 
 
@@ -554,7 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--wheel", type=Path, help="use this mediapipe-0.10.21 wheel instead of downloading it")
     build.set_defaults(func=cmd_models_build)
     install = models_commands.add_parser(
-        "install", help="export a `fitroom train` checkpoint into the repository (FITROOM_LEARNED=NAME uses it)"
+        "install",
+        help="export a `fitroom train` checkpoint into the repository (FITROOM_LEARNED=NAME uses it; "
+        "a try-off checkpoint: FITROOM_LEARNED_TRYOFF=NAME)",
     )
     install.add_argument("checkpoint", metavar="CHECKPOINT")
     install.add_argument("--name", required=True, type=_weights_name, help="the weights' name, e.g. acme-2026-12")

@@ -276,3 +276,32 @@ def test_the_api_registers_a_model_photo_through_the_learned_tryoff(
     flatlay = np.array(Image.open(io.BytesIO(served.content)))
     assert flatlay.shape == expected_rgba.shape
     assert np.abs(flatlay.astype(int) - expected_rgba.astype(int)).max() <= 2
+
+
+def test_cli_train_tryoff_and_install(paired_data: Path, cache: train.Cache, installed: Path, tmp_path: Path) -> None:
+    """`fitroom train tryoff` on the prepared cache (a few seconds), then `fitroom models install`
+    names the try-off's own setting."""
+    repository = tmp_path / "models"
+    shutil.copytree(installed, repository)
+    env = {"FITROOM_DATA_DIR": str(tmp_path / "data"), "FITROOM_MODEL_REPOSITORY": str(repository)}
+    env["PATH"] = "/usr/bin:/bin"
+
+    def fitroom(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "services.cli", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT, timeout=300)
+
+    checkpoint = tmp_path / "cli.pt"
+    trained = fitroom(
+        "train", "tryoff", "--data", str(paired_data), "--cache", str(cache.root), "--category", "upper",
+        "--max-minutes", "0.02", "--batch-size", "2", "--perceptual", "0", "--trained-on", "drawn tees",
+        "-o", str(checkpoint),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    record = json.loads(trained.stdout)
+    assert record["kind"] == "tryoff" and record["samples"] >= 2
+    assert train.load_checkpoint(checkpoint)["trained_on"] == "drawn tees"
+    done = fitroom("models", "install", str(checkpoint), "--name", "cli")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["installed"] == ["tryoff_generator-cli"]
+    assert json.loads(done.stdout)["use"] == "FITROOM_LEARNED_TRYOFF=cli"
+    assert (repository / "tryoff_generator-cli" / "config.pbtxt").is_file()
