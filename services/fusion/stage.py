@@ -50,6 +50,10 @@ from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 LIGHTING_SIGMA = 0.02  # of the image height: the issue's floor
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
 ARM_RADIUS, LEG_RADIUS = 0.16, 0.2  # of the shoulder width
+# A bare leg's half-width at the hip, the knee and the ankle, of the shoulder width: a thigh is
+# wide, a calf is not (with LEG_RADIUS all the way down, the gap between the calves that a long
+# old skirt hid was filled with skin under a short new garment).
+LEG_TAPER = (0.2, 0.12, 0.08)
 BACKGROUND_EROSION = 0.01  # of the height: backdrop pixels this close to the person are not sampled
 FRINGE = 0.003  # of the height: the old garment's edge pixels mix in what is next to it
 MIN_BODY_SKIN = 0.002  # of the image: with fewer bare-skin pixels than this, the face lends its tone
@@ -86,13 +90,24 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     # The neck, up to the chin: a capsule from the shoulder midpoint towards the nose.
     neck_top = frame.origin + (landmark(pts, "nose") - frame.origin) * 0.6
     cv2.line(body, _px(frame.origin), _px(neck_top), 1, max(1, round(0.35 * sw)))
-    limbs = [(arm_chain(pts, s)[:3], ARM_RADIUS) for s in ("left", "right")]
+    limbs = [(arm_chain(pts, s)[:3], (ARM_RADIUS,) * 3) for s in ("left", "right")]
     if category in ("lower", "dress"):
-        limbs += [(leg_chain(pts, s)[:3], LEG_RADIUS) for s in ("left", "right")]
-    for chain, radius in limbs:  # OpenCV's thick lines have round caps: capsules
-        for a, b in itertools.pairwise(chain):
-            cv2.line(body, _px(a), _px(b), 1, max(1, round(2 * radius * sw)))
+        limbs += [(leg_chain(pts, s)[:3], LEG_TAPER) for s in ("left", "right")]
+    for chain, radii in limbs:
+        _draw_limb(body, chain, [r * sw for r in radii])
     return body.astype(bool)
+
+
+def _draw_limb(canvas: np.ndarray, chain: list[np.ndarray], radii: list[float]) -> None:
+    """Fill a limb into `canvas`: along each bone of `chain` a band from one joint's radius to the
+    next's (a tapered capsule), with a disc at every joint."""
+    for (a, ra), (b, rb) in itertools.pairwise(zip(chain, radii, strict=True)):
+        direction = b - a
+        normal = np.array([-direction[1], direction[0]]) / max(float(np.linalg.norm(direction)), 1.0)
+        band = [a + normal * ra, b + normal * rb, b - normal * rb, a - normal * ra]
+        cv2.fillPoly(canvas, [np.round(band).astype(np.int32)], 1)
+    for joint, radius in zip(chain, radii, strict=True):
+        cv2.circle(canvas, _px(joint), max(1, round(radius)), 1, -1)
 
 
 def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
