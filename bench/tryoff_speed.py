@@ -70,7 +70,7 @@ def main() -> int:
     rows = [
         ("try-off, default (tryoff.extract)", default, f"<= {TARGET_MS:.0f} ms"),
         ("try-off through Pipeline.tryoff (pose, parse read from the store)", through_store, ""),
-        *([(f"try-off, learned ({args.learned}, tryoff.extract)", learned, "reported")] if learned else []),
+        *([(f"try-off, learned ({args.learned}, tryoff.extract)", learned, "reported")] if learned is not None else []),
         ("reference: warp stage, same photo", warp, ""),
     ]
     for name, t, target in rows:

@@ -945,7 +945,8 @@ def train(run: Run, log: Log = print) -> dict:
             group["lr"] = run.lr
         if discriminator is not None and "discriminator" in state:
             discriminator.load_state_dict(state["discriminator"])
-            d_optimiser.load_state_dict(state["d_optimiser"])
+            if "d_optimiser" in state:  # weights only (the reference weights): a fresh optimiser here too
+                d_optimiser.load_state_dict(state["d_optimiser"])
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
     model.train()
 
