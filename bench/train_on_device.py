@@ -4,7 +4,9 @@ Preparation (pose, parse, analysis, the geometric warp and fusion of every pair)
 the CPU, once; a lent GPU machine only trains. Its working tree may carry 64 MiB, and the cache
 holds 0.6 MB a pair as raw arrays, so `pack` writes chosen rows as JPEG (q85) and PNG, about
 24 KB a pair, with the validation rows first; `unpack` rebuilds, on the GPU machine, a cache
-and a pairs file that `fitroom train --data DIR --cache CACHE` opens as if prepared there.
+and a pairs file that `fitroom train --data DIR --cache CACHE` opens as if prepared there. A cache
+with the try-off's rows (`fitroom train tryoff`) carries them too (about 12 KB a pair more), so
+that `fitroom train tryoff` there prepares nothing.
 
 `site` writes what that machine's Python lacks for `fitroom train`: the trimmed
 EfficientNet-Lite0 weights the perceptual loss reads (its first blocks, not the 18.8 MB file)
@@ -41,20 +43,27 @@ IMAGES = {
     "labels": ".png",
     "editable": ".png",
 }
+TRYOFF_IMAGES = {  # the try-off's rows (services/train.py TRYOFF_ARRAYS), when the cache has them
+    "flatlay_rgb": ".jpg",
+    "flatlay_alpha": ".png",
+    "default_rgb": ".jpg",
+    "default_alpha": ".png",
+}
+FORMATS = IMAGES | TRYOFF_IMAGES
 JPEG_QUALITY = 85
 
 
 def _encode(name: str, image: np.ndarray) -> bytes:
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if IMAGES[name] == ".jpg" else []
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if FORMATS[name] == ".jpg" else []
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(IMAGES[name], image, params)
+    ok, encoded = cv2.imencode(FORMATS[name], image, params)
     assert ok
     return encoded.tobytes()
 
 
 def _decode(name: str, data: np.ndarray) -> np.ndarray:
-    flag = cv2.IMREAD_COLOR if IMAGES[name] == ".jpg" else cv2.IMREAD_UNCHANGED
+    flag = cv2.IMREAD_COLOR if FORMATS[name] == ".jpg" else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(data, flag)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
@@ -73,7 +82,9 @@ def pack(cache_root: Path, val_pairs: Path, output: Path, max_mb: float, parts: 
 
 def _pack_part(cache: train.Cache, rows: list[int], held_out: set[str], output: Path, max_mb: float) -> list[int]:
     """As many of `rows` as fit in max_mb into `output`; returns the rows left."""
-    blobs: dict[str, list[bytes]] = {name: [] for name in IMAGES}
+    with_tryoff = cache.tryoff_status is not None
+    names = FORMATS if with_tryoff else IMAGES
+    blobs: dict[str, list[bytes]] = {name: [] for name in names}
     chosen, total = [], 0
     for row in rows:
         warped = np.asarray(cache.arrays["warped"][row])
@@ -89,6 +100,14 @@ def _pack_part(cache: train.Cache, rows: list[int], held_out: set[str], output: 
             "labels": np.asarray(cache.arrays["labels"][row]),
             "editable": editable,
         }
+        if with_tryoff:  # a row the try-off rejected (or never prepared) carries white and no mask
+            flatlay, default = (np.asarray(cache.tryoff[name][row]) for name in ("flatlay", "tryoff_default"))
+            images |= {
+                "flatlay_rgb": flatlay[..., :3],
+                "flatlay_alpha": np.ascontiguousarray(flatlay[..., 3]),
+                "default_rgb": default[..., :3],
+                "default_alpha": np.ascontiguousarray(default[..., 3]),
+            }
         encoded = {name: _encode(name, image) for name, image in images.items()}
         size = sum(len(b) for b in encoded.values())
         if total + size > max_mb * 2**20:
@@ -108,6 +127,9 @@ def _pack_part(cache: train.Cache, rows: list[int], held_out: set[str], output: 
     arrays["landmarks"] = np.asarray(cache.landmarks[chosen_array])
     arrays["category"] = np.asarray(cache.category[chosen_array])
     arrays["ids"] = np.array([cache.ids[r] for r in chosen])
+    if with_tryoff:
+        assert cache.tryoff_status is not None
+        arrays["tryoff_status"] = np.asarray(cache.tryoff_status[chosen_array])
     np.savez(output / "pairs.npz", **arrays)
     meta = {"size": cache.meta["size"], "category": cache.meta["category"], "version": cache.meta["version"]}
     (output / "meta.json").write_text(json.dumps(meta))
@@ -129,10 +151,13 @@ def unpack(packs: list[Path], data: Path, cache_root: Path) -> None:
     row = 0
     for pack in loaded:
         pack = {key: pack[key] for key in pack.files}
-        starts = {name: np.concatenate([[0], pack[name + "_ends"][:-1]]) for name in IMAGES}
+        names = FORMATS if "tryoff_status" in pack else IMAGES
+        if "tryoff_status" in pack:
+            cache.add_tryoff()
+        starts = {name: np.concatenate([[0], pack[name + "_ends"][:-1]]) for name in names}
 
-        def decode(n: int, pack: dict = pack, starts: dict = starts) -> dict[str, np.ndarray]:
-            return {name: _decode(name, pack[name][starts[name][n] : pack[name + "_ends"][n]]) for name in IMAGES}
+        def decode(n: int, pack: dict = pack, starts: dict = starts, names: dict = names) -> dict[str, np.ndarray]:
+            return {name: _decode(name, pack[name][starts[name][n] : pack[name + "_ends"][n]]) for name in names}
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # cv2 decodes without the GIL
             images = pool.map(decode, range(len(pack["ids"])))
@@ -148,6 +173,13 @@ def unpack(packs: list[Path], data: Path, cache_root: Path) -> None:
             }
             category = train.CATEGORIES[int(pack["category"][n])]
             cache.store(row, train.Prepared(arrays, pack["landmarks"][n], category))
+            if "tryoff_status" in pack:
+                tryoff = {
+                    "flatlay": np.dstack([image["flatlay_rgb"], image["flatlay_alpha"]]),
+                    "tryoff_default": np.dstack([image["default_rgb"], image["default_alpha"]]),
+                }
+                # A row not prepared for the try-off here is not one there either: never prepared again.
+                cache.store_tryoff(row, tryoff if pack["tryoff_status"][n] == 1 else "not_prepared")
             row += 1
     cache.flush()
     shutil.copy(packs[0] / "val_pairs.txt", data / "val_pairs.txt")

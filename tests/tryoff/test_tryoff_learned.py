@@ -312,3 +312,23 @@ def test_cli_train_tryoff_and_install(paired_data: Path, cache: train.Cache, ins
     assert json.loads(done.stdout)["installed"] == ["tryoff_generator-cli"]
     assert json.loads(done.stdout)["use"] == "FITROOM_LEARNED_TRYOFF=cli"
     assert (repository / "tryoff_generator-cli" / "config.pbtxt").is_file()
+
+
+def test_a_packed_cache_carries_its_tryoff_rows(cache: train.Cache, tmp_path: Path) -> None:
+    """bench/train_on_device.py: the try-off's rows travel with a packed cache (JPEG q85, PNG), so
+    that `fitroom train tryoff` on a GPU machine prepares nothing there."""
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    import train_on_device
+
+    val = tmp_path / "val.txt"
+    val.write_text(f"{cache.ids[0]}_0.png {cache.ids[0]}_1.png\n")
+    train_on_device.pack(cache.root, val, tmp_path / "pack", max_mb=10.0, parts=1)
+    train_on_device.unpack([tmp_path / "pack" / "1"], tmp_path / "data", tmp_path / "cache")
+    unpacked = train.Cache(tmp_path / "cache")
+    assert len(unpacked.tryoff_ready()) == PAIRS
+    for n, pair in enumerate(unpacked.ids):
+        row = cache.ids.index(pair)
+        for name in ("flatlay", "tryoff_default"):
+            ours, theirs = unpacked.tryoff[name][n].astype(int), cache.tryoff[name][row].astype(int)
+            np.testing.assert_array_equal(ours[..., 3], theirs[..., 3])  # PNG: exact
+            assert np.abs(ours[..., :3] - theirs[..., :3]).mean() < 4  # JPEG q85, of 255
