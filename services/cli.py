@@ -195,6 +195,14 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
+def _images_in(folder: Path, flag: str) -> list[Path] | str:
+    """The images in `folder`, sorted, or what is wrong with it (named after its `flag`)."""
+    if not folder.is_dir():
+        return f"{flag} {folder} is not a folder"
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return images or f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+
+
 def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Path]] | str:
     """(person, garment, output) of each try-on the arguments ask for, or why they are wrong.
     Batches write OUTDIR/<person stem>__<garment stem><suffix>."""
@@ -208,12 +216,9 @@ def _pair_jobs(args: argparse.Namespace, suffix: str) -> list[tuple[str, str, Pa
             return str(exc)
         pairs = [(str(Path(args.person_dir) / p), str(Path(args.garment_dir) / g)) for p, g in pairs]
     elif args.person and args.garment_dir and not args.garment:
-        folder = Path(args.garment_dir)
-        if not folder.is_dir():
-            return f"--garment-dir {folder} is not a folder"
-        garments = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not garments:
-            return f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+        garments = _images_in(Path(args.garment_dir), "--garment-dir")
+        if isinstance(garments, str):
+            return garments
         pairs = [(args.person, str(g)) for g in garments]
     elif args.person and args.garment:
         return [(args.person, args.garment, out)]
@@ -322,11 +327,9 @@ def _tryoff_jobs(args: argparse.Namespace) -> list[tuple[str, Path]] | str:
         return [(args.person, out)]
     if args.person_dir and not args.person:
         folder = Path(args.person_dir)
-        if not folder.is_dir():
-            return f"--person-dir {folder} is not a folder"
-        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not photos:
-            return f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}"
+        photos = _images_in(folder, "--person-dir")
+        if isinstance(photos, str):
+            return photos
         if out.resolve() == folder.resolve():
             return "-o must be another folder than --person-dir"
         return [(str(p), out / f"{p.stem}.png") for p in photos]

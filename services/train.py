@@ -35,7 +35,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -305,42 +305,55 @@ def _prepare_rows(
     workers: int,
     log: Log,
 ) -> None:
-    from services.common.config import get_settings
-
     todo = [i for i in range(len(pairs)) if cache.status[i] == 0]
     if not todo:
         return
     log(f"preparing {len(todo)} of {len(pairs)} pairs at {size[0]}x{size[1]} with {workers} processes")
-    models = str(get_settings().model_repository)
     # In a fixed random order: a cache that is still being prepared is already a fair sample.
     order = np.random.default_rng(0).permutation(todo)
     jobs = [(int(i), pairs[i], category, size) for i in order]
+    _prepare_in_pool(cache, jobs, len(jobs), _prepare_one, cache.store, workers, log, "")
+
+
+def _prepare_in_pool(
+    cache: Cache,
+    jobs: Iterable[tuple],
+    total: int,
+    work: Callable[[tuple], tuple[int, object]],
+    store: Callable[[int, object], None],
+    workers: int,
+    log: Log,
+    what: str,
+) -> None:
+    """Run `work` on every job in `workers` spawned processes (each with the model repository
+    loaded once), `store` each (row, result) as it comes, and flush the cache every 30 s; a
+    result that is a string is a rejection (its error code), counted in the log."""
+    from services.common.config import get_settings
+
+    models = str(get_settings().model_repository)
     start, last_flush, rejected = time.perf_counter(), time.perf_counter(), {}
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers, initializer=_init_worker, initargs=(models,)) as pool:
-        for n, (index, prepared) in enumerate(pool.imap_unordered(_prepare_one, jobs, chunksize=8), 1):
-            cache.store(index, prepared)
+        for n, (index, prepared) in enumerate(pool.imap_unordered(work, jobs, chunksize=8), 1):
+            store(index, prepared)
             if isinstance(prepared, str):
                 rejected[prepared] = rejected.get(prepared, 0) + 1
-            if time.perf_counter() - last_flush > 30 or n == len(jobs):
+            if time.perf_counter() - last_flush > 30 or n == total:
                 cache.flush()
                 last_flush = time.perf_counter()
                 rate = n / (time.perf_counter() - start)
-                log(f"prepared {n}/{len(jobs)}  {rate:.1f} pairs/s  rejected {rejected or 0}")
+                log(f"prepared {what}{n}/{total}  {rate:.1f} pairs/s  rejected {rejected or 0}")
     cache.flush()
 
 
 def _prepare_tryoff_rows(cache: Cache, pairs: list[tuple[Path, Path]], workers: int, log: Log) -> None:
     """The try-off's arrays of every prepared row that lacks them (resuming)."""
-    from services.common.config import get_settings
-
     cache.add_tryoff()
     assert cache.tryoff_status is not None
     todo = [int(i) for i in cache.ready() if cache.tryoff_status[i] == 0]
     if not todo:
         return
     log(f"preparing the try-off of {len(todo)} pairs with {workers} processes")
-    models = str(get_settings().model_repository)
 
     def jobs() -> Iterator[tuple[int, Path, Category, np.ndarray, np.ndarray, np.ndarray]]:
         for i in todo:  # read lazily: the photos and labels go to the workers one chunk at a time
@@ -348,19 +361,7 @@ def _prepare_tryoff_rows(cache: Cache, pairs: list[tuple[Path, Path]], workers: 
             person, labels = np.asarray(cache.arrays["person"][i]), np.asarray(cache.arrays["labels"][i])
             yield i, pairs[i][1], category, person, labels, np.asarray(cache.landmarks[i])
 
-    start, last_flush, rejected = time.perf_counter(), time.perf_counter(), {}
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(models,)) as pool:
-        for n, (index, prepared) in enumerate(pool.imap_unordered(_prepare_tryoff_one, jobs(), chunksize=8), 1):
-            cache.store_tryoff(index, prepared)
-            if isinstance(prepared, str):
-                rejected[prepared] = rejected.get(prepared, 0) + 1
-            if time.perf_counter() - last_flush > 30 or n == len(todo):
-                cache.flush()
-                last_flush = time.perf_counter()
-                rate = n / (time.perf_counter() - start)
-                log(f"prepared the try-off of {n}/{len(todo)}  {rate:.1f} pairs/s  rejected {rejected or 0}")
-    cache.flush()
+    _prepare_in_pool(cache, jobs(), len(todo), _prepare_tryoff_one, cache.store_tryoff, workers, log, "the try-off of ")
 
 
 def default_cache(data: Path, category: str | None, size: tuple[int, int]) -> Path:

@@ -22,12 +22,12 @@ from services import learned, train
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import PROJECT_ROOT
 from services.common.errors import ModelUnavailable
-from services.common.imageio import encode_png
 from services.common.inference import LocalBackend
 from services.fusion import tom
 from services.pipeline import Pipeline
 from services.warp import gmm
 from tests.fusion.test_tryon import high_frequency_energy
+from tests.learned.paired import write_paired_data
 from tests.triton_server import triton_process
 from tests.warp.drawn import TEE, product_image
 
@@ -39,25 +39,9 @@ PAIRS = 6
 def paired_data(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, repository: Path) -> Path:
     """VITON's layout with PAIRS pairs: the astronaut (shifted, mirrored) wearing drawn tees of
     different colours, made by the geometric pipeline, and each tee's (taller) flat-lay."""
-    root = tmp_path_factory.mktemp("paired")
-    (root / "train" / "image").mkdir(parents=True)
-    (root / "train" / "cloth").mkdir(parents=True)
-    pipeline = Pipeline(LocalArtifactStore(root / "artifacts"), LocalBackend(repository))
-    lines = []
-    for n in range(PAIRS):
-        person = train.fit_to(astronaut[:, 20 * n : 512 - 20 * (PAIRS - n)], train.TRAIN_SIZE)
-        person = person[:, ::-1].copy() if n % 2 else person
-        tee = product_image(TEE, seed=n)
-        tee = np.roll(tee, 3 * n, axis=2) if n % 3 else tee  # another colour
-        worn = pipeline.tryon(person, tee, "upper").image
-        # The product shot is taller than the tee worn (as a flat-lay's proportions are not the
-        # body's): the geometric warp then lays its hem and armpits too low, a correction to learn.
-        flat_lay = cv2.resize(tee, (600, 860), interpolation=cv2.INTER_AREA)
-        (root / "train" / "image" / f"{n:06d}_0.png").write_bytes(encode_png(worn))
-        (root / "train" / "cloth" / f"{n:06d}_1.png").write_bytes(encode_png(flat_lay))
-        lines.append(f"{n:06d}_0.png {n:06d}_1.png\n")
-    (root / "train_pairs.txt").write_text("".join(lines))
-    return root
+    # The product shot is taller than the tee worn (as a flat-lay's proportions are not the
+    # body's): the geometric warp then lays its hem and armpits too low, a correction to learn.
+    return write_paired_data(tmp_path_factory.mktemp("paired"), astronaut, repository, PAIRS, 3, (600, 860))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from services.common.imageio import encode_png
 from services.common.inference import LocalBackend
 from services.pipeline import Pipeline
 from services.warp import tryoff, tryoff_net
-from tests.warp.drawn import TEE, product_image
+from tests.learned.paired import write_paired_data
 
 PAIRS = 6
 STEPS = 12
@@ -39,22 +39,7 @@ BATCH = 2
 def paired_data(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray, repository: Path) -> Path:
     """VITON's layout: the astronaut (shifted, mirrored) wearing drawn tees of different colours,
     made by the geometric try-on, and each tee's flat-lay."""
-    root = tmp_path_factory.mktemp("paired")
-    (root / "train" / "image").mkdir(parents=True)
-    (root / "train" / "cloth").mkdir(parents=True)
-    pipeline = Pipeline(LocalArtifactStore(root / "artifacts"), LocalBackend(repository))
-    lines = []
-    for n in range(PAIRS):
-        person = train.fit_to(astronaut[:, 20 * n : 512 - 20 * (PAIRS - n)], train.TRAIN_SIZE)
-        person = person[:, ::-1].copy() if n % 2 else person
-        tee = product_image(TEE, seed=n)
-        tee = np.roll(tee, n, axis=2) if n % 3 else tee  # another colour
-        worn = pipeline.tryon(person, tee, "upper").image
-        (root / "train" / "image" / f"{n:06d}_0.png").write_bytes(encode_png(worn))
-        (root / "train" / "cloth" / f"{n:06d}_1.png").write_bytes(encode_png(tee))
-        lines.append(f"{n:06d}_0.png {n:06d}_1.png\n")
-    (root / "train_pairs.txt").write_text("".join(lines))
-    return root
+    return write_paired_data(tmp_path_factory.mktemp("paired"), astronaut, repository, PAIRS, 1)
 
 
 @pytest.fixture(scope="module")
