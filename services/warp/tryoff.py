@@ -44,6 +44,7 @@ from services.parser.agnostic import any_of
 from services.parser.geometry import arm_chain, chain_coords
 from services.warp import tps
 from services.warp.garment import LOWER_ORDER, UPPER_ORDER
+from services.warp.gmm import alpha_box
 from services.warp.stage import REGULARISATION, Body, Part, lower_parts, upper_parts
 
 SleeveKind = Literal["none", "short", "long"]
@@ -164,7 +165,8 @@ def default_tryoff(image: np.ndarray, pose: PoseResult, parse: ParseResult, cate
     if not mask.any():
         raise GarmentNotDetected(f"no {category} garment could be laid flat from this photo")
     rgb = fill_colours(colours, visible & mask, mask)
-    rgba = np.dstack([rgb, np.where(mask, 255, 0).astype(np.uint8)])
+    rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
+    rgba[..., 3] = mask.view(np.uint8) * np.uint8(255)
     share = float((mask & ~visible).sum() / mask.sum())
     return Tryoff(rgba=rgba, category=category, sleeves=sleeves, hidden_share=round(share, 3))
 
@@ -257,27 +259,34 @@ def flatlay_map(
     same point pairs the warp fits the other way."""
     width, height = size
     unit = float(max(width, height))
-    gx = np.arange(0, width + GRID_STEP, GRID_STEP, dtype=np.float64)
-    gy = np.arange(0, height + GRID_STEP, GRID_STEP, dtype=np.float64)
-    grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-    # Each output pixel's position on the coarse grid: remap interpolates the grid bilinearly there.
-    on_grid_x = np.broadcast_to(np.arange(width, dtype=np.float32) / GRID_STEP, (height, width))
-    on_grid_y = np.broadcast_to(np.arange(height, dtype=np.float32)[:, None] / GRID_STEP, (height, width))
-    on_grid_x, on_grid_y = np.ascontiguousarray(on_grid_x), np.ascontiguousarray(on_grid_y)
     map_x = np.zeros((height, width), np.float32)
     map_y = np.zeros((height, width), np.float32)
     covered = np.zeros((height, width), bool)
     for part, region in zip(parts, part_regions(layout, parts, size), strict=True):
+        box = alpha_box(region & ~covered)
+        if box is None:
+            continue
+        # The spline on a coarse grid over the part's box only (a sleeve's band is a small part
+        # of the canvas), interpolated bilinearly by remap at every pixel of the box.
+        rows, cols = box
+        gx = np.arange(cols.start, cols.stop + GRID_STEP, GRID_STEP, dtype=np.float64)
+        gy = np.arange(rows.start, rows.stop + GRID_STEP, GRID_STEP, dtype=np.float64)
+        grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+        box_w, box_h = cols.stop - cols.start, rows.stop - rows.start
+        on_grid_x = np.ascontiguousarray(np.broadcast_to(np.arange(box_w, dtype=np.float32) / GRID_STEP, (box_h, box_w)))
+        on_grid_y = np.ascontiguousarray(
+            np.broadcast_to(np.arange(box_h, dtype=np.float32)[:, None] / GRID_STEP, (box_h, box_w))
+        )
         source = part.garment / unit
         weights = tps.fit(source, part.canvas, REGULARISATION)
         coarse = tps.evaluate(source, weights, grid / unit).reshape(len(gy), len(gx), 2).astype(np.float32)
         full = cv2.remap(coarse, on_grid_x, on_grid_y, cv2.INTER_LINEAR)
-        take = region & ~covered
+        take = region[box] & ~covered[box]
         if part.alpha is None:  # a sleeve: only where it lands on its arm (Body.arm_tube)
             shown = part.shown.astype(np.uint8)
             take &= cv2.remap(shown, full[..., 0], full[..., 1], cv2.INTER_NEAREST, borderValue=0).astype(bool)
-        map_x[take], map_y[take] = full[..., 0][take], full[..., 1][take]
-        covered |= take
+        map_x[box][take], map_y[box][take] = full[..., 0][take], full[..., 1][take]
+        covered[box] |= take
     return map_x, map_y, covered
 
 
@@ -368,23 +377,37 @@ def fill_colours(colours: np.ndarray, visible: np.ndarray, mask: np.ndarray) -> 
     """HxWx3 uint8: the sampled colours where they are the garment's own (visible, inset from the
     parse's edge by EDGE_INSET), elsewhere in `mask` the mirror image's where that is known, and
     the rest pulled in from the known colours (push-pull). White outside the mask."""
+    out = np.full((*mask.shape, 3), 255, np.uint8)
     inset = max(1, round(EDGE_INSET * max(mask.shape)))
+    box = alpha_box(mask, (inset + 1, inset + 1))
+    if box is None:
+        return out
+    # Worked in the mask's box, widened to be symmetric about the canvas's centre line so that
+    # the box's mirror image is the canvas's.
+    width = mask.shape[1]
+    side = min(box[1].start, width - box[1].stop)
+    box = (box[0], slice(side, width - side))
+    visible, mask, colours = visible[box], mask[box], colours[box]
     known = cv2.erode(visible.astype(np.uint8), np.ones((2 * inset + 1,) * 2, np.uint8)).astype(bool)
     if not known.any():
         known = visible
     mirrored = known[:, ::-1] & ~known
-    rgb = np.where(mirrored[..., None], colours[:, ::-1], colours)
+    rgb = colours.copy()
+    rgb[mirrored] = colours[:, ::-1][mirrored]
     source = known | mirrored
     # Filled at half the size (what is filled is smooth anyway); known colours stay at full size.
     half = (max(1, mask.shape[1] // 2), max(1, mask.shape[0] // 2))
     weight = source.astype(np.float32)
-    premultiplied = np.where(source[..., None], rgb, 0).astype(np.float32)
     small_weight = cv2.resize(weight, half, interpolation=cv2.INTER_AREA)
-    small = cv2.resize(premultiplied, half, interpolation=cv2.INTER_AREA) / np.maximum(small_weight, 1e-6)[..., None]
-    filled = cv2.resize(push_pull(small, small_weight > 0), mask.shape[::-1], interpolation=cv2.INTER_LINEAR)
-    filled = np.clip(filled, 0, 255).round().astype(np.uint8)
-    garment = np.where(source[..., None], rgb, filled)
-    return np.where(mask[..., None], garment, np.uint8(255))
+    premultiplied = cv2.bitwise_and(rgb, rgb, mask=source.view(np.uint8)).astype(np.float32)
+    premultiplied = cv2.resize(premultiplied, half, interpolation=cv2.INTER_AREA)
+    small = premultiplied / np.maximum(small_weight, 1e-6)[..., None]
+    filled = np.clip(push_pull(small, small_weight > 0), 0, 255).round().astype(np.uint8)
+    filled = cv2.resize(filled, mask.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    cv2.copyTo(rgb, source.view(np.uint8), filled)  # in place: the known colours over the filled
+    cv2.copyTo(np.full_like(filled, 255), (~mask).view(np.uint8), filled)
+    out[box] = filled
+    return out
 
 
 def push_pull(rgb: np.ndarray, known: np.ndarray) -> np.ndarray:
