@@ -273,10 +273,8 @@ def flatlay_map(
         gy = np.arange(rows.start, rows.stop + GRID_STEP, GRID_STEP, dtype=np.float64)
         grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
         box_w, box_h = cols.stop - cols.start, rows.stop - rows.start
-        on_grid_x = np.ascontiguousarray(np.broadcast_to(np.arange(box_w, dtype=np.float32) / GRID_STEP, (box_h, box_w)))
-        on_grid_y = np.ascontiguousarray(
-            np.broadcast_to(np.arange(box_h, dtype=np.float32)[:, None] / GRID_STEP, (box_h, box_w))
-        )
+        on_grid_x = np.tile(np.arange(box_w, dtype=np.float32) / GRID_STEP, (box_h, 1))
+        on_grid_y = np.tile(np.arange(box_h, dtype=np.float32)[:, None] / GRID_STEP, (1, box_w))
         source = part.garment / unit
         weights = tps.fit(source, part.canvas, REGULARISATION)
         coarse = tps.evaluate(source, weights, grid / unit).reshape(len(gy), len(gx), 2).astype(np.float32)
