@@ -59,6 +59,9 @@ BELOW_THE_TOP = (0.10, 0.15)  # of the height: the band it is compared with (a t
 WAISTBAND = (0.75, 0.1)  # top band / the band below: VITON tops median 0.26, 99th percentile 0.73
 CROTCH = (0.2, 0.1)  # the crotch dent's depth, of the height
 CROTCH_WAISTBAND_ALLOWANCE = 1.5  # with a crotch, a waistband down to 0.6 of the band below
+LEG_GAP = (0.35, 0.1)  # of the width, between the legs at HEM_LEVEL: drawn trousers 0.13, shorts 0.05;
+# an off-shoulder top's two sleeves hanging beside a shorter body (VITON) 0.5-0.75
+HEM_LEVEL = 0.95  # of the height
 DRESS_LENGTH = (2.1, 0.2)  # height / width: VITON tops 99.9th percentile 2.1
 FLARED_DRESS_LENGTH = (1.6, 0.2)  # height / width of a dress that flares (VITON tops: 95th percentile 1.72)
 FLARE = (1.6, 0.2)  # hem / waist widths on the centre line (VITON tops: median 1.15, 95th percentile 1.33)
@@ -193,11 +196,25 @@ def _centre_run(outline: Outline, level: float) -> int:
     return int(gaps[gaps > centre].min(initial=len(row)) - gaps[gaps < centre].max(initial=-1) - 1)
 
 
+def _leg_gap(outline: Outline, level: float = HEM_LEVEL) -> float:
+    """The widest gap (of the width) between the garment's runs of pixels at `level` (of the
+    height): between trouser legs; 0 where the row is one run. Runs narrower than 2% of the
+    width (a fringe, a strap's end) are not legs."""
+    row = outline.mask[outline.y0 + min(int(level * outline.height), outline.height - 1)].astype(np.int8)
+    edges = np.diff(np.concatenate([[0], row, [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    wide = ends - starts > 0.02 * outline.width
+    starts, ends = starts[wide], ends[wide]
+    return float((starts[1:] - ends[:-1]).max(initial=0) / outline.width)
+
+
 def category_evidence(outline: Outline) -> dict[str, float]:
     """Signed evidence, in units of each threshold's scale (> 0 for, < 0 against):
     - waistband: the top edge runs straight across the garment (a waist), rather than a collar
       or straps narrower than the shoulders just below them;
     - crotch: a dent between two legs;
+    - legs_together: the legs below a crotch hang side by side, not apart like an off-shoulder
+      top's two sleeves beside its shorter body (a dent between them as deep as a crotch);
     - sleeveless: no armpit;
     - long: taller than a top, for its width;
     - flared: wider at the hem than at its narrowest between chest and hips (a dress's skirt)."""
@@ -207,6 +224,7 @@ def category_evidence(outline: Outline) -> dict[str, float]:
     return {
         "waistband": (band - WAISTBAND[0]) / WAISTBAND[1],
         "crotch": (crotch[3] / outline.height - CROTCH[0]) / CROTCH[1] if crotch else -2.0,
+        "legs_together": (LEG_GAP[0] - _leg_gap(outline)) / LEG_GAP[1],
         # One armpit is a sleeve (the other may lie against the torso); none is sleeveless.
         "sleeveless": 1.0 if not _armpits(outline) else -1.0,
         "long": (outline.height / outline.width - DRESS_LENGTH[0]) / DRESS_LENGTH[1],
@@ -221,9 +239,14 @@ def detect_category(outline: Outline) -> tuple[Category, float]:
     dress if it is long. The confidence is a logistic of the deciding evidence's margin."""
     evidence = category_evidence(outline)
     # Trousers widen from the waist to the hips, so beside a crotch a looser waistband will do;
-    # a top's false crotch (a split hem, arms held in) comes with a collar's narrow top edge.
-    trousers = min(evidence["waistband"] + CROTCH_WAISTBAND_ALLOWANCE, evidence["crotch"])
-    lower = max(trousers, min(evidence["waistband"], evidence["sleeveless"]))
+    # a top's false crotch (a split hem, arms held in) comes with a collar's narrow top edge, an
+    # off-shoulder top's (its sleeves beside a shorter body) with the "legs" wide apart.
+    trousers = min(evidence["waistband"] + CROTCH_WAISTBAND_ALLOWANCE, evidence["crotch"], evidence["legs_together"])
+    # A skirt (or shorts): a waistband, no sleeves, and no deep notch up from its hem with its
+    # sides wide apart (that is an off-shoulder top's body between its sleeves, the notch having
+    # swallowed its armpits).
+    skirt = min(evidence["waistband"], evidence["sleeveless"], max(-evidence["crotch"], evidence["legs_together"]))
+    lower = max(trousers, skirt)
     # A dress: very long for its width, or long and flared below a waist (a short A-line dress).
     dress = max(evidence["long"], min(evidence["longish"], evidence["flared"]))
     if lower > 0:

@@ -82,6 +82,21 @@ CARDIGAN = {
     "shoulder_left": (430, 90),
     "collar_left": (350, 60),
 }
+# Off the shoulders, its top edge straight like a waistband, the long sleeves hanging apart from a
+# shorter body: the dent between the sleeves' cuffs is as deep as a crotch, but wide open.
+OFF_SHOULDER_TOP = {
+    "top_right": (110, 100),
+    "sleeve_right_outer": (70, 500),
+    "sleeve_right_inner": (150, 500),
+    "armpit_right": (190, 320),
+    "hem_right": (195, 330),
+    "hem_centre": (300, 300),
+    "hem_left": (405, 330),
+    "armpit_left": (410, 320),
+    "sleeve_left_inner": (450, 500),
+    "sleeve_left_outer": (530, 500),
+    "top_left": (490, 100),
+}
 JEANS = {
     "waist_right": (215, 30),
     "hem_right_outer": (195, 580),
@@ -152,6 +167,7 @@ CATALOGUE: dict[str, tuple[dict[str, tuple[int, int]], tuple[int, int], str]] = 
     "tank top": (TANK_TOP, (600, 600), "upper"),
     "long sleeves": (LONG_SLEEVE, (600, 600), "upper"),
     "cardigan": (CARDIGAN, (600, 600), "upper"),
+    "off-shoulder top": (OFF_SHOULDER_TOP, (600, 600), "upper"),
     "trousers": (TROUSERS, (600, 600), "lower"),
     "jeans": (JEANS, (600, 620), "lower"),
     "shorts": (SHORTS, (600, 520), "lower"),

@@ -201,7 +201,8 @@ def test_a_white_top_on_white_fails_cleanly_not_with_a_crash() -> None:
 
 @pytest.mark.parametrize("name", CATALOGUE)
 def test_a_catalogues_garments_are_recognised(name: str) -> None:
-    """Tank top, long sleeves, a cardigan open at the front (a dent at the hem like a crotch),
+    """Tank top, long sleeves, a cardigan open at the front (a dent at the hem like a crotch), an
+    off-shoulder top (its sleeves apart like legs, its top edge straight like a waistband),
     trousers, jeans, shorts, a mini and a flared midi skirt, a short and a long dress."""
     outline, size, category = CATALOGUE[name]
     detected, confidence = detect(product_image(outline, size=size))
