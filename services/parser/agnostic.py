@@ -19,6 +19,7 @@ KEEP_ALWAYS = (LIP["face"], LIP["hair"], LIP["hat"], LIP["sunglasses"])
 MARGIN = 0.09  # growth of the repaint region, in torso lengths
 NECK_KEPT_ABOVE = 0.0  # torso-skin above this body-frame line (the shoulder line) is kept
 LOWER_KEPT_BELOW = 1.3  # for "upper", the lower garment is kept below this line (hips: 1)
+SLIVER = 0.015  # in torso lengths: for "lower", parts of the top thinner than this are parse noise
 
 
 def any_of(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
@@ -82,5 +83,11 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
         # The lower garment stays below the hips; above them it is more likely the old top.
         keep |= any_of(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (t > LOWER_KEPT_BELOW)
     elif category == "lower":
-        keep |= any_of(labels, (LIP["upper_clothes"], LIP["coat"], LIP["left_arm"], LIP["right_arm"]))
+        # The top stays, less the slivers a pixel or two thick that the parser leaves between
+        # classes (along an old skirt's hem, one row of upper_clothes): kept, they cut a line
+        # through the new garment.
+        sliver = max(3, round(SLIVER * torso)) | 1
+        top = any_of(labels, (LIP["upper_clothes"], LIP["coat"])).astype(np.uint8)
+        top = cv2.morphologyEx(top, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (sliver, sliver)))
+        keep |= top.astype(bool) | any_of(labels, (LIP["left_arm"], LIP["right_arm"]))
     return repaint & ~keep

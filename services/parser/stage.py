@@ -218,6 +218,22 @@ def label_pixels(
         near_foot = np.minimum(segment_distance(xs, ys, heel, toe), segment_distance(xs, ys, ankle, toe)) < radius
         shoe = near_foot & (t > 1.5) & (is_("lower") | is_("upper"))
         labels[shoe] = LIP[f"{side}_shoe"]
+    # Shoes the pose's feet missed (feet drawn between the legs): a patch of the lower garment's
+    # colour apart from the lower garment, wholly below the knees, is a shoe (dark heels under
+    # a dark skirt). Left as the garment, a try-on repaints it as skin.
+    lower = (labels == LIP["pants"]).astype(np.uint8)
+    count, parts, stats, centroids = cv2.connectedComponentsWithStats(lower, connectivity=8)
+    if count > 2:
+        knees_t = min(float(body.coords(*landmark(pts, f"{side}_knee"))[0]) for side in ("left", "right"))
+        top_t = np.full(count, np.inf, np.float32)
+        np.minimum.at(top_t, parts[lower > 0], t[lower > 0])
+        apart = top_t > knees_t
+        apart[[0, 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]] = False
+        hips = landmark(pts, "left_hip"), landmark(pts, "right_hip")
+        centre_x, left_sign = (hips[0][0] + hips[1][0]) / 2, np.sign(hips[0][0] - hips[1][0])
+        for k in np.flatnonzero(apart):
+            side = "left" if np.sign(centroids[k][0] - centre_x) == left_sign else "right"
+            labels[parts == k] = LIP[f"{side}_shoe"]
     skin = is_("skin")
     closer_left = left_arm < right_arm
     labels[skin & arm_zone & closer_left] = LIP["left_arm"]

@@ -258,6 +258,9 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     g_shoulder_y = (_g(garment, "shoulder_left")[1] + _g(garment, "shoulder_right")[1]) / 2
     t_of = lambda y: -SHOULDER_UP + (y - g_shoulder_y) * scale / length  # noqa: E731
     hem_range = HEM_T["dress" if garment.category == "dress" else "upper"]
+    if garment.category == "dress":  # a long dress ends at the ankles, not over the shoes
+        ankles_t = min(float(f.coords(*landmark(body.pts, f"{side}_ankle"))[0]) for side in ("left", "right"))
+        hem_range = (hem_range[0], max(hem_range[0], min(hem_range[1], ankles_t)))
 
     # The front neckline sits at the neck's base; where the inside back shows above it, the
     # back collar rises behind the neck.
@@ -403,8 +406,11 @@ def lower_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
         _hip, knee, ankle, _ = leg_chain(body.pts, side)
         g_outer = _g(garment, f"hem_{side}_outer")
         g_inner = None if skirt else garment.landmarks.get(f"hem_{side}_inner")
-        g_len = float(np.linalg.norm(g_outer - g_waist[side])) * scale
         chain = [c_waist[side], knee, ankle]
+        # A garment longer than the leg ends at the ankle (a maxi skirt falls to the floor, not
+        # over the shoes): laid past it, it covered the feet and left bars of backdrop between them.
+        leg_length = sum(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(chain))
+        g_len = min(float(np.linalg.norm(g_outer - g_waist[side])) * scale, leg_length)
         c_hem, direction = _polyline_at(chain, g_len)
         normal = _perpendicular(direction)
         out = np.sign(normal @ (c_waist[side] - f.origin - f.axis * f.length)) or 1.0

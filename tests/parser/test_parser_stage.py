@@ -24,6 +24,7 @@ SIZES = [(192, 256), (768, 1024), (1500, 2000)]  # (width, height): VITON, VITON
 HALF_BODY_PHOTO = "vitonhd_03191_00.jpg"  # in ../shared/data/photos/person
 FULL_BODY_PHOTO = "catvton_Simon_1.png"
 TRACKSUIT_PHOTO = "vitonhd_00008_00.jpg"  # red top with white stripes on the sleeves, red trousers
+HEELS_PHOTO = "dresscode_048462_0.jpg"  # a short black skirt, black heels
 NOT_ON_A_WAIST_UP_PHOTO = ("left_leg", "right_leg", "left_shoe", "right_shoe", "socks")
 LOWER_BODY = ("pants", "skirt", "dress", "left_leg", "right_leg", "socks", "left_shoe", "right_shoe")
 
@@ -257,3 +258,34 @@ def test_same_colour_top_and_trousers_keep_their_sleeves(shared_person_photos: l
         assert share(result.labels, on_arm, "pants", "skirt") <= 0.05, side
         assert share(result.labels, on_arm, "upper_clothes", "left_arm", "right_arm") >= 0.9, side
         assert result.agnostic[on_arm].mean() >= 0.95, side
+
+
+def test_dark_heels_under_a_dark_skirt_are_shoes(shared_person_photos: list[Path], parse: Parse) -> None:
+    """The woman in a short black skirt and black heels, whose feet the pose draws between her
+    legs: the heels, apart from the skirt below her bare calves, are shoes. Parsed as the skirt,
+    a lower try-on repainted them as skin."""
+    image = shared_photo(shared_person_photos, HEELS_PHOTO)
+    pose, result = parse(HEELS_PHOTO, image, "lower")
+    knees = point(pose, "left_knee", "right_knee")[1]
+    below_knees = box(result.labels.shape, 0, knees, image.shape[1], image.shape[0])
+    assert share(result.labels, below_knees, "pants", "skirt") <= 0.01
+    assert share(result.labels, below_knees, "left_shoe", "right_shoe") >= 0.005
+    shoes = np.isin(result.labels, [LIP["left_shoe"], LIP["right_shoe"]])
+    assert result.agnostic is not None and not result.agnostic[shoes].any()
+
+
+def test_lower_mask_has_no_line_cut_by_a_sliver_of_top(shared_person_photos: list[Path], parse: Parse) -> None:
+    """Along the hem of the black pencil skirt of dresscode_050855_0 the parser leaves one row of
+    upper_clothes between the skirt and the legs; kept as "the top", it cut a line of the old
+    photo through every new lower garment. Down the middle of the body, from below the hips past
+    the skirt's hem at the knees, the lower mask has no gap."""
+    name = "dresscode_050855_0.jpg"
+    image = shared_photo(shared_person_photos, name)
+    pose, result = parse(name, image, "lower")
+    assert result.agnostic is not None
+    hips, ankles = point(pose, "left_hip", "right_hip"), point(pose, "left_ankle", "right_ankle")
+    rows = slice(round(hips[1] + 0.05 * (ankles[1] - hips[1])), round(hips[1] + 0.6 * (ankles[1] - hips[1])))
+    for dx in (-0.03, 0.0, 0.03):
+        x = round(hips[0] + dx * image.shape[1])
+        column = result.agnostic[rows, x]
+        assert column.all(), f"a gap in the lower mask at x={x}, rows {rows.start + np.flatnonzero(~column)[:5]}"

@@ -23,6 +23,8 @@ from services.warp.model import PARTS
 from tests.warp.drawn import (
     INSIDE_BACK_COLOUR,
     JEANS,
+    LONG_DRESS,
+    MIDI_SKIRT,
     MINI_SKIRT,
     TEE,
     drawn_mask,
@@ -144,6 +146,29 @@ def test_a_skirt_hangs_across_legs_that_stand_apart(shared_person_photos: list[P
 
     assert covered(MINI_SKIRT) > 0.9
     assert covered(JEANS) < 0.5
+
+
+def test_a_garment_longer_than_the_legs_ends_at_the_ankles(
+    shared_person_photos: list[Path], infer: LocalBackend
+) -> None:
+    """A skirt and a dress drawn far longer than the person's legs end at her ankles, not over her
+    shoes (dresscode_050855_0, a woman in heels)."""
+    from services.common.imageio import read_image_file
+
+    person = read_image_file(next(p for p in shared_person_photos if p.stem == "dresscode_050855_0"))
+    pose = pose_stage.run(person, infer)
+    pts = pose.landmark_array()[:, :2]
+    ankles = pts[[LANDMARK_INDEX["left_ankle"], LANDMARK_INDEX["right_ankle"]]][:, 1].max()
+    margin = 0.02 * person.shape[0]
+    for outline, size, category in ((MIDI_SKIRT, (600, 1400), "lower"), (LONG_DRESS, (600, 1600), "dress")):
+        parse = parser_stage.run(person, pose, infer, category)
+        tall = dict(outline)
+        for name in ("hem_right", "hem_left"):  # the hem moved down to the canvas's foot
+            tall[name] = (outline[name][0], size[1] - 30)
+        image = product_image(tall, size=size)
+        alpha = warp_stage.run(image, analyse_garment(image, category), pose, parse, infer).rgba[..., 3]
+        lowest = np.nonzero((alpha > 0.5).any(axis=1))[0].max()
+        assert lowest <= ankles + margin, (category, lowest, ankles)
 
 
 def test_torso_lies_over_the_sleeve_parts(astronaut_inputs: tuple, infer: LocalBackend) -> None:
