@@ -37,7 +37,7 @@ from services.common.model_repository import ModelSignature, TensorSpec, install
 from services.common.unet import resize_bilinear
 
 NAME = "tryon_fusion"
-VERSION = 12  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 13  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = (
     "repaint",
     "body",
@@ -180,7 +180,11 @@ class TryonFusion(nn.Module):
         shading = self._relative_shading(luminance, albedo, shading_source, sigma)
         broad = self._relative_shading(luminance, albedo, shading_source, self.broad_light * sigma)
         alpha = garment[:, 3:4] * allowed
-        lightness = _gaussian_blur(_luminance(garment), sigma)  # the dye's, not its print's edges
+        # The dye's lightness, not its print's edges, averaged over the garment only: blurred with
+        # the empty canvas around it, a white garment's edges read dark and took all the folds.
+        opaque = garment[:, 3:4]
+        blurred = _gaussian_blur(torch.cat([_luminance(garment) * opaque, opaque], dim=1), sigma)
+        lightness = blurred[:, 0:1] / blurred[:, 1:2].clamp_min(1e-3)
         fold_share = 1.0 - (1.0 - self.folds_on_white) * (
             (lightness - self.folds_full) / (1.0 - self.folds_full)
         ).clamp(0.0, 1.0)
