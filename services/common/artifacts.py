@@ -97,9 +97,7 @@ def sha256_hex(data: bytes) -> str:
 def image_digest(image: np.ndarray) -> str:
     """Content address of decoded pixels and their shape: a re-encoded upload of the same pixels
     hits the same entries."""
-    digest = hashlib.sha256(memoryview(np.ascontiguousarray(image)).cast("B"))  # the pixels, not copied
-    digest.update(str(image.shape).encode())
-    return digest.hexdigest()
+    return sha256_hex(np.ascontiguousarray(image).tobytes() + str(image.shape).encode())
 
 
 def put_array(store: ArtifactStore, key: str, arr: np.ndarray) -> None:

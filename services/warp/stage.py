@@ -112,20 +112,14 @@ class Body:
         shown = self.visible & ~self.arm_skin
         if flare:
             outside = cv2.distanceTransform((~self.person).astype(np.uint8), cv2.DIST_L2, 3)
-            shown |= self.below_hips() & (outside <= FLARE_MARGIN * self.frame.length)
+            shown |= self.below_hips & (outside <= FLARE_MARGIN * self.frame.length)
         return shown
 
     @functools.cached_property
-    def _below_hips(self) -> np.ndarray:
-        # t is linear in x and y: a row's and a column's share, broadcast (a full mgrid cost ~8 ms).
-        t_x = self.frame.coords(np.arange(self.width, dtype=np.float32), np.zeros(1, np.float32))[0]
-        t_y = self.frame.coords(np.zeros(1, np.float32), np.arange(self.height, dtype=np.float32))[0]
-        t_origin = self.frame.coords(np.zeros(1, np.float32), np.zeros(1, np.float32))[0]
-        return (t_x[None, :] + (t_y - t_origin)[:, None]) > HIPS_T
-
     def below_hips(self) -> np.ndarray:
         """HxW bool: below HIPS_T along the body's axis (computed once per body)."""
-        return self._below_hips
+        xs, ys = np.arange(self.width, dtype=np.float32)[None, :], np.arange(self.height, dtype=np.float32)[:, None]
+        return self.frame.coords(xs, ys)[0] > HIPS_T
 
     def waist_t(self) -> float:
         """Body-frame t where a lower garment's waistband goes: at the hips (WAIST_T[1]), or up
@@ -143,7 +137,7 @@ class Body:
         """Below the hips, each row from the leftmost to the rightmost pixel of the legs (bare or
         clothed), less bare arms and hands (in front): where a skirt hangs, across the gap
         between legs that stand apart."""
-        legs = any_of(self.labels, LEGS) & self.below_hips()
+        legs = any_of(self.labels, LEGS) & self.below_hips
         between = np.logical_or.accumulate(legs, axis=1) & np.logical_or.accumulate(legs[:, ::-1], axis=1)[:, ::-1]
         return between & ~self.arm_skin
 
