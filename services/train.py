@@ -827,6 +827,12 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def representation_of(state: dict) -> int:
+    """The version of gmm.person_representation a warp or try-on checkpoint was trained on
+    (checkpoints from before it was recorded: 1)."""
+    return state.get("representation", 1)
+
+
 def warp_from_checkpoint(state: dict) -> torch.nn.Module:
     """The GMM a checkpoint holds (a warp checkpoint, or a try-on one, which carries its warp)."""
     from services.warp.gmm import WarpGMM
@@ -893,7 +899,7 @@ def _batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Ite
 def train(run: Run, log: Log = print) -> dict:
     """Train until run.max_minutes have passed; returns the final checkpoint's state."""
     from services.fusion.tom import TryonGenerator
-    from services.warp.gmm import WarpGMM
+    from services.warp.gmm import REPRESENTATION, WarpGMM
     from services.warp.tryoff_net import TryoffGenerator
 
     rank, world = _distributed()
@@ -949,6 +955,8 @@ def train(run: Run, log: Log = print) -> dict:
             if "d_optimiser" in state:  # weights only (the reference weights): a fresh optimiser here too
                 d_optimiser.load_state_dict(state["d_optimiser"])
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
+        if run.kind == "warp" and representation_of(state) != REPRESENTATION:
+            log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
     model.train()
 
     def checkpoint() -> dict:
@@ -972,6 +980,8 @@ def train(run: Run, log: Log = print) -> dict:
             "trained_on": run.trained_on,
             "training_pairs": len(training),
         }
+        if run.kind in ("warp", "tryon"):
+            new["representation"] = REPRESENTATION
         if run.kind == "tryon":
             new["warp"] = gmm.state_dict()
         if discriminator is not None:

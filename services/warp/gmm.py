@@ -4,11 +4,11 @@ The geometric warp (services/warp/stage.py) lays the flat-lay on the body throug
 splines; what it cannot know from landmarks (how far a top falls, how a loose garment stands
 off the body, where the sleeves' edges sit) is learned here from paired photos. A U-Net looks
 at the geometrically warped garment and a cloth-agnostic person representation (the pose as
-joint heatmaps, the body silhouette, bare arms, face and hair: the same things the geometric
-warp stands on, never the worn garment's own region) at WORK_HEIGHT, and predicts a flow
-field. The flow is smooth (trained with ACGPN's second-order term), so it is scaled up to the
-photo's full resolution and the full-resolution geometric warp is resampled through it: the
-garment's pixels keep the flat-lay's own detail.
+joint heatmaps, the body silhouette, the arms drawn from the pose, face and hair: never the
+worn garment's own region, nor the bare skin whose edges are the worn garment's) at
+WORK_HEIGHT, and predicts a flow field. The flow is smooth (trained with ACGPN's second-order
+term), so it is scaled up to the photo's full resolution and the full-resolution geometric warp
+is resampled through it: the garment's pixels keep the flat-lay's own detail.
 
 The served model is the network alone, small in and small out: the garment pooled to the work
 size and the person representation in, the flow out. Scaling the flow up and resampling the
@@ -21,6 +21,8 @@ No default weights: `fitroom train warp` trains it on the user's paired photos
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 from services.common.contracts import LANDMARK_INDEX, LIP
 from services.common.model_repository import ModelSignature, TensorSpec
 from services.common.unet import UNet, resize_bilinear
+from services.parser.geometry import landmark
 
 NAME = "warp_gmm"
 WORK_HEIGHT = 128  # the flow is predicted at this height (the training photos' half)
@@ -58,7 +61,12 @@ _SIDES = {"left": "right", "right": "left"}
 MIRRORED_CHANNELS = [0, 1, 2] + [3 + JOINTS.index("_".join(_SIDES.get(w, w) for w in j.split("_"))) for j in JOINTS]
 HEATMAP_SIGMA = 0.02  # of the work height
 VISIBLE = 0.5
-PERSON_CHANNELS = 3 + len(JOINTS)  # silhouette, bare arms, face and hair, a heatmap per joint
+ARM_RADIUS = 0.16  # of the shoulder width, as fusion's arms
+# What person_representation draws, versioned: a warp trained on one version sees nonsense in
+# another (the first version's arms were the parse's bare arms), so checkpoints carry it and
+# `fitroom models install` refuses a stale one. Bump when the representation changes.
+REPRESENTATION = 2
+PERSON_CHANNELS = 3 + len(JOINTS)  # silhouette, arms (from the pose), face and hair, a heatmap per joint
 IN_CHANNELS = 4 + PERSON_CHANNELS  # the warped garment (premultiplied RGB and alpha) and the person
 
 SIGNATURE = ModelSignature(
@@ -86,12 +94,12 @@ def person_representation(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarr
     h, w = work_size(height, width)
     small = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
     silhouette = small != LIP["background"]
-    arms = (small == LIP["left_arm"]) | (small == LIP["right_arm"])
     head = (small == LIP["face"]) | (small == LIP["hair"])
-    channels = [silhouette, arms, head]
+    visibility = landmarks[:, 2] if landmarks.shape[1] == 3 else landmarks[:, 3]
+    points = landmarks[:, :2] * np.array([w / width, h / height])
+    channels = [silhouette, arm_capsules(points, visibility, (h, w)), head]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     sigma = HEATMAP_SIGMA * h
-    visibility = landmarks[:, 2] if landmarks.shape[1] == 3 else landmarks[:, 3]
     for joint in JOINTS:
         i = LANDMARK_INDEX[joint]
         if visibility[i] < VISIBLE:
@@ -100,6 +108,24 @@ def person_representation(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarr
         x, y = landmarks[i, 0] * w / width, landmarks[i, 1] * h / height
         channels.append(np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma * sigma)))
     return np.stack(channels).astype(np.float32)
+
+
+def arm_capsules(points: np.ndarray, visibility: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """HxW float32: the arms as capsules along shoulder, elbow and wrist, from the pose alone.
+    Not the parse's bare arms: those end where the worn garment's sleeves begin, and from paired
+    photos (where the worn garment is the new one) the warp learned to pull any garment's
+    sleeves down to them: a tee over a long-sleeved top grew sleeves to the wrists."""
+    canvas = np.zeros(shape, np.uint8)
+    shoulder_width = float(np.linalg.norm(landmark(points, "left_shoulder") - landmark(points, "right_shoulder")))
+    thickness = max(1, round(2 * ARM_RADIUS * shoulder_width))
+    for side in ("left", "right"):
+        joints = [f"{side}_{j}" for j in ("shoulder", "elbow", "wrist")]
+        for a, b in itertools.pairwise(joints):
+            if min(visibility[LANDMARK_INDEX[a]], visibility[LANDMARK_INDEX[b]]) < VISIBLE:
+                break
+            start, end = (np.round(landmark(points, j)).astype(int) for j in (a, b))
+            cv2.line(canvas, tuple(start.tolist()), tuple(end.tolist()), 1, thickness)
+    return canvas.astype(np.float32)
 
 
 def premultiplied(rgba: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from services import learned, train
 from services.common.artifacts import LocalArtifactStore
 from services.common.config import PROJECT_ROOT
+from services.common.contracts import LIP
 from services.common.errors import ModelUnavailable
 from services.common.inference import LocalBackend
 from services.fusion import tom
@@ -403,6 +404,36 @@ def test_a_mirrored_batch_trades_the_left_and_right_joints(cache: train.Cache) -
     left, right = (3 + gmm.JOINTS.index(j) for j in ("left_shoulder", "right_shoulder"))
     torch.testing.assert_close(mirrored.representation[:, left], batch.representation[:, right].flip(-1))
     torch.testing.assert_close(mirrored.representation[:, :3], batch.representation[:, :3].flip(-1))
+
+
+def test_the_person_representation_does_not_show_the_worn_sleeves(cache: train.Cache) -> None:
+    """The same person in long sleeves and in a tank top: the parse differs (arms are skin in one,
+    upper clothes in the other), the representation's arms do not, and they lie along the arms."""
+    rows = cache.ready()[:1]
+    labels = np.asarray(cache.arrays["labels"][rows])[0]
+    landmarks = np.asarray(cache.landmarks[rows])[0]
+    bare, sleeved = labels.copy(), labels.copy()
+    arms = np.isin(labels, [LIP["left_arm"], LIP["right_arm"]])
+    assert arms.any(), "the drawn person shows bare arms"
+    sleeved[arms] = LIP["upper_clothes"]
+    drawn_bare = gmm.person_representation(bare, landmarks)
+    drawn_sleeved = gmm.person_representation(sleeved, landmarks)
+    np.testing.assert_array_equal(drawn_bare[1], drawn_sleeved[1])
+    small = cv2.resize(arms.astype(np.uint8), drawn_bare.shape[:0:-1], interpolation=cv2.INTER_NEAREST) > 0
+    assert drawn_bare[1][small].mean() > 0.5, "the arms channel covers the arms"
+
+
+def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install(
+    warp_checkpoint: Path, repository: Path, tmp_path: Path
+) -> None:
+    state = train.load_checkpoint(warp_checkpoint)
+    assert train.representation_of(state) == gmm.REPRESENTATION
+    del state["representation"]  # as a checkpoint from before it was recorded
+    stale = tmp_path / "stale.pt"
+    torch.save(state, stale)
+    with pytest.raises(ModelUnavailable, match=rf"representation 1.*fitroom train warp --resume {stale}"):
+        learned.install(stale, repository, "stale")
+    assert not (repository / learned.warp_model("stale")).exists()
 
 
 def test_batches_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:
