@@ -217,3 +217,19 @@ def test_an_uncertain_category_is_refused_under_auto_and_taken_when_given() -> N
     assert (given.category, given.category_confidence) == ("dress", 1.0)
     tee = analyse_garment(product_image(TEE))
     assert tee.category == "upper" and tee.category_confidence > 0.99
+
+
+def test_a_garment_cut_by_the_top_of_the_frame_is_not_guessed() -> None:
+    """A crop of a photo (a tee cut off below its armpits, as VITON's person crops are cut at the
+    neck): its straight top edge is the frame's, and read as a waistband it made trousers or a
+    skirt. Under `auto` it asks for the category; given, the garment is analysed as one (cut
+    below its armpits it has no shoulders, and says so)."""
+    tee = product_image(TEE)
+    rows = np.flatnonzero((tee[..., :3] < 250).any(axis=(1, 2)))
+    cut = tee[rows[0] + (rows[-1] - rows[0]) * 2 // 5 :]
+    category, confidence = detect(cut)
+    assert confidence < MIN_CATEGORY_CONFIDENCE, category
+    with pytest.raises(CategoryUncertain, match="send its category"):
+        analyse_garment(cut)
+    with pytest.raises(GarmentNotDetected, match="no shoulder line"):
+        analyse_garment(cut, "upper")
