@@ -936,6 +936,11 @@ def train(run: Run, log: Log = print) -> dict:
         source = load_checkpoint(run.warp) if run.warp else state
         if source is None:
             raise ValueError("training the try-on needs a trained warp: --warp WARP_CHECKPOINT")
+        if representation_of(source) != REPRESENTATION:
+            raise ValueError(
+                f"the warp in {run.warp or run.resume} was trained on person representation "
+                f"{representation_of(source)}, not {REPRESENTATION}: fine-tune it first (fitroom train warp --resume)"
+            )
         gmm.load_state_dict(warp_from_checkpoint(source).state_dict())
         gmm.eval().requires_grad_(False)
     model = generator if generator is not None else gmm

@@ -44,12 +44,12 @@ from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
-from services.parser.geometry import BodyFrame, arm_chain, landmark, leg_chain
+from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, landmark, leg_chain
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 LIGHTING_SIGMA = 0.02  # of the image height: the floor
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
-ARM_RADIUS, LEG_RADIUS = 0.16, 0.2  # of the shoulder width
+LEG_RADIUS = 0.2  # of the shoulder width
 # A bare leg's half-width at the hip, the knee and the ankle, of the shoulder width: a thigh is
 # wide, a calf is not (with LEG_RADIUS all the way down, the gap between the calves that a long
 # old skirt hid was filled with skin under a short new garment).

@@ -80,6 +80,9 @@ def limb_distance(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray], radii
     return np.min([segment_distance(xs, ys, a, b) / max(r, 1e-6) for a, b, r in bones], axis=0)
 
 
+ARM_RADIUS = 0.16  # an arm's half-width, of the shoulder width
+
+
 def arm_chain(pts: np.ndarray, side: str) -> list[np.ndarray]:
     """Shoulder, elbow, wrist and a point past the fingers."""
     shoulder, elbow, wrist = (landmark(pts, f"{side}_{j}") for j in ("shoulder", "elbow", "wrist"))

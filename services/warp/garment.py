@@ -23,7 +23,7 @@ import numpy as np
 
 from services.common.contracts import Category, GarmentAnalysis
 from services.common.errors import CategoryUncertain, GarmentNotDetected
-from services.warp.segment import garment_mask
+from services.warp.segment import garment_mask, is_cutout
 
 UPPER_ORDER = (
     "neckline",
@@ -66,10 +66,11 @@ DRESS_LENGTH = (2.1, 0.2)  # height / width: VITON tops 99.9th percentile 2.1
 FLARED_DRESS_LENGTH = (1.6, 0.2)  # height / width of a dress that flares (VITON tops: 95th percentile 1.72)
 FLARE = (1.6, 0.2)  # hem / waist widths on the centre line (VITON tops: median 1.15, 95th percentile 1.33)
 WAIST_LEVELS = (0.3, 0.6)  # of the height: where the waist is looked for
-# A garment whose mask runs off the image's top edge over this share of its width is cut by the
+# A photo's garment that runs off the image's top edge over this share of its width is cut by the
 # frame: its straight top edge is the frame's, not a waistband's or a neckline's, so its outline
 # cannot tell the category. All 17 such VITON "cloths" are crops of a person wearing the top
-# (7 of them were taken for trousers or dresses); no flat-lay among the 14,221 comes near.
+# (7 of them were taken for trousers or dresses); no flat-lay among the 14,221 comes near. A
+# cut-out trimmed to its garment touches the edge with its own waistband: not a frame.
 FRAME_CUT = 0.2
 CONFIDENCE_SLOPE = 4.0  # confidence = logistic(slope * margin): 0.8 at a margin of 0.35
 MIN_CATEGORY_CONFIDENCE = 0.8  # below it `auto` refuses (category_uncertain) rather than guess
@@ -238,11 +239,16 @@ def category_evidence(outline: Outline) -> dict[str, float]:
     }
 
 
-def detect_category(outline: Outline) -> tuple[Category, float]:
+def cut_by_frame(image: np.ndarray, outline: Outline) -> bool:
+    """The garment of a photo (not a cut-out) runs off its top edge over FRAME_CUT of its width."""
+    return not is_cutout(image) and outline.mask[0].sum() > FRAME_CUT * outline.width
+
+
+def detect_category(outline: Outline, cut: bool = False) -> tuple[Category, float]:
     """(category, confidence in [0.5, 1]) from the outline's shape: a waistband with a crotch or
     without sleeves is a lower garment (trousers, shorts, a skirt); anything else is a top, or a
     dress if it is long. The confidence is a logistic of the deciding evidence's margin, and 0.5
-    for a garment cut by the image's top edge (FRAME_CUT)."""
+    for a garment `cut` by the frame (`cut_by_frame`): `auto` then asks for the category."""
     evidence = category_evidence(outline)
     # Trousers widen from the waist to the hips, so beside a crotch a looser waistband will do;
     # a top's false crotch (a split hem, arms held in) comes with a collar's narrow top edge, an
@@ -261,14 +267,15 @@ def detect_category(outline: Outline) -> tuple[Category, float]:
         category, margin = "dress", min(-lower, dress)
     else:
         category, margin = "upper", min(-lower, -dress)
-    if outline.mask[0].sum() > FRAME_CUT * outline.width:  # no confidence: `auto` asks for the category
+    if cut:
         margin = 0.0
     return category, float(1.0 / (1.0 + np.exp(-CONFIDENCE_SLOPE * margin)))
 
 
 def detect(image: np.ndarray) -> tuple[Category, float]:
     """(category, confidence) of an RGB or RGBA product image."""
-    return detect_category(Outline(garment_mask(image)[1]))
+    outline = Outline(garment_mask(image)[1])
+    return detect_category(outline, cut_by_frame(image, outline))
 
 
 def _range(n: int, start: int, end: int) -> np.ndarray:
@@ -426,7 +433,7 @@ def analyse_garment(image: np.ndarray, category: Category | None = None) -> Garm
     outline = Outline(small)
     confidence = 1.0
     if category is None:
-        category, confidence = detect_category(outline)
+        category, confidence = detect_category(outline, cut_by_frame(image, outline))
         if confidence < MIN_CATEGORY_CONFIDENCE:
             raise CategoryUncertain(
                 f"the garment looks most like {category} but not surely enough (confidence {confidence:.2f}): "

@@ -32,7 +32,7 @@ from torch import nn
 from services.common.contracts import LANDMARK_INDEX, LIP
 from services.common.model_repository import ModelSignature, TensorSpec
 from services.common.unet import UNet, resize_bilinear
-from services.parser.geometry import landmark
+from services.parser.geometry import ARM_RADIUS, landmark
 
 NAME = "warp_gmm"
 WORK_HEIGHT = 128  # the flow is predicted at this height (the training photos' half)
@@ -61,7 +61,6 @@ _SIDES = {"left": "right", "right": "left"}
 MIRRORED_CHANNELS = [0, 1, 2] + [3 + JOINTS.index("_".join(_SIDES.get(w, w) for w in j.split("_"))) for j in JOINTS]
 HEATMAP_SIGMA = 0.02  # of the work height
 VISIBLE = 0.5
-ARM_RADIUS = 0.16  # of the shoulder width, as fusion's arms
 # What person_representation draws, versioned: a warp trained on one version sees nonsense in
 # another (the first version's arms were the parse's bare arms), so checkpoints carry it and
 # `fitroom models install` refuses a stale one. Bump when the representation changes.

@@ -112,6 +112,11 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     return garment & ~big[hole_parts]
 
 
+def is_cutout(image: np.ndarray) -> bool:
+    """An RGBA image whose transparency is the background: its alpha is the garment's mask."""
+    return image.shape[2] == 4 and (image[..., 3] < 128).mean() >= ALPHA_CUTOUT
+
+
 def garment_mask(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bool garment masks of an RGB or RGBA uint8 product image: at full resolution, and at
     the working resolution (longer side at most WORK_SIDE) where shape analysis runs."""
@@ -121,10 +126,7 @@ def garment_mask(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
     if min(size) < 2 * BORDER + 8:
         raise GarmentNotDetected(f"image of {width}x{height} is too small to find a garment in")
-    if small.shape[2] == 4 and (small[..., 3] < 128).mean() >= ALPHA_CUTOUT:
-        mask = _clean(small[..., 3] >= 128)
-    else:
-        mask = _mask_from_background(small[..., :3])
+    mask = _clean(small[..., 3] >= 128) if is_cutout(small) else _mask_from_background(small[..., :3])
     area = mask.mean()
     if not MIN_AREA <= area <= MAX_AREA:
         what = "nothing stands out from the background" if area < MIN_AREA else "no background around the garment"

@@ -423,8 +423,8 @@ def test_the_person_representation_does_not_show_the_worn_sleeves(cache: train.C
     assert drawn_bare[1][small].mean() > 0.5, "the arms channel covers the arms"
 
 
-def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install(
-    warp_checkpoint: Path, repository: Path, tmp_path: Path
+def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install_and_in_training(
+    cache: train.Cache, warp_checkpoint: Path, repository: Path, tmp_path: Path
 ) -> None:
     state = train.load_checkpoint(warp_checkpoint)
     assert train.representation_of(state) == gmm.REPRESENTATION
@@ -434,6 +434,10 @@ def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install(
     with pytest.raises(ModelUnavailable, match=rf"representation 1.*fitroom train warp --resume {stale}"):
         learned.install(stale, repository, "stale")
     assert not (repository / learned.warp_model("stale")).exists()
+    # Nor does a try-on train over it: the generator would learn on a warp fed the wrong arms.
+    run = train.Run("tryon", cache, tmp_path / "tryon.pt", set(), max_steps=1, batch_size=4, warp=stale)
+    with pytest.raises(ValueError, match=r"representation 1, not 2: fine-tune it first"):
+        train.train(run, log=lambda _: None)
 
 
 def test_batches_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:

@@ -233,3 +233,16 @@ def test_a_garment_cut_by_the_top_of_the_frame_is_not_guessed() -> None:
         analyse_garment(cut)
     with pytest.raises(GarmentNotDetected, match="no shoulder line"):
         analyse_garment(cut, "upper")
+
+
+@pytest.mark.parametrize("name", ["trousers", "mini skirt"])
+def test_a_cut_out_trimmed_to_its_garment_keeps_its_category(name: str) -> None:
+    """An RGBA cut-out cropped to the garment's box touches the top edge with its own waistband:
+    that is the garment's edge, not a frame cutting through it."""
+    outline, size, category = CATALOGUE[name]
+    mask = drawn_mask(outline, size)
+    rgba = np.dstack([product_image(outline, size=size), np.where(mask, 255, 0).astype(np.uint8)])
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    trimmed = rgba[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    detected, confidence = detect(trimmed)
+    assert (detected, confidence >= MIN_CATEGORY_CONFIDENCE) == (category, True)
