@@ -42,6 +42,8 @@ IMAGES = {
     "warped_alpha": ".png",
     "labels": ".png",
     "editable": ".png",
+    "region_bits": ".png",  # fusion's binary region maps, one bit each
+    "albedo": ".png",  # and its shading albedo
 }
 TRYOFF_IMAGES = {  # the try-off's rows (services/train.py TRYOFF_ARRAYS), when the cache has them
     "flatlay_rgb": ".jpg",
@@ -66,6 +68,25 @@ def _decode(name: str, data: np.ndarray) -> np.ndarray:
     flag = cv2.IMREAD_COLOR if FORMATS[name] == ".jpg" else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(data, flag)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+ALBEDO = train.REGIONS.index("shading_albedo")
+
+
+def _pack_regions(regions: np.ndarray) -> dict[str, np.ndarray]:
+    """A cache row's (H, W, 9) region maps as one image of bits (the binary maps) and the albedo."""
+    binary = [c for c in range(regions.shape[2]) if c != ALBEDO]
+    bits = sum((regions[..., c] > 127).astype(np.uint8) << n for n, c in enumerate(binary))
+    return {"region_bits": bits.astype(np.uint8), "albedo": np.ascontiguousarray(regions[..., ALBEDO])}
+
+
+def _unpack_regions(bits: np.ndarray, albedo: np.ndarray) -> np.ndarray:
+    binary = [c for c in range(len(train.REGIONS)) if c != ALBEDO]
+    regions = np.zeros((*bits.shape, len(train.REGIONS)), np.uint8)
+    for n, c in enumerate(binary):
+        regions[..., c] = ((bits >> n) & 1) * 255
+    regions[..., ALBEDO] = albedo
+    return regions
 
 
 def pack(cache_root: Path, val_pairs: Path, output: Path, max_mb: float, parts: int) -> None:
@@ -99,6 +120,7 @@ def _pack_part(cache: train.Cache, rows: list[int], held_out: set[str], output: 
             "warped_alpha": np.ascontiguousarray(warped[..., 3]),
             "labels": np.asarray(cache.arrays["labels"][row]),
             "editable": editable,
+            **_pack_regions(np.asarray(cache.arrays["regions"][row])),
         }
         if with_tryoff:  # a row the try-off rejected (or never prepared) carries white and no mask
             flatlay, default = (np.asarray(cache.tryoff[name][row]) for name in ("flatlay", "tryoff_default"))
@@ -170,6 +192,7 @@ def unpack(packs: list[Path], data: Path, cache_root: Path) -> None:
                 "warped": warped,
                 "fused": fused,
                 "editable": image["editable"],
+                "regions": _unpack_regions(image["region_bits"], image["albedo"]),
             }
             category = train.CATEGORIES[int(pack["category"][n])]
             cache.store(row, train.Prepared(arrays, pack["landmarks"][n], category))

@@ -56,7 +56,7 @@ def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
     """Export the networks of a `fitroom train` checkpoint into the repository as TorchScript,
     with their config.pbtxt: a warp checkpoint gives warp_gmm-NAME, a try-on checkpoint (which
     carries its warp) both, a try-off checkpoint tryoff_generator-NAME. Returns the models' names."""
-    from services.train import load_checkpoint, representation_of, warp_from_checkpoint
+    from services.train import load_checkpoint, representation_of, tryon_input_of, warp_from_checkpoint
     from services.warp import tryoff_net
 
     state = load_checkpoint(checkpoint)
@@ -65,6 +65,12 @@ def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
             f"{checkpoint} was trained on person representation {representation_of(state)}; this Fitroom "
             f"draws version {gmm.REPRESENTATION} (services/warp/gmm.py): go on training it first, "
             f"`fitroom train {state['kind']} --resume {checkpoint} ...` (docs/TRAINING.md)"
+        )
+    if state["kind"] == "tryon" and tryon_input_of(state) != tom.INPUT:
+        raise ModelUnavailable(
+            f"{checkpoint} was trained on fused photos of input version {tryon_input_of(state)}; this Fitroom "
+            f"gives version {tom.INPUT} (services/fusion/tom.py INPUT): go on training it first, "
+            f"`fitroom train tryon --resume {checkpoint} ...` (docs/TRAINING.md)"
         )
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
     networks: list[tuple[str, torch.nn.Module, object]] = []

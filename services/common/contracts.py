@@ -161,6 +161,3 @@ class WarpResult(BaseModel):
     category: Category
     # HxWx4 float32 RGBA in [0, 1] at the person photo's resolution. Stored as its own artifact.
     rgba: np.ndarray = Field(exclude=True, repr=False)
-    # With the learned path: the geometric warp `rgba` was learned from, which fusion's base
-    # layer is built on (as in training). Same shape; stored beside it. None otherwise.
-    geometric: np.ndarray | None = Field(default=None, exclude=True, repr=False)

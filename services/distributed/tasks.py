@@ -121,17 +121,13 @@ def put_warped(store: ArtifactStore, job_id: str, warped: WarpResult) -> None:
     """Lossless (the fusion stage must see what the embedded runner sees), compressed: mostly zeros."""
     buf = io.BytesIO()
     meta = np.frombuffer(json.dumps(warped.model_dump()).encode(), dtype=np.uint8)
-    extra = {} if warped.geometric is None else {"geometric": warped.geometric}
-    np.savez_compressed(buf, rgba=warped.rgba, meta=meta, **extra)
+    np.savez_compressed(buf, rgba=warped.rgba, meta=meta)
     store.put(warped_key(job_id), buf.getvalue())
 
 
 def get_warped(store: ArtifactStore, job_id: str) -> WarpResult:
     with np.load(io.BytesIO(store.get(warped_key(job_id))), allow_pickle=False) as saved:
-        geometric = saved["geometric"] if "geometric" in saved.files else None
-        return WarpResult.model_validate(
-            {**json.loads(saved["meta"].tobytes()), "rgba": saved["rgba"], "geometric": geometric}
-        )
+        return WarpResult.model_validate({**json.loads(saved["meta"].tobytes()), "rgba": saved["rgba"]})
 
 
 Step = Callable[[Worker, Job, TenantArtifactStore, StageRecorder], None]

@@ -197,11 +197,11 @@ def regions(image: np.ndarray, parse: ParseResult, pose: PoseResult, category: C
     return np.stack([maps[name] for name in REGIONS]).astype(np.float32)
 
 
-def editable_region(region_maps: np.ndarray, warped: WarpResult) -> np.ndarray:
+def editable_region(region_maps: np.ndarray, garment_alpha: np.ndarray) -> np.ndarray:
     """HxW bool: where the learned generator may change the fused photo: the repaint region and the new
-    garment where it shows, and a thin band around them for their seams."""
+    garment (its HxW alpha) where it shows, and a thin band around them for their seams."""
     repaint = region_maps[REGIONS.index("repaint")] > 0
-    garment = warped.rgba[..., 3] * region_maps[REGIONS.index("garment_allowed")] > 0.01
+    garment = garment_alpha * region_maps[REGIONS.index("garment_allowed")] > 0.01
     grow = max(1, round(EDITABLE_GROWTH * repaint.shape[0]))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
     return cv2.dilate((repaint | garment).astype(np.uint8), kernel).astype(bool)
@@ -216,23 +216,23 @@ def run(
     learned: str | None = None,
 ) -> np.ndarray:
     """The try-on photo: HxWx3 uint8 at the person photo's resolution. With `learned` (the name of
-    installed weights), tryon_fusion lays the geometric warp as in training and the learned
-    tryon_generator (services/fusion/tom.py) composes the learned warp over it."""
+    installed weights), `warped` is the learned warp: tryon_fusion lays it in and the learned
+    tryon_generator (services/fusion/tom.py) renders over the result, as it was trained
+    (services/train.py `over_learned_warp`)."""
     height = image.shape[0]
-    # Fusion's base layer is built on the geometric warp, as the generator was trained.
-    base = warped if warped.geometric is None else warped.model_copy(update={"rgba": warped.geometric})
-    region_maps = regions(image, parse, pose, base.category)
+    region_maps = regions(image, parse, pose, warped.category)
     fused = infer(
         MODEL_NAME,
         {
             "image__0": (image.astype(np.float32) / 255.0).transpose(2, 0, 1)[None],
-            "garment__1": np.ascontiguousarray(base.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
+            "garment__1": np.ascontiguousarray(warped.rgba.transpose(2, 0, 1)[None], dtype=np.float32),
             "regions__2": region_maps[None],
             "lighting_sigma__3": np.array([[LIGHTING_SIGMA * height]], np.float32),
         },
     )["tryon__0"]
     if learned:
-        fused = learned_tryon(fused, warped.rgba, editable_region(region_maps, base), infer, learned)
+        editable = editable_region(region_maps, warped.rgba[..., 3])
+        fused = learned_tryon(fused, warped.rgba, editable, infer, learned)
     return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
 
 

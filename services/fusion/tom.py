@@ -1,7 +1,7 @@
 """The `tryon_generator` model: the learned try-on module (CP-VTON's TOM), a residual over fusion.
 
-tryon_fusion (services/fusion/model.py) already paints the repaint region and lays the garment
-with the old garment's light; what it gets wrong (seams, hems and sleeve ends, shading, what is
+tryon_fusion (services/fusion/model.py) already paints the repaint region and lays the learned
+warp of the garment with the old garment's light; what it gets wrong (seams, hems and sleeve ends, shading, what is
 in front of what) is learned here from paired photos. A U-Net at the warp's work size
 (gmm.work_size: 128 pixels high, half the training photos) looks at the fused
 photo, the learned warp of the garment and the editable region, and predicts three layers:
@@ -49,6 +49,12 @@ LAYERS = 3  # the light, the composition mask, the shade
 # (paired data, where the old garment is the new one) to let the rendered layer repaint the
 # garment from the old garment's colours around it: on unseen pairs a white tee came out red.
 MASK_FLOOR = 0.9
+# What the fused photo it is given is laid over, kept in every try-on checkpoint ("input"), so that
+# weights trained on another are refused at install: 1 the geometric warp; 2 the learned warp
+# (over the geometric one, the geometric garment showed through wherever the learned outline
+# fell short of it, and on paired photos the light had learned to darken it there: grey bands
+# at white tees' hems on unseen pairs).
+INPUT = 2
 
 SIGNATURE = ModelSignature(
     NAME,

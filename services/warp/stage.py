@@ -515,10 +515,7 @@ def run(
     )
     rgba = outputs["warped__0"][0].transpose(1, 2, 0)
     if learned:
-        learned_rgba = learned_warp(rgba, pose, parse, infer, learned)
-        return WarpResult(
-            image_width=width, image_height=height, category=garment.category, rgba=learned_rgba, geometric=rgba
-        )
+        rgba = learned_warp(rgba, pose, parse, infer, learned)
     return WarpResult(image_width=width, image_height=height, category=garment.category, rgba=rgba)
 
 

@@ -61,9 +61,9 @@ def fixed_batch_loss(kind: str, checkpoint: Path | None, cache: train.Cache) -> 
         warp = train.warp_from_checkpoint(state)
         generator = tom.TryonGenerator()
         generator.load_state_dict(state["model"])
-        return float(
-            train.tryon_loss(generator, warp.warp(batch.warped, batch.representation), batch, weights, None, None)[0]
-        )
+        garment = warp.warp(batch.warped, batch.representation)
+        laid = train.over_learned_warp(batch, garment)
+        return float(train.tryon_loss(generator, garment, laid, weights, None, None)[0])
 
 
 def test_prepare_runs_our_stages_and_resumes(cache: train.Cache, paired_data: Path, tmp_path: Path) -> None:
@@ -244,8 +244,7 @@ def test_pipeline_runs_the_learned_path_only_when_named(installed: Path, astrona
     tee = product_image(TEE)
     plain = Pipeline(LocalArtifactStore(tmp_path / "a"), infer).tryon(astronaut, tee)
     learned_result = Pipeline(LocalArtifactStore(tmp_path / "b"), infer, "test").tryon(astronaut, tee)
-    assert plain.warped.geometric is None
-    np.testing.assert_array_equal(learned_result.warped.geometric, plain.warped.rgba)
+    assert not np.array_equal(learned_result.warped.rgba, plain.warped.rgba)
     assert learned_result.image.shape == plain.image.shape
     assert not np.array_equal(learned_result.image, plain.image)
     # Face and hair stay the photo's: the learned warp never lays the garment over them.
@@ -352,25 +351,18 @@ def test_full_resolution_try_on_keeps_the_garments_print(
     assert ratio >= 0.8, ratio
 
 
-def test_distributed_mode_carries_both_warps_between_the_warp_and_fusion_tasks(tmp_path: Path) -> None:
-    """The fusion task builds its base layer on the geometric warp, as in training: the warp
-    task's artifact keeps it beside the learned one, losslessly."""
-    from services.common.contracts import WarpResult
-    from services.distributed.tasks import get_warped, put_warped
-
-    store = LocalArtifactStore(tmp_path)
-    rng = np.random.default_rng(0)
-    rgba, geometric = (rng.random((64, 48, 4), dtype=np.float32) for _ in range(2))
-    warped = WarpResult(image_width=48, image_height=64, category="upper", rgba=rgba, geometric=geometric)
-    put_warped(store, "job_1", warped)
-    back = get_warped(store, "job_1")
-    np.testing.assert_array_equal(back.rgba, rgba)
-    np.testing.assert_array_equal(back.geometric, geometric)
-    put_warped(store, "job_2", warped.model_copy(update={"geometric": None}))
-    assert get_warped(store, "job_2").geometric is None
-    assert learned.learned_models("warp", "acme") == ("warp_gmm-acme",)
-    assert learned.learned_models("fusion", "acme") == ("tryon_generator-acme",)
-    assert learned.learned_models("fusion", None) == learned.learned_models("pose", "acme") == ()
+def test_training_lays_the_learned_warp_in_as_the_fusion_stage_does(cache: train.Cache) -> None:
+    """The generator is trained on fusion over the learned warp (`over_learned_warp`), from the
+    region maps the cache keeps: laid over the geometric warp instead, it gives back the fused
+    photo and the editable region the fusion stage made when the pairs were prepared."""
+    batch = train.load_batch(cache, cache.ready())
+    laid = train.over_learned_warp(batch, batch.warped)
+    difference = (laid.fused - batch.fused).abs()
+    assert float(difference.mean()) < 1 / 255 and float(difference.max()) < 8 / 255  # the warp kept as uint8
+    torch.testing.assert_close(laid.editable, batch.editable)
+    # Over another warp, another photo: what the generator sees follows the learned warp.
+    shifted = batch.warped.roll(12, dims=2)
+    assert float((train.over_learned_warp(batch, shifted).fused - batch.fused).abs().mean()) > 5 / 255
 
 
 def test_the_perceptual_loss_loads_its_imagenet_weights_from_the_wheel() -> None:
@@ -440,6 +432,20 @@ def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install_an
         train.train(run, log=lambda _: None)
 
 
+def test_a_try_on_trained_on_fusion_over_the_geometric_warp_is_refused_at_install(
+    tryon_checkpoint: Path, repository: Path, tmp_path: Path
+) -> None:
+    state = train.load_checkpoint(tryon_checkpoint)
+    assert train.tryon_input_of(state) == tom.INPUT
+    del state["input"]  # as a checkpoint from before fusion was laid over the learned warp
+    stale = tmp_path / "stale.pt"
+    torch.save(state, stale)
+    with pytest.raises(ModelUnavailable, match=rf"input version 1.*fitroom train tryon --resume {stale}"):
+        learned.install(stale, repository, "stale")
+    assert not (repository / learned.tryon_model("stale")).exists()
+    assert not (repository / learned.warp_model("stale")).exists()
+
+
 def test_batches_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:
     """DeviceCache (used on CUDA) gives the batch load_batch reads, in the rows' order (here on the CPU)."""
     rows = cache.ready()
@@ -469,7 +475,7 @@ def test_a_packed_cache_unpacks_to_the_same_pairs(cache: train.Cache, tmp_path: 
     assert train.validation_ids(tmp_path / "data" / "val_pairs.txt") == {cache.ids[0]}
     for n, pair in enumerate(unpacked.ids):
         row = cache.ids.index(pair)
-        for name in ("labels", "editable"):  # PNG: exact
+        for name in ("labels", "editable", "regions"):  # PNG: exact
             np.testing.assert_array_equal(unpacked.arrays[name][n], cache.arrays[name][row])
         for name in ("person", "fused"):  # JPEG q85
             difference = np.abs(unpacked.arrays[name][n].astype(int) - cache.arrays[name][row].astype(int))
