@@ -12,8 +12,9 @@ garment that person wears, and a pairs file. The person photo is the answer.
    for the garment's colours on the photo's, and a second-order smoothness term (ACGPN).
 3. Try-on (services/fusion/tom.py): with the trained warp frozen, fusion lays the learned warp
    into each photo from the cached region maps (as the fusion stage does when serving), and
-   the generator learns its rendered layer and composition mask over that: L1, SSIM, a perceptual loss (EfficientNet-Lite0's
-   ImageNet features, from a PyPI wheel, training only) and a PatchGAN adversarial loss.
+   the generator learns its rendered layer and composition mask over that: L1, SSIM, a
+   perceptual loss (EfficientNet-Lite0's ImageNet features, from a PyPI wheel, training only)
+   and a PatchGAN adversarial loss.
 4. Try-off (services/warp/tryoff_net.py): the same pairs read the other way, person in and
    flat-lay out. The cache gains, once, the flat-lay fitted onto the scoring canvas with its
    mask from our garment analysis (never the data set's own masks) and the default try-off's

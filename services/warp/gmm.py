@@ -168,23 +168,29 @@ def alpha_box(alpha: np.ndarray, margin: tuple[int, int] = (0, 0)) -> tuple[slic
     """The rows and columns where `alpha` (HxW) is above 0, widened by margin (rows, columns)
     within the image; None where it is 0 everywhere. The stages' full-size arithmetic on a
     garment runs inside it: a garment covers about a third of a photo."""
-    rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
-    if rows.size == 0:
+    x, y, w, h = cv2.boundingRect((np.ascontiguousarray(alpha) > 0).view(np.uint8))
+    if w == 0:
         return None
     height, width = alpha.shape
     return (
-        slice(max(0, rows[0] - margin[0]), min(height, rows[-1] + 1 + margin[0])),
-        slice(max(0, cols[0] - margin[1]), min(width, cols[-1] + 1 + margin[1])),
+        slice(max(0, y - margin[0]), min(height, y + h + margin[0])),
+        slice(max(0, x - margin[1]), min(width, x + w + margin[1])),
     )
+
+
+# The stages' per-pixel arithmetic on HxWx4 arrays goes through torch views of them: numpy's
+# loops over a last axis of 3 or 4 channels are several times slower (7.6 against 0.9 ms to
+# premultiply a garment's box at 768x1024).
 
 
 def premultiply(rgba: np.ndarray) -> np.ndarray:
     """HxWx4 straight RGBA -> premultiplied (numpy, for the stages; `premultiplied` for tensors)."""
-    out = np.zeros_like(rgba)
+    out = np.zeros(rgba.shape, np.float32)
     box = alpha_box(rgba[..., 3])
     if box is not None:
-        np.multiply(rgba[box][..., :3], rgba[box][..., 3:4], out=out[box][..., :3])
-        out[box][..., 3] = rgba[box][..., 3]
+        source, target = torch.from_numpy(rgba[box]), torch.from_numpy(out[box])
+        torch.mul(source[..., :3], source[..., 3:4], out=target[..., :3])
+        target[..., 3] = source[..., 3]
     return out
 
 
@@ -194,18 +200,21 @@ def resample(premult: np.ndarray, flow: np.ndarray) -> np.ndarray:
     photo, with OpenCV, only inside the box the garment can reach (its alpha's, widened by the
     largest offset)."""
     height, width = premult.shape[:2]
-    out = np.zeros_like(premult)
+    out = np.zeros(premult.shape, np.float32)
     reach = (int(np.abs(flow[1]).max() * height / 2) + 2, int(np.abs(flow[0]).max() * width / 2) + 2)
     box = alpha_box(premult[..., 3], reach)  # grid units to pixels, and the bilinear neighbour
     if box is None:
         return out
     offsets = cv2.resize(flow.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)[box]
     # grid_sample (align_corners=False) reads pixel x + offset * width / 2 for output pixel x.
-    ys, xs = np.mgrid[box].astype(np.float32)
-    map_x = xs + offsets[..., 0] * (width / 2)
-    map_y = ys + offsets[..., 1] * (height / 2)
+    map_x = offsets[..., 0] * (width / 2) + np.arange(box[1].start, box[1].stop, dtype=np.float32)
+    map_y = offsets[..., 1] * (height / 2) + np.arange(box[0].start, box[0].stop, dtype=np.float32)[:, None]
     moved = cv2.remap(premult, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    out[box] = straight(torch.from_numpy(moved).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    moved_t, target = torch.from_numpy(moved), torch.from_numpy(out[box])
+    alpha = moved_t[..., 3:4]
+    torch.div(moved_t[..., :3], alpha.clamp_min(1e-6), out=target[..., :3])  # `straight`, in place
+    target[..., :3].clamp_(0.0, 1.0)
+    target[..., 3:4] = alpha.clamp(0.0, 1.0)
     return out
 
 
