@@ -244,7 +244,9 @@ def run(
     if learned:
         editable = editable_region(region_maps, warped.rgba[..., 3])
         fused = learned_tryon(fused, warped.rgba, editable, infer, learned)
-    return np.round(fused[0].transpose(1, 2, 0) * 255.0).clip(0, 255).astype(np.uint8)
+    # To HxWx3 uint8 through torch: numpy's strided passes over the planes took 5 ms of a try-on.
+    photo = torch.from_numpy(fused[0]).mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
+    return photo.permute(1, 2, 0).contiguous().numpy()
 
 
 def learned_tryon(
