@@ -64,7 +64,7 @@ ARRAYS = {  # name: (shape after N, H, W; dtype)
     "fused": (3, np.uint8),  # fusion over the geometric warp: the default's answer
     "editable": (0, np.uint8),  # the default's editable region (services/fusion/stage.py)
     # fusion's region maps (services/fusion/model.py REGIONS, times 255), so that training lays the
-    # learned warp in with fusion, as the stage does when serving (`fused_over`)
+    # learned warp in with fusion, as the stage does when serving (`over_learned_warp`)
     "regions": (len(REGIONS), np.uint8),
 }
 # The try-off's rows (`prepare(..., tryoff=True)`), beside the others in the same cache, on the

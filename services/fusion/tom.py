@@ -1,10 +1,12 @@
 """The `tryon_generator` model: the learned try-on module (CP-VTON's TOM), a residual over fusion.
 
 tryon_fusion (services/fusion/model.py) already paints the repaint region and lays the learned
-warp of the garment with the old garment's light; what it gets wrong (seams, hems and sleeve ends, shading, what is
-in front of what) is learned here from paired photos. A U-Net at the warp's work size
-(gmm.work_size: 128 pixels high, half the training photos) looks at the fused
-photo, the learned warp of the garment and the editable region, and predicts three layers:
+warp of the garment with the old garment's light; what it gets wrong (seams, hems and sleeve
+ends, shading, what is in front of what) is learned here from paired photos, but never the
+learned warp's own errors: where it disagrees with the photo, training's answer is fusion's
+(services/train.py `tryon_loss`). A U-Net at the warp's work size (gmm.work_size: 128 pixels
+high, half the training photos) looks at the fused photo, the learned warp of the garment and
+the editable region, and predicts three layers:
 
 - a rendered layer: the fused photo's light, a multiplier of its colours (the shadow a garment
   casts, a crease at the waist), never a colour of its own;
@@ -52,8 +54,7 @@ MASK_FLOOR = 0.9
 # What the fused photo it is given is laid over, kept in every try-on checkpoint ("input"), so that
 # weights trained on another are refused at install: 1 the geometric warp; 2 the learned warp
 # (over the geometric one, the geometric garment showed through wherever the learned outline
-# fell short of it, and on paired photos the light had learned to darken it there: grey bands
-# at white tees' hems on unseen pairs).
+# fell short of it).
 INPUT = 2
 
 SIGNATURE = ModelSignature(
