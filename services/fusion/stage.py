@@ -205,13 +205,9 @@ def editable_region(region_maps: np.ndarray, garment_alpha: np.ndarray) -> np.nd
     allowed = region_maps[REGIONS.index("garment_allowed")]
     editable = np.zeros(repaint.shape, bool)
     grow = max(1, round(EDITABLE_GROWTH * repaint.shape[0]))
-    boxes = [b for b in (alpha_box(repaint, (grow, grow)), alpha_box(garment_alpha, (grow, grow))) if b is not None]
-    if not boxes:
+    box = alpha_box(np.maximum(repaint, garment_alpha), (grow, grow))
+    if box is None:
         return editable
-    box = (
-        slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
-        slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)),
-    )
     changed = (repaint[box] > 0) | (garment_alpha[box] * allowed[box] > 0.01)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1))
     editable[box] = cv2.dilate(changed.astype(np.uint8), kernel).astype(bool)

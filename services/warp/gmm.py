@@ -210,11 +210,7 @@ def resample(premult: np.ndarray, flow: np.ndarray) -> np.ndarray:
     map_x = offsets[..., 0] * (width / 2) + np.arange(box[1].start, box[1].stop, dtype=np.float32)
     map_y = offsets[..., 1] * (height / 2) + np.arange(box[0].start, box[0].stop, dtype=np.float32)[:, None]
     moved = cv2.remap(premult, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    moved_t, target = torch.from_numpy(moved), torch.from_numpy(out[box])
-    alpha = moved_t[..., 3:4]
-    torch.div(moved_t[..., :3], alpha.clamp_min(1e-6), out=target[..., :3])  # `straight`, in place
-    target[..., :3].clamp_(0.0, 1.0)
-    target[..., 3:4] = alpha.clamp(0.0, 1.0)
+    torch.from_numpy(out[box]).copy_(straight(torch.from_numpy(moved).permute(2, 0, 1)[None])[0].permute(1, 2, 0))
     return out
 
 
