@@ -219,6 +219,29 @@ def drawn_mask(outline: dict[str, tuple[int, int]], size: tuple[int, int] = (600
     return mask.astype(bool)
 
 
+def white_on_white(
+    outline: dict[str, tuple[int, int]], size: tuple[int, int] = (600, 600), seed: int = 0
+) -> np.ndarray:
+    """A white garment on a backdrop retouched to pure white, as shops shoot them, JPEG-compressed:
+    its body a unit or two of lightness under the backdrop, its outline a faint shadow with gaps
+    at four of its corners."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    shading = cv2.resize(rng.normal(0, 1, (height // 40, width // 40)), (width, height), interpolation=cv2.INTER_CUBIC)
+    mask = drawn_mask(outline, size)
+    image = np.full((height, width), 255.0)
+    image[mask] = np.clip(251 + 1.5 * shading, 0, 255)[mask]
+    contour = np.array(list(outline.values()), np.int32)
+    shadow = np.zeros((height, width), np.uint8)
+    cv2.polylines(shadow, [contour], True, 1, 3)
+    for x, y in contour[rng.choice(len(contour), 4, replace=False)]:  # gaps where the shadow fades out
+        cv2.circle(shadow, (int(x), int(y)), 12, 0, -1)
+    image[shadow > 0] = 243
+    grey = image.round().astype(np.uint8)
+    _, jpeg = cv2.imencode(".jpg", cv2.merge([grey, grey, grey]), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+
+
 if __name__ == "__main__":  # `make demo` draws its garment with this: python -m tests.warp.drawn OUT.png
     import sys
 
