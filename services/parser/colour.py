@@ -3,6 +3,7 @@ the geometry says belong to one class (skin from the face, garment from the tors
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -29,7 +30,8 @@ class ColourModel:
 
     def nll(self, pixels: np.ndarray) -> np.ndarray:
         """Negative log-likelihood of (N, 3) pixels under the best-fitting cluster."""
-        return self.cluster_nll(pixels).min(axis=1)
+        # A running minimum over the K columns: numpy's min over a short last axis is ~15x slower.
+        return functools.reduce(np.minimum, self.cluster_nll(pixels).T)
 
     def assign(self, pixels: np.ndarray) -> np.ndarray:
         """(N,) index of the best-fitting cluster of each of (N, 3) pixels."""

@@ -118,8 +118,7 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
         tight_cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD * FLAT_FLOOD_STD)
         tight = _flood((tight_cost < BACKGROUND_COST) & (gradient < EDGE_L), background_like, frame, disc)
         taken = (background & ~tight).astype(np.uint8)
-        halo = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * HALO * r + 1, 2 * HALO * r + 1))
-        thick = cv2.morphologyEx(taken, cv2.MORPH_OPEN, halo) > 0
+        thick = cv2.distanceTransform(taken, cv2.DIST_L2, 3) > HALO * r
         _, parts = cv2.connectedComponents(taken, connectivity=8)
         # A piece on the frame is backdrop the tight flood could not reach through a gap the halo
         # narrowed (the backdrop between a racerback's straps).
