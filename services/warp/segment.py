@@ -27,18 +27,12 @@ WORK_SIDE = 512  # segmentation runs with the longer side at most this
 BORDER = 3  # pixels of the frame sampled as background
 BORDER_OUTLIER = 12.0  # Lab distance from the border's median beyond which a border pixel is garment
 BACKGROUND_MIN_STD = np.array([0.5, 0.3, 0.3])
-# A backdrop retouched to one exact value: at least FLAT_BACKDROP_SHARE of the border's pixels
-# lie within FLAT_BACKDROP_L of its median lightness (a photographed backdrop's noise leaves a
-# tenth or so there). A spread (std) would not do: the few pixels JPEG ringing leaves off-value
-# where a garment comes near the frame raise it over any threshold a noisy backdrop stays under.
-FLAT_BACKDROP_L = 0.05
-FLAT_BACKDROP_SHARE = 0.5
-FLAT_FLOOD_STD = 0.3  # there, the tight flood's colour model's floor: this share of BACKGROUND_MIN_STD
-HALO = 3  # in gap radii: what only the loose flood took, nowhere thicker than this, is the JPEG halo
+FLAT_BACKDROP_STD = 0.05  # Lab L spread of the border under which the backdrop is one retouched value
+FLAT_BACKDROP_SHARE = 0.3  # ... and its flood's colour model's floor is this share of BACKGROUND_MIN_STD
 BACKGROUND_COST = 9.0  # nll under the border model below which a pixel looks like background
 EDGE_L = 100.0  # lightness step (Lab L, 3x3) that no flat background has: an outline
 GAP_RADIUS = 0.008  # of the longer side: outline gaps narrower than twice this are closed
-HOLE_COST = 1.0  # stricter, for enclosed regions to count as holes (under the tight model on a flat backdrop)
+HOLE_COST = 1.0  # stricter, for enclosed regions to count as holes
 MIN_HOLE = 0.002  # of the garment's area
 MIN_UNIFORM_BORDER = 0.55  # a product shot's border is mostly background
 MIN_AREA, MAX_AREA = 0.03, 0.97  # of the image
@@ -77,17 +71,6 @@ def _background_cost(lab: np.ndarray, border: np.ndarray, min_std: np.ndarray) -
     return cost - np.median(model.nll(border))
 
 
-def _flood(floodable: np.ndarray, background_like: np.ndarray, frame: np.ndarray, disc: np.ndarray) -> np.ndarray:
-    """The `floodable` pixels connected to the frame once gaps narrower than `disc` are closed
-    (the opening), and the `background_like` pixels within `disc` of them (the opening's
-    pixels given back)."""
-    opened = cv2.morphologyEx(floodable.astype(np.uint8), cv2.MORPH_OPEN, disc)
-    _, parts = cv2.connectedComponents(opened, connectivity=4)
-    outside = np.unique(parts[frame & (opened > 0)])
-    background = np.isin(parts, outside[outside > 0]).astype(np.uint8)
-    return (cv2.dilate(background, disc) > 0) & background_like
-
-
 def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     lab = _lab(cv2.medianBlur(rgb, 5))
     frame = _frame(lab.shape[:2])
@@ -98,38 +81,31 @@ def _mask_from_background(rgb: np.ndarray) -> np.ndarray:
     cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD)
     if (cost[frame] < BACKGROUND_COST).mean() < MIN_UNIFORM_BORDER:
         raise GarmentNotDetected("the image border is not a plain background: not a product image")
+    # A retouched backdrop of one exact value tells a white garment apart by an L unit or two:
+    # there, what the background's flood may cross is judged by a tighter model (a noisy
+    # backdrop needs the floor, or its own noise would read as garment). The looser one still
+    # takes back the outline's JPEG fringe, within the r pixels the flood gives back.
+    flat = border[near_median, 0].std() < FLAT_BACKDROP_STD
+    flood_cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD * FLAT_BACKDROP_SHARE) if flat else cost
+
     # Background is border-coloured and flat. A white garment on white is separated from the
-    # background only by its faint outline, which has gaps: the flood closes gaps narrower than
-    # 2 * r (`_flood`).
+    # background only by its faint outline, which has gaps: the opening closes gaps narrower
+    # than 2 * r before connectivity is tested, and the dilation gives the r pixels back.
     gradient = cv2.morphologyEx(lab[..., 0], cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
-    background_like = (cost < BACKGROUND_COST) & (gradient < EDGE_L)
+    background_like = ((cost < BACKGROUND_COST) & (gradient < EDGE_L)).astype(np.uint8)
+    floodable = ((flood_cost < BACKGROUND_COST) & (gradient < EDGE_L)).astype(np.uint8)
     r = max(1, round(GAP_RADIUS * max(lab.shape[:2])))
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    background = _flood(background_like, background_like, frame, disc)
-    hole_cost = cost
-    lightness = border[near_median, 0]
-    if (np.abs(lightness - np.median(lightness)) < FLAT_BACKDROP_L).mean() >= FLAT_BACKDROP_SHARE:
-        # A backdrop retouched to one exact value: a white garment differs from it by an L unit
-        # or two, and the flood above (its colour model floored for a noisy backdrop) crosses
-        # its faint outline into it. A flood under a tight model stops at the garment, but also
-        # at the JPEG halo around every garment. What only the loose flood took is given back
-        # in each piece that is somewhere thicker than a halo: the white garment's body, not the
-        # halo's thin band.
-        tight_cost = _background_cost(lab, border[near_median], BACKGROUND_MIN_STD * FLAT_FLOOD_STD)
-        tight = _flood((tight_cost < BACKGROUND_COST) & (gradient < EDGE_L), background_like, frame, disc)
-        taken = (background & ~tight).astype(np.uint8)
-        thick = cv2.distanceTransform(taken, cv2.DIST_L2, 3) > HALO * r
-        _, parts = cv2.connectedComponents(taken, connectivity=8)
-        # A piece on the frame is backdrop the tight flood could not reach through a gap the halo
-        # narrowed (the backdrop between a racerback's straps).
-        white_garment = np.setdiff1d(np.unique(parts[thick]), np.unique(parts[frame]))
-        background &= ~np.isin(parts, white_garment)
-        hole_cost = tight_cost
+    opened = cv2.morphologyEx(floodable, cv2.MORPH_OPEN, disc)
+    _, parts = cv2.connectedComponents(opened, connectivity=4)
+    outside = np.unique(parts[frame & (opened > 0)])
+    background = np.isin(parts, outside[outside > 0]).astype(np.uint8)
+    background = (cv2.dilate(background, disc) > 0) & (background_like > 0)
     # JPEG ringing leaves a ragged fringe of not-quite-background along the outline: smooth it off.
     garment = cv2.morphologyEx((~background).astype(np.uint8), cv2.MORPH_OPEN, disc) > 0
     garment = _clean(garment)
     # Real holes: enclosed, tightly border-coloured, not tiny. Everything else enclosed is garment.
-    holes = garment & (hole_cost < HOLE_COST)
+    holes = garment & (flood_cost < HOLE_COST)
     count, hole_parts, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
     big = np.zeros(count, bool)
     big[1:] = stats[1:, cv2.CC_STAT_AREA] >= MIN_HOLE * garment.sum()
