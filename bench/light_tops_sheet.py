@@ -12,7 +12,10 @@ It also prints the figure for it: the folds printed on each light top, the stand
 FOLD_SCALE of the height) is taken out, over the garment's opaque pixels. The warped garment's
 own print and creases cancel in the ratio; what remains is the light the try-on put on it.
 
-    .venv/bin/python bench/light_tops_sheet.py [--name light_tops_before.jpg]
+    .venv/bin/python bench/light_tops_sheet.py [--name light_tops_before.jpg] [--learned NAME]
+
+With --learned NAME, the learned path (weights installed as NAME by `fitroom models install`)
+instead of the default: its generator's shade is the light it puts on the garment.
 """
 
 from __future__ import annotations
@@ -56,12 +59,13 @@ def printed_folds(result: TryonResult) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="light_tops_sheet.jpg")
+    parser.add_argument("--learned", metavar="NAME", help="the learned path with the weights installed as NAME")
     args = parser.parse_args()
     photos = SHARED_DATA / "photos"
     if not photos.exists():
         print(f"no photos at {photos}: no sheet")
         return 0
-    pipeline = Pipeline(LocalArtifactStore(tempfile.mkdtemp()), embedded_backend())
+    pipeline = Pipeline(LocalArtifactStore(tempfile.mkdtemp()), embedded_backend(), args.learned)
     garments = [(read_image_file(next((photos / "garment").glob(f"{n}.*")), rgba=True), "upper") for n in LIGHT_TOPS]
     persons = [read_image_file(path) for path in sorted((photos / "person").iterdir())]
     print(f"printed folds, % of luminance (fine light on the garment, scale < {FOLD_SCALE} of the height):")

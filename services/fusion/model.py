@@ -58,6 +58,7 @@ FEATHER = 2  # half-width in pixels of the box filter that softens the repaint r
 BROAD_LIGHT = 4.0  # the broad light's blur, in lighting sigmas
 FOLDS_ON_WHITE = 0.2  # share of the old garment's folds a white garment takes; 1 up to FOLDS_FULL
 FOLDS_FULL = 0.3  # luma (0 to 1) of the new garment up to which it takes the folds whole
+LIGHTING_SIGMA = 0.02  # of the image height: the old garment's light is blurred at least this much
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -94,12 +95,27 @@ def _push_pull(image: torch.Tensor, known: torch.Tensor, start: int) -> torch.Te
     return resize_bilinear(filled, list(image.shape[-2:]))
 
 
-def _luminance(rgb: torch.Tensor) -> torch.Tensor:
+def luminance(rgb: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) Rec. 601 luma of the first three channels of (N, C, H, W) `rgb`."""
     return 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def garment_lightness(premultiplied: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, 1, H, W): the garment's dye lightness (luma, 0 to 1) around each pixel, from its
+    premultiplied RGBA blurred by `sigma` pixels over the garment only: blurred with the empty
+    canvas around it, a white garment's edges would read dark."""
+    blurred = gaussian_blur(torch.cat([luminance(premultiplied), premultiplied[:, 3:4]], dim=1), sigma)
+    return blurred[:, 0:1] / blurred[:, 1:2].clamp_min(1e-3)
+
+
+def fold_share(lightness: torch.Tensor, folds_on_white: float, folds_full: float) -> torch.Tensor:
+    """The share of a light's folds a garment of `lightness` takes: all of them up to `folds_full`,
+    falling to `folds_on_white` on white, where a fold's few tenths of darkening read as blotches
+    of crumpled foil."""
+    return 1.0 - (1.0 - folds_on_white) * ((lightness - folds_full) / (1.0 - folds_full)).clamp(0.0, 1.0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (1, C, H, W) `x`: on a copy shrunk until sigma is ~2 pixels, then
     brought back bilinearly. A low-pass result loses nothing by the round trip."""
     height, width = x.shape[-2:]
@@ -154,7 +170,7 @@ class TryonFusion(nn.Module):
         SUPPORT_FULL: an edge, a stray island such as a button parsed as garment) the ratio fades
         to 1, so no lone pixel sets the light."""
         light = (luminance / albedo.clamp_min(1e-3)).clamp(0.0, self.max_light)
-        support = _gaussian_blur(torch.cat([light * mask, mask], dim=1), sigma)
+        support = gaussian_blur(torch.cat([light * mask, mask], dim=1), sigma)
         total = float(mask.sum())
         mean = float((light * mask).sum()) / total if total > 0 else 1.0
         weight = support[:, 1:2]
@@ -176,22 +192,18 @@ class TryonFusion(nn.Module):
         # Lighting: the old garment's blurred light (luminance over its dye's) relative to its mean,
         # as broad light times folds; a light new garment takes fewer of the folds.
         sigma = float(lighting_sigma[0, 0])
-        luminance = _luminance(image)
-        shading = self._relative_shading(luminance, albedo, shading_source, sigma)
-        broad = self._relative_shading(luminance, albedo, shading_source, self.broad_light * sigma)
+        image_luma = luminance(image)
+        shading = self._relative_shading(image_luma, albedo, shading_source, sigma)
+        broad = self._relative_shading(image_luma, albedo, shading_source, self.broad_light * sigma)
         alpha = garment[:, 3:4] * allowed
-        # The dye's lightness, not its print's edges, averaged over the garment only: blurred with
-        # the empty canvas around it, a white garment's edges read dark and took all the folds.
+        # The dye's lightness, not its print's edges.
         opaque = garment[:, 3:4]
-        blurred = _gaussian_blur(torch.cat([_luminance(garment) * opaque, opaque], dim=1), sigma)
-        lightness = blurred[:, 0:1] / blurred[:, 1:2].clamp_min(1e-3)
-        fold_share = 1.0 - (1.0 - self.folds_on_white) * (
-            (lightness - self.folds_full) / (1.0 - self.folds_full)
-        ).clamp(0.0, 1.0)
-        shading = (broad * (shading / broad) ** fold_share).clamp(self.low, self.high)
+        lightness = garment_lightness(torch.cat([garment[:, 0:3] * opaque, opaque], dim=1), sigma)
+        share = fold_share(lightness, self.folds_on_white, self.folds_full)
+        shading = (broad * (shading / broad) ** share).clamp(self.low, self.high)
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
         # the same way, so that the garment carries the person photo's light, not both.
-        own_shading = self._relative_shading(_luminance(garment), torch.full_like(alpha, 1.0), alpha, sigma)
+        own_shading = self._relative_shading(luminance(garment), torch.full_like(alpha, 1.0), alpha, sigma)
 
         # Fill: the lower garment below the waist, skin elsewhere inside the body, background outside it.
         sources = torch.cat([skin_source, background_source, lower_source])

@@ -38,8 +38,8 @@ import torch
 from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
+from services.fusion.model import LIGHTING_SIGMA, REGIONS
 from services.fusion.model import NAME as MODEL_NAME
-from services.fusion.model import REGIONS
 from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
@@ -47,7 +47,6 @@ from services.parser.agnostic import agnostic_mask, any_of
 from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, landmark, leg_chain
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
-LIGHTING_SIGMA = 0.02  # of the image height: the floor
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
 LEG_RADIUS = 0.2  # of the shoulder width
 # A bare leg's half-width at the hip, the knee and the ankle, of the shoulder width: a thigh is

@@ -10,7 +10,10 @@ the editable region, and predicts three layers:
 
 - a rendered layer: the fused photo's light, a multiplier of its colours (the shadow a garment
   casts, a crease at the waist), never a colour of its own;
-- a shade: a multiplier for the garment's colours (its folds and light);
+- a shade: a multiplier for the garment's colours (its folds and light); a light garment takes
+  only a share of it, as of fusion's folds (`fold_share`: on paired photos the shade learned a
+  white garment's folds from the fused photo's light; on an unseen pair with nothing to copy,
+  a dark old garment, it drew its average folds as grey blotches);
 - a composition mask: where the warped garment's own pixels show.
 
 The layers are smooth, so at a photo's full resolution they are predicted at the work size and
@@ -35,6 +38,7 @@ from torch import nn
 
 from services.common.model_repository import ModelSignature, TensorSpec
 from services.common.unet import UNet, resize_bilinear
+from services.fusion.model import FOLDS_FULL, FOLDS_ON_WHITE, LIGHTING_SIGMA, fold_share, garment_lightness
 from services.warp.gmm import premultiplied, work_size
 
 NAME = "tryon_generator"
@@ -82,12 +86,15 @@ def compose(
 
 
 class TryonGenerator(nn.Module):
-    __constants__ = ("shade_range", "mask_floor")
+    __constants__ = ("shade_range", "mask_floor", "lighting_sigma", "folds_on_white", "folds_full")
 
     def __init__(self) -> None:
         super().__init__()
         self.shade_range = SHADE_RANGE
         self.mask_floor = MASK_FLOOR
+        self.lighting_sigma = LIGHTING_SIGMA
+        self.folds_on_white = FOLDS_ON_WHITE
+        self.folds_full = FOLDS_FULL
         self.unet = UNet(IN_CHANNELS, LAYERS, WIDTHS)
         with torch.no_grad():  # start as fusion: no light, no shade, the mask half-way above its floor
             self.unet.head.weight.zero_()
@@ -97,11 +104,13 @@ class TryonGenerator(nn.Module):
         """The layers at the inputs' (work) size: the light, the mask before the garment's alpha,
         the shade. `garment` is premultiplied."""
         maps = self.unet(torch.cat([fused, garment, editable], dim=1))
+        lightness = garment_lightness(garment, self.lighting_sigma * garment.shape[2])
+        share = fold_share(lightness, self.folds_on_white, self.folds_full)
         return torch.cat(
             [
                 torch.exp(self.shade_range * torch.tanh(maps[:, 0:1])),
                 self.mask_floor + (1.0 - self.mask_floor) * torch.sigmoid(maps[:, 1:2]),
-                torch.exp(self.shade_range * torch.tanh(maps[:, 2:3])),
+                torch.exp(self.shade_range * share * torch.tanh(maps[:, 2:3])),
             ],
             dim=1,
         )

@@ -55,6 +55,7 @@ ARMS_OVER_LOWER_T = 0.85  # above this, what lies along an arm is arm or sleeve,
 UNREACHABLE = 1e4  # the cost of a class its zone rules out
 MAX_COLOUR_COST = 40.0
 UNEXPLAINED = 16.0  # a colour cost (nats) above which no class's colour model explains a pixel
+NEUTRAL_CHROMA = 8.0  # Lab chroma under which a colour has no hue: white, greys, black
 
 
 def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -189,10 +190,15 @@ def label_pixels(
             colour_costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST)
             costs[k] = colour_costs[k] + priors[name][near]
     # A colour no model of this photo explains, on the person, is garment (a stripe, a print, a
-    # logo): skin and hair colours are known from the face and head, garments' are not.
+    # logo): skin and hair colours are known from the face and head, garments' are not. Away from
+    # the head, hair's model does not explain a colour without hue (white, grey), which skin never
+    # is: blond hair's "explained" a red sleeve's white stripes, so they were taken for arm and a
+    # try-on filled the arm's skin with white.
     on_person = names.index("background") != np.argmin(costs, axis=0)
-    person_classes = [names.index(n) for n in ("upper", "skin", "lower", "hair")]
-    unexplained = on_person & (colour_costs[person_classes].min(axis=0) > UNEXPLAINED)
+    person_classes = [names.index(n) for n in ("upper", "skin", "lower")]
+    neutral = np.hypot(pix[:, 1], pix[:, 2]) < NEUTRAL_CHROMA
+    hair_cost = np.where(head_zone[near] | ~neutral, colour_costs[names.index("hair")], np.inf)
+    unexplained = on_person & (np.minimum(colour_costs[person_classes].min(axis=0), hair_cost) > UNEXPLAINED)
     costs[[names.index("skin"), names.index("hair")]] += np.where(unexplained, UNREACHABLE, 0.0)
     choice = np.full((h, w), names.index("background"))
     choice[near] = np.argmin(costs, axis=0)

@@ -365,6 +365,25 @@ def test_training_lays_the_learned_warp_in_as_the_fusion_stage_does(cache: train
     assert float((train.over_learned_warp(batch, shifted).fused - batch.fused).abs().mean()) > 5 / 255
 
 
+def test_a_white_garment_takes_a_share_of_the_shade_as_of_fusions_folds() -> None:
+    """The generator's shade, at its darkest, darkens a dark garment by the whole SHADE_RANGE and
+    a white one by FOLDS_ON_WHITE of it (an unseen white tee on a black top came out with grey
+    blotches where the shade drew folds it had no light to copy from)."""
+    generator = tom.TryonGenerator()
+    with torch.no_grad():
+        generator.unet.head.bias[2] = -20.0  # tanh -> -1: the darkest shade the network can ask for
+    size = gmm.work_size(1024, 768)
+    editable = torch.ones(1, 1, *size)
+    darkest = {}
+    for name, grey in (("white", 1.0), ("navy", 0.15)):
+        garment = torch.full((1, 4, *size), grey)
+        garment[:, 3] = 1.0
+        darkest[name] = float(generator(garment[:, :3], garment, editable)[0, 2].mean())
+    full = float(np.exp(-tom.SHADE_RANGE))
+    assert darkest["navy"] == pytest.approx(full, abs=1e-3)
+    assert darkest["white"] == pytest.approx(float(np.exp(-tom.SHADE_RANGE * tom.FOLDS_ON_WHITE)), abs=1e-3)
+
+
 def test_the_perceptual_loss_loads_its_imagenet_weights_from_the_wheel() -> None:
     perceptual = train.Perceptual()
     rng = torch.Generator().manual_seed(0)
