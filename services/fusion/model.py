@@ -35,6 +35,7 @@ from torch import nn
 
 from services.common.model_repository import ModelSignature, TensorSpec, install_model
 from services.common.unet import resize_bilinear
+from services.warp.gmm import premultiplied
 
 NAME = "tryon_fusion"
 VERSION = 13  # bump when the module changes, so that installed copies are rebuilt
@@ -163,13 +164,13 @@ class TryonFusion(nn.Module):
         self.folds_full = FOLDS_FULL
 
     def _relative_shading(
-        self, luminance: torch.Tensor, albedo: torch.Tensor, mask: torch.Tensor, sigma: float
+        self, luma: torch.Tensor, albedo: torch.Tensor, mask: torch.Tensor, sigma: float
     ) -> torch.Tensor:
         """The blurred light of the `mask`ed pixels (luminance over `albedo`, each pixel's dye)
         over its mean, clamped. Where little of the mask is near (its blurred weight under
         SUPPORT_FULL: an edge, a stray island such as a button parsed as garment) the ratio fades
         to 1, so no lone pixel sets the light."""
-        light = (luminance / albedo.clamp_min(1e-3)).clamp(0.0, self.max_light)
+        light = (luma / albedo.clamp_min(1e-3)).clamp(0.0, self.max_light)
         support = gaussian_blur(torch.cat([light * mask, mask], dim=1), sigma)
         total = float(mask.sum())
         mean = float((light * mask).sum()) / total if total > 0 else 1.0
@@ -178,7 +179,7 @@ class TryonFusion(nn.Module):
         trust = (weight / self.support_full).clamp(0.0, 1.0) ** 2  # squared: islands fade fast
         # A dark garment's luminance is mostly sheen and noise over a tiny mean: its ratios are
         # not the light, so they count less the darker it is.
-        mean_luminance = float((luminance * mask).sum()) / total if total > 0 else 1.0
+        mean_luminance = float((luma * mask).sum()) / total if total > 0 else 1.0
         trust = trust * min(1.0, mean_luminance / self.dark_full)
         return (1.0 + trust * (ratio - 1.0)).clamp(self.low, self.high)
 
@@ -197,8 +198,7 @@ class TryonFusion(nn.Module):
         broad = self._relative_shading(image_luma, albedo, shading_source, self.broad_light * sigma)
         alpha = garment[:, 3:4] * allowed
         # The dye's lightness, not its print's edges.
-        opaque = garment[:, 3:4]
-        lightness = garment_lightness(torch.cat([garment[:, 0:3] * opaque, opaque], dim=1), sigma)
+        lightness = garment_lightness(premultiplied(garment), sigma)
         share = fold_share(lightness, self.folds_on_white, self.folds_full)
         shading = (broad * (shading / broad) ** share).clamp(self.low, self.high)
         # The product shot's own light (a flat-lay's creases, a studio gradient) is taken out
