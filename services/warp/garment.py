@@ -326,14 +326,13 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         )
         top_edge = walk(collar, cuff_inner)
         if has_sleeve:
-            # The outer cuff corner sticks out furthest from the torso's side (the line collar
-            # to armpit) while lying across the cuff from the inner corner.
+            # The outer cuff corner is the sleeve's end furthest from the collar, lying across
+            # the cuff from the inner corner. (Furthest out from the torso's side, as it was
+            # found before, is the shoulder itself for a long sleeve laid down beside the body.)
             before = top_edge[:-1]
-            side_line = armpit_pt - pts[collar]
-            side_normal = np.array([-side_line[1], side_line[0]]) / max(float(np.linalg.norm(side_line)), 1.0)
-            out = np.abs((pts[before] - pts[collar]) @ side_normal)
+            far = np.linalg.norm(pts[before] - pts[collar], axis=1)
             across = np.linalg.norm(pts[before] - cuff, axis=1)
-            outer = int(before[np.argmax(out + 0.2 * across)])
+            outer = int(before[np.argmax(far + 0.2 * across)])
             marks[f"sleeve_{name}_outer"] = pts[outer]
             marks[f"sleeve_{name}_inner"] = cuff
             shoulder_range = walk(collar, outer)

@@ -41,7 +41,7 @@ from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseRes
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of
-from services.parser.geometry import BodyFrame, arm_chain, chain_coords, landmark, leg_chain
+from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, chain_coords, landmark, leg_chain
 from services.warp import gmm, tps
 from services.warp.model import NAME as MODEL_NAME
 from services.warp.model import PARTS
@@ -73,6 +73,8 @@ NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of 
 # spline stays regular where the arm's tube ends (the tube, not the spline, cuts the sleeve off).
 SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
 SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
+SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out past an armpit is sleeve
+SLEEVED_SKIN = 0.2  # a stretch of the arm with less of its capsule bare skin than this is in a sleeve
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
 
@@ -165,6 +167,42 @@ class Body:
         cap = across >= joint_across - 0.5 * reach / self.frame.length
         tube[y0:y1, x0:x1] = (distance <= reach) & ((arc >= 0.0) | cap) & (arc <= length) & self.visible[y0:y1, x0:x1]
         return tube
+
+    def arm_beyond(self, side: str, length: float) -> np.ndarray:
+        """HxW bool: the arm's capsule (ARM_RADIUS, as fusion paints an arm's skin) past arc length
+        `length` from the shoulder joint, where the old garment's sleeve hides it, outside the
+        torso (the shoulder-hip quadrilateral), on the visible silhouette: where a sleeve that long
+        leaves a sleeved arm bare. The parse does not tell a sleeved arm hanging beside the torso
+        from it; this is what says the arm is there, in front of a shorter garment's torso. Where
+        the parse sees the arm's skin it knows the arm already (`arm_skin` is in front of the
+        torso), and the capsule, wider than the arm and never quite on it, is not used."""
+        chain = arm_chain(self.pts, side)
+        reach = ARM_RADIUS * self.frame.shoulder_width
+        corners = np.array(chain)
+        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
+        x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
+        x1, y1 = min(x1, self.width), min(y1, self.height)
+        beyond = np.zeros((self.height, self.width), bool)
+        if x1 <= x0 or y1 <= y0:
+            return beyond
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        distance, arc = chain_coords(xs, ys, chain)
+        capsule = (distance <= reach) & (arc > length) & self.visible[y0:y1, x0:x1]
+        # Along the arm, a stretch of 2 ARM_RADIUS at a time is sleeved where little of it is skin.
+        stretch = np.where(capsule, ((arc - length) / (2.0 * reach)).astype(int), 0)
+        count = np.bincount(stretch[capsule], minlength=1)
+        skin = np.bincount(stretch[capsule], self.arm_skin[y0:y1, x0:x1][capsule], minlength=len(count))
+        sleeved = skin < SLEEVED_SKIN * np.maximum(count, 1)
+        beyond[y0:y1, x0:x1] = capsule & sleeved[stretch]
+        return beyond & ~self.torso_quad
+
+    @functools.cached_property
+    def torso_quad(self) -> np.ndarray:
+        """HxW bool: the quadrilateral of the shoulder and hip joints."""
+        names = ("left_shoulder", "right_shoulder", "right_hip", "left_hip")
+        quad = np.zeros((self.height, self.width), np.uint8)
+        cv2.fillPoly(quad, [np.round([landmark(self.pts, n) for n in names]).astype(np.int32)], 1)
+        return quad.astype(bool)
 
     def neck(self) -> np.ndarray:
         """HxW bool: bare skin above NECK_SKIN_T, the neck, which is in front of a garment's inside back."""
@@ -309,6 +347,16 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     shown = body.torso_shown(flare=garment.category == "dress")
     if garment.category == "dress":  # its skirt hangs across the gap between the legs, as a skirt's does
         shown |= body.between_legs()
+    # An arm past the new sleeve's end is bare and in front of the torso, though the old sleeve
+    # hid it: a tee over a long-sleeved top does not lay its body over the arms hanging beside it.
+    # Only where the analysis found sleeves: without them a garment may be sleeveless or have
+    # long sleeves laid against its body (a third of VITON's tops whose sleeves it misses), and
+    # bare arms under a long-sleeved blouse are worse than a tank's body over the old sleeves.
+    if any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right")):
+        # Garments are symmetric: the longer measure holds for both sleeves.
+        reach = max(sleeve_extent(garment, side) for side in ("left", "right")) * p_span / max(g_span, 1.0)
+        for side in ("left", "right"):
+            shown &= ~body.arm_beyond(side, reach)
     back = inside_back(garment)
     torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
     sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
@@ -341,6 +389,39 @@ def inside_back(garment: GarmentAnalysis) -> np.ndarray:
 
 def _perpendicular(direction: np.ndarray) -> np.ndarray:
     return np.array([-direction[1], direction[0]])
+
+
+def sleeve_extent(garment: GarmentAnalysis, side: str) -> float:
+    """How far (garment pixels) the flat-lay's sleeve on `side` of a garment with sleeves reaches
+    from its shoulder point. A sleeve is what lies outside the body: past the armpit by
+    SLEEVE_MARGIN of the shoulder span, or apart from the body's run of pixels through the centre
+    (a long sleeve laid down beside the body, whose outer corner the analysis may not find;
+    pieces under SLEEVE_MARGIN high, such as a ragged hem's, are not sleeves). Measured on the
+    mask rather than between the cuff's corners: a short sleeve's outer seam is longer than its
+    axis. A body that flares past its armpits reads as a long sleeve: the arm then stays
+    covered, as before this measure was taken."""
+    mask = garment.mask
+    shoulder, armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
+    span = float(np.linalg.norm(_g(garment, "shoulder_left") - _g(garment, "shoulder_right")))
+    columns = np.flatnonzero(mask.any(axis=0))
+    centre = (columns[0] + columns[-1]) // 2
+    outward = np.sign(shoulder[0] - centre) or 1.0
+    # Each row's run of garment through the centre column is the body; what is apart from it,
+    # on a row through the body, is a sleeve laid beside it.
+    xs_row = np.arange(mask.shape[1])
+    left_gap = np.where(~mask & (xs_row < centre), xs_row, -1).max(axis=1)
+    right_gap = np.where(~mask & (xs_row > centre), xs_row, mask.shape[1]).min(axis=1)
+    apart = mask & mask[:, centre : centre + 1] & ((xs_row <= left_gap[:, None]) | (xs_row >= right_gap[:, None]))
+    _, pieces, stats, _ = cv2.connectedComponentsWithStats(apart.astype(np.uint8), connectivity=8)
+    tall = np.flatnonzero(stats[:, cv2.CC_STAT_HEIGHT] >= SLEEVE_MARGIN * span)
+    sleeve = np.isin(pieces, tall[tall > 0])
+    sleeve |= mask & (outward * (xs_row - armpit[0]) > SLEEVE_MARGIN * span)[None, :]
+    sleeve &= (outward * (xs_row - centre) > 0)[None, :]
+    sleeve[: max(0, int(shoulder[1]))] = False
+    ys, xs = np.nonzero(sleeve)
+    if not len(ys):
+        return 0.0
+    return float(np.hypot(xs - shoulder[0], ys - shoulder[1]).max())
 
 
 def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float) -> Part | None:
