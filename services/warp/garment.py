@@ -170,6 +170,12 @@ def _armpits(outline: Outline) -> dict[str, Dent]:
     return found
 
 
+def has_armholes(mask: np.ndarray) -> bool:
+    """Whether a top's outline dents in at an armpit on either side: a sleeve's or a sleeveless
+    top's armhole. Long sleeves laid down against the body leave the sides straight."""
+    return bool(_armpits(Outline(mask)))
+
+
 def _corner(outline: Outline, tip: int, far: int) -> int:
     """The polygon's sharpest corner between a hull vertex and a dent's deepest point (a cuff
     or hem corner that the hull passed over because it lies on or inside the hull's edge), or

@@ -37,12 +37,13 @@ import cv2
 import numpy as np
 
 from services import learned
-from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
+from services.common.contracts import LANDMARK_INDEX, LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of
 from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, chain_coords, landmark, leg_chain
 from services.warp import gmm, tps
+from services.warp.garment import has_armholes
 from services.warp.model import NAME as MODEL_NAME
 from services.warp.model import PARTS
 
@@ -74,7 +75,8 @@ NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of 
 SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
 SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
 SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out past an armpit is sleeve
-SLEEVED_SKIN = 0.2  # a stretch of the arm with less of its capsule bare skin than this is in a sleeve
+BARE_STRETCH = 0.3  # a stretch of the arm with this much of its capsule bare skin: the parse sees that arm
+ARM_SEEN = 0.5  # the pose's visibility of an elbow and wrist that are in the photo, not behind the body
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
 
@@ -97,7 +99,9 @@ class Body:
     (everything not background) and arms; never from the worn garment's own outline."""
 
     def __init__(self, pose: PoseResult, parse: ParseResult) -> None:
-        self.pts = pose.landmark_array()[:, :2].astype(np.float64)
+        landmarks = pose.landmark_array()
+        self.pts = landmarks[:, :2].astype(np.float64)
+        self.visibility = landmarks[:, 3]
         self.frame = BodyFrame.from_points(self.pts)
         labels = parse.labels
         self.person = labels != LIP["background"]
@@ -170,30 +174,35 @@ class Body:
 
     def arm_beyond(self, side: str, length: float) -> np.ndarray:
         """HxW bool: the arm's capsule (ARM_RADIUS, as fusion paints an arm's skin) past arc length
-        `length` from the shoulder joint, where the old garment's sleeve hides it, outside the
-        torso (the shoulder-hip quadrilateral), on the visible silhouette: where a sleeve that long
-        leaves a sleeved arm bare. The parse does not tell a sleeved arm hanging beside the torso
-        from it; this is what says the arm is there, in front of a shorter garment's torso. Where
-        the parse sees the arm's skin it knows the arm already (`arm_skin` is in front of the
-        torso), and the capsule, wider than the arm and never quite on it, is not used."""
+        `length` from the shoulder joint, outside the torso (the shoulder-hip quadrilateral), on
+        the visible silhouette, when the old garment's sleeve hides the whole arm down to the
+        wrist: where a sleeve that long leaves a sleeved arm bare. The parse does not tell a
+        sleeved arm hanging against the torso from it; this says the arm is there, in front of a
+        shorter garment's torso. Where the parse sees any stretch of the arm's skin (a short old
+        sleeve) it knows the arm (`arm_skin` is in front of the torso), and the capsule, never
+        quite on the arm, is not used: on VITON's short-sleeved shoppers it cut their tops' sides."""
+        beyond = np.zeros((self.height, self.width), bool)
+        if min(self.visibility[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("elbow", "wrist")) < ARM_SEEN:
+            return beyond  # an arm behind the body, or out of the photo
         chain = arm_chain(self.pts, side)
         reach = ARM_RADIUS * self.frame.shoulder_width
         corners = np.array(chain)
         x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
         x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
         x1, y1 = min(x1, self.width), min(y1, self.height)
-        beyond = np.zeros((self.height, self.width), bool)
         if x1 <= x0 or y1 <= y0:
             return beyond
         ys, xs = np.mgrid[y0:y1, x0:x1]
         distance, arc = chain_coords(xs, ys, chain)
-        capsule = (distance <= reach) & (arc > length) & self.visible[y0:y1, x0:x1]
-        # Along the arm, a stretch of 2 ARM_RADIUS at a time is sleeved where little of it is skin.
-        stretch = np.where(capsule, ((arc - length) / (2.0 * reach)).astype(int), 0)
-        count = np.bincount(stretch[capsule], minlength=1)
-        skin = np.bincount(stretch[capsule], self.arm_skin[y0:y1, x0:x1][capsule], minlength=len(count))
-        sleeved = skin < SLEEVED_SKIN * np.maximum(count, 1)
-        beyond[y0:y1, x0:x1] = capsule & sleeved[stretch]
+        capsule = (distance <= reach) & self.visible[y0:y1, x0:x1]
+        # Along the arm down to the wrist, stretches of 2 ARM_RADIUS: is any of them bare skin?
+        wrist_arc = float(np.linalg.norm(chain[1] - chain[0]) + np.linalg.norm(chain[2] - chain[1]))
+        arm = capsule & (arc < wrist_arc)
+        stretch = (arc[arm] / (2.0 * reach)).astype(int)
+        skin = np.bincount(stretch, self.arm_skin[y0:y1, x0:x1][arm]) / np.maximum(np.bincount(stretch), 1)
+        if (skin >= BARE_STRETCH).any():
+            return beyond
+        beyond[y0:y1, x0:x1] = capsule & (arc > length)
         return beyond & ~self.torso_quad
 
     @functools.cached_property
@@ -349,10 +358,11 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
         shown |= body.between_legs()
     # An arm past the new sleeve's end is bare and in front of the torso, though the old sleeve
     # hid it: a tee over a long-sleeved top does not lay its body over the arms hanging beside it.
-    # Only where the analysis found sleeves: without them a garment may be sleeveless or have
-    # long sleeves laid against its body (a third of VITON's tops whose sleeves it misses), and
-    # bare arms under a long-sleeved blouse are worse than a tank's body over the old sleeves.
-    if any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right")):
+    # Not where the outline has no armpit at all: that is long sleeves laid against the body
+    # (VITON's tops with neither sleeves found nor armpits are nearly all such), and bare arms
+    # under a long-sleeved blouse would be worse than a tank's body over the old sleeves.
+    has_sleeves = any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right"))
+    if garment.category == "upper" and (has_sleeves or has_armholes(garment.mask)):
         # Garments are symmetric: the longer measure holds for both sleeves.
         reach = max(sleeve_extent(garment, side) for side in ("left", "right")) * p_span / max(g_span, 1.0)
         for side in ("left", "right"):
@@ -392,15 +402,17 @@ def _perpendicular(direction: np.ndarray) -> np.ndarray:
 
 
 def sleeve_extent(garment: GarmentAnalysis, side: str) -> float:
-    """How far (garment pixels) the flat-lay's sleeve on `side` of a garment with sleeves reaches
-    from its shoulder point. A sleeve is what lies outside the body: past the armpit by
-    SLEEVE_MARGIN of the shoulder span, or apart from the body's run of pixels through the centre
-    (a long sleeve laid down beside the body, whose outer corner the analysis may not find;
-    pieces under SLEEVE_MARGIN high, such as a ragged hem's, are not sleeves). Measured on the
-    mask rather than between the cuff's corners: a short sleeve's outer seam is longer than its
-    axis. A body that flares past its armpits reads as a long sleeve: the arm then stays
-    covered, as before this measure was taken."""
-    mask = garment.mask
+    """How far (garment pixels) the flat-lay's sleeve on `side` reaches from its shoulder point; 0
+    for a sleeveless top. A sleeve is what lies outside the body: SLEEVE_MARGIN of the shoulder
+    span out past the armpit and no lower than that below it (lower down, it is the body's flare
+    or a peplum), or apart from the body's run of pixels through the centre (a long sleeve laid
+    down beside the body, whose outer corner the analysis may not find; pieces under
+    SLEEVE_MARGIN high, such as a ragged hem's, are not sleeves). Measured on the mask rather
+    than between the cuff's corners: a short sleeve's outer seam is longer than its axis, and a
+    tee's sleeves are not always found."""
+    # Holes in the mask (a print the segmentation took for backdrop) are not gaps between pieces.
+    contours, _ = cv2.findContours(garment.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    mask = cv2.drawContours(np.zeros(garment.mask.shape, np.uint8), contours, -1, 1, -1).astype(bool)
     shoulder, armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
     span = float(np.linalg.norm(_g(garment, "shoulder_left") - _g(garment, "shoulder_right")))
     columns = np.flatnonzero(mask.any(axis=0))
@@ -415,7 +427,9 @@ def sleeve_extent(garment: GarmentAnalysis, side: str) -> float:
     _, pieces, stats, _ = cv2.connectedComponentsWithStats(apart.astype(np.uint8), connectivity=8)
     tall = np.flatnonzero(stats[:, cv2.CC_STAT_HEIGHT] >= SLEEVE_MARGIN * span)
     sleeve = np.isin(pieces, tall[tall > 0])
-    sleeve |= mask & (outward * (xs_row - armpit[0]) > SLEEVE_MARGIN * span)[None, :]
+    beside = mask & (outward * (xs_row - armpit[0]) > SLEEVE_MARGIN * span)[None, :]
+    beside[max(0, int(armpit[1] + SLEEVE_MARGIN * span)) :] = False
+    sleeve |= beside
     sleeve &= (outward * (xs_row - centre) > 0)[None, :]
     sleeve[: max(0, int(shoulder[1]))] = False
     ys, xs = np.nonzero(sleeve)

@@ -28,7 +28,7 @@ from services.pipeline import Pipeline
 from services.warp import stage as warp_stage
 from services.warp.garment import analyse_garment
 from tests.conftest import SHARED_DATA
-from tests.warp.drawn import LONG_SLEEVE, TEE, TROUSERS, product_image
+from tests.warp.drawn import LONG_SLEEVE, SCOOPED_TANK, TEE, TROUSERS, product_image
 
 KEPT = (LIP["face"], LIP["hair"])
 
@@ -371,7 +371,8 @@ def drawn_person_in_long_sleeves() -> tuple[np.ndarray, PoseResult, ParseResult]
 def test_a_tee_over_long_sleeves_bares_the_arms_hanging_beside_it(infer: LocalBackend) -> None:
     """The parse does not tell a sleeved arm hanging beside the torso from the torso. A tee put
     over it must not lay its body across the arms: past its short sleeves the arms are bare skin,
-    in front of it. A long-sleeved top covers them (its sleeves)."""
+    in front of it; past a tank top's armholes the whole arm is. A long-sleeved top covers them
+    (its sleeves)."""
     photo, pose, parse = drawn_person_in_long_sleeves()
     forearms = np.zeros(parse.labels.shape, np.uint8)
     for side in ("left", "right"):
@@ -392,8 +393,18 @@ def test_a_tee_over_long_sleeves_bares_the_arms_hanging_beside_it(infer: LocalBa
     # The bare forearms are the hands' skin, neither the tee's green nor the old red sleeve.
     assert np.abs(result[forearms].astype(float) - SKIN).max(axis=1).mean() < 30
 
-    sleeved = product_image(LONG_SLEEVE)
-    alpha, result = tryon(sleeved)
+    # A tank top leaves the upper arms bare too, outside the shoulders' line.
+    upper_arms = np.zeros(forearms.shape, np.uint8)
+    for side in ("left", "right"):
+        (sx, sy), (ex, ey) = (DRAWN_JOINTS[f"{side}_{joint}"] for joint in ("shoulder", "elbow"))
+        cv2.line(upper_arms, (sx + (ex - sx) // 3, sy + (ey - sy) // 3), (ex, ey), 1, 16)
+    upper_arms = upper_arms.astype(bool) & ~(parse.labels == LIP["background"])
+    upper_arms[:, 235:366] = False  # outside the torso
+    alpha, result = tryon(product_image(SCOOPED_TANK))
+    assert alpha[chest].mean() > 0.95
+    assert alpha[upper_arms].mean() < 0.1 and alpha[forearms].mean() < 0.1
+
+    alpha, result = tryon(product_image(LONG_SLEEVE))
     assert alpha[forearms].mean() > 0.9
 
 

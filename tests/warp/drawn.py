@@ -55,6 +55,20 @@ TANK_TOP = {
     "strap_l_out": (380, 60),
     "strap_l_in": (345, 60),
 }
+# A tank top whose armholes curve in below the straps, as real ones do (TANK_TOP's run straight).
+SCOOPED_TANK = {
+    "neckline": (300, 150),
+    "strap_r_in": (255, 60),
+    "strap_r_out": (225, 60),
+    "armhole_r_curve": (222, 150),
+    "armhole_r": (175, 200),
+    "hem_r": (170, 480),
+    "hem_l": (430, 480),
+    "armhole_l": (425, 200),
+    "armhole_l_curve": (378, 150),
+    "strap_l_out": (375, 60),
+    "strap_l_in": (345, 60),
+}
 LONG_SLEEVE = {
     **TEE,
     "sleeve_right_outer": (60, 470),
