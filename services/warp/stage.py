@@ -75,8 +75,10 @@ NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of 
 SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
 SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
 SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out past an armpit is sleeve
+REACH_SIDE = 256  # pixels: the flat-lay's mask is scaled to this for measuring its sleeves' reach
 BARE_STRETCH = 0.3  # a stretch of the arm with this much of its capsule bare skin: the parse sees that arm
 ARM_SEEN = 0.5  # the pose's visibility of an elbow and wrist that are in the photo, not behind the body
+ARM_GRID = 8  # grid points across an arm's radius where its capsule is worked out
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
 
@@ -192,18 +194,23 @@ class Body:
         x1, y1 = min(x1, self.width), min(y1, self.height)
         if x1 <= x0 or y1 <= y0:
             return beyond
-        ys, xs = np.mgrid[y0:y1, x0:x1]
+        # Worked out on a grid of about ARM_GRID points across the arm's radius, then scaled up.
+        step = max(1, int(reach / ARM_GRID))
+        ys, xs = np.mgrid[y0:y1:step, x0:x1:step]
         distance, arc = chain_coords(xs, ys, chain)
-        capsule = (distance <= reach) & self.visible[y0:y1, x0:x1]
+        capsule = (distance <= reach) & self.visible[y0:y1:step, x0:x1:step]
         # Along the arm down to the wrist, stretches of 2 ARM_RADIUS: is any of them bare skin?
         wrist_arc = float(np.linalg.norm(chain[1] - chain[0]) + np.linalg.norm(chain[2] - chain[1]))
         arm = capsule & (arc < wrist_arc)
         stretch = (arc[arm] / (2.0 * reach)).astype(int)
-        skin = np.bincount(stretch, self.arm_skin[y0:y1, x0:x1][arm]) / np.maximum(np.bincount(stretch), 1)
-        if (skin >= BARE_STRETCH).any():
+        skin = self.arm_skin[y0:y1:step, x0:x1:step][arm]
+        if (np.bincount(stretch, skin) >= BARE_STRETCH * np.bincount(stretch)).any():
             return beyond
-        beyond[y0:y1, x0:x1] = capsule & (arc > length)
-        return beyond & ~self.torso_quad
+        cut = (capsule & (arc > length)).astype(np.uint8)
+        beyond[y0:y1, x0:x1] = cv2.resize(cut, None, fx=step, fy=step, interpolation=cv2.INTER_NEAREST)[
+            : y1 - y0, : x1 - x0
+        ].astype(bool)
+        return beyond & ~self.torso_quad & self.visible
 
     @functools.cached_property
     def torso_quad(self) -> np.ndarray:
@@ -363,8 +370,7 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     # under a long-sleeved blouse would be worse than a tank's body over the old sleeves.
     has_sleeves = any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right"))
     if garment.category == "upper" and (has_sleeves or has_armholes(garment.mask)):
-        # Garments are symmetric: the longer measure holds for both sleeves.
-        reach = max(sleeve_extent(garment, side) for side in ("left", "right")) * p_span / max(g_span, 1.0)
+        reach = sleeve_reach(garment) * p_span / max(g_span, 1.0)
         for side in ("left", "right"):
             shown &= ~body.arm_beyond(side, reach)
     back = inside_back(garment)
@@ -401,23 +407,26 @@ def _perpendicular(direction: np.ndarray) -> np.ndarray:
     return np.array([-direction[1], direction[0]])
 
 
-def sleeve_extent(garment: GarmentAnalysis, side: str) -> float:
-    """How far (garment pixels) the flat-lay's sleeve on `side` reaches from its shoulder point; 0
-    for a sleeveless top. A sleeve is what lies outside the body: SLEEVE_MARGIN of the shoulder
-    span out past the armpit and no lower than that below it (lower down, it is the body's flare
-    or a peplum), or apart from the body's run of pixels through the centre (a long sleeve laid
-    down beside the body, whose outer corner the analysis may not find; pieces under
-    SLEEVE_MARGIN high, such as a ragged hem's, are not sleeves). Measured on the mask rather
-    than between the cuff's corners: a short sleeve's outer seam is longer than its axis, and a
-    tee's sleeves are not always found."""
+def sleeve_reach(garment: GarmentAnalysis) -> float:
+    """How far (garment pixels) the flat-lay's sleeves reach from their shoulder points, the longer
+    of the two (garments are symmetric); 0 for a sleeveless top. A sleeve is what lies outside the
+    body: SLEEVE_MARGIN of the shoulder span out past the armpit and no lower than that below it
+    (lower down, it is the body's flare or a peplum), or apart from the body's run of pixels
+    through the centre (a long sleeve laid down beside the body, whose outer corner the analysis
+    may not find; pieces under SLEEVE_MARGIN high, such as a ragged hem's, are not sleeves).
+    Measured on the mask rather than between the cuff's corners: a short sleeve's outer seam is
+    longer than its axis, and a tee's sleeves are not always found. Worked out on the mask
+    scaled to REACH_SIDE pixels."""
+    scale = min(1.0, REACH_SIDE / max(garment.mask.shape))
+    small = cv2.resize(garment.mask.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     # Holes in the mask (a print the segmentation took for backdrop) are not gaps between pieces.
-    contours, _ = cv2.findContours(garment.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    mask = cv2.drawContours(np.zeros(garment.mask.shape, np.uint8), contours, -1, 1, -1).astype(bool)
-    shoulder, armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
-    span = float(np.linalg.norm(_g(garment, "shoulder_left") - _g(garment, "shoulder_right")))
+    contours, _ = cv2.findContours((small > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    mask = cv2.drawContours(np.zeros(small.shape, np.uint8), contours, -1, 1, -1).astype(bool)
+    if not mask.any():
+        return 0.0
+    margin = SLEEVE_MARGIN * scale * float(np.linalg.norm(_g(garment, "shoulder_left") - _g(garment, "shoulder_right")))
     columns = np.flatnonzero(mask.any(axis=0))
     centre = (columns[0] + columns[-1]) // 2
-    outward = np.sign(shoulder[0] - centre) or 1.0
     # Each row's run of garment through the centre column is the body; what is apart from it,
     # on a row through the body, is a sleeve laid beside it.
     xs_row = np.arange(mask.shape[1])
@@ -425,17 +434,20 @@ def sleeve_extent(garment: GarmentAnalysis, side: str) -> float:
     right_gap = np.where(~mask & (xs_row > centre), xs_row, mask.shape[1]).min(axis=1)
     apart = mask & mask[:, centre : centre + 1] & ((xs_row <= left_gap[:, None]) | (xs_row >= right_gap[:, None]))
     _, pieces, stats, _ = cv2.connectedComponentsWithStats(apart.astype(np.uint8), connectivity=8)
-    tall = np.flatnonzero(stats[:, cv2.CC_STAT_HEIGHT] >= SLEEVE_MARGIN * span)
-    sleeve = np.isin(pieces, tall[tall > 0])
-    beside = mask & (outward * (xs_row - armpit[0]) > SLEEVE_MARGIN * span)[None, :]
-    beside[max(0, int(armpit[1] + SLEEVE_MARGIN * span)) :] = False
-    sleeve |= beside
-    sleeve &= (outward * (xs_row - centre) > 0)[None, :]
-    sleeve[: max(0, int(shoulder[1]))] = False
-    ys, xs = np.nonzero(sleeve)
-    if not len(ys):
-        return 0.0
-    return float(np.hypot(xs - shoulder[0], ys - shoulder[1]).max())
+    tall = np.flatnonzero(stats[:, cv2.CC_STAT_HEIGHT] >= margin)
+    apart = np.isin(pieces, tall[tall > 0])
+    reach = 0.0
+    for side in ("left", "right"):
+        shoulder, armpit = _g(garment, f"shoulder_{side}") * scale, _g(garment, f"armpit_{side}") * scale
+        outward = np.sign(shoulder[0] - centre) or 1.0
+        sleeve = apart | (mask & (outward * (xs_row - armpit[0]) > margin)[None, :])
+        sleeve[max(0, int(armpit[1] + margin)) :] &= apart[max(0, int(armpit[1] + margin)) :]
+        sleeve &= (outward * (xs_row - centre) > 0)[None, :]
+        sleeve[: max(0, int(shoulder[1]))] = False
+        ys, xs = np.nonzero(sleeve)
+        if len(ys):
+            reach = max(reach, float(np.hypot(xs - shoulder[0], ys - shoulder[1]).max()) / scale)
+    return reach
 
 
 def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float) -> Part | None:
