@@ -149,6 +149,29 @@ class Body:
         between = np.logical_or.accumulate(legs, axis=1) & np.logical_or.accumulate(legs[:, ::-1], axis=1)[:, ::-1]
         return between & ~self.arm_skin
 
+    def _box(self, corners: np.ndarray, reach: float) -> tuple[int, int, int, int] | None:
+        """(x0, y0, x1, y1): the canvas box around `corners` grown by `reach`, or None when empty."""
+        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
+        x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
+        x1, y1 = min(x1, self.width), min(y1, self.height)
+        return (int(x0), int(y0), int(x1), int(y1)) if x1 > x0 and y1 > y0 else None
+
+    @staticmethod
+    def _chain_coords(chain: list[np.ndarray], box: tuple[int, int, int, int], reach: float) -> tuple[np.ndarray, ...]:
+        """(xs, ys, distance, arc) over the box, as parser.geometry.chain_coords gives them, worked
+        out on a grid of about ARM_GRID points across `reach` and scaled up linearly (both are
+        smooth away from the joints): a full-resolution pass over an arm's box took 3 ms each."""
+        x0, y0, x1, y1 = box
+        step = max(1, int(reach / ARM_GRID))
+        gys, gxs = np.mgrid[y0 : y1 + step : step, x0 : x1 + step : step].astype(np.float32)
+        fields = np.stack(chain_coords(gxs, gys, chain), axis=-1).astype(np.float32)
+        fields = cv2.resize(fields, (fields.shape[1] * step, fields.shape[0] * step), interpolation=cv2.INTER_LINEAR)
+        # cv2's pixel centres: grid node k sits at k * step + (step - 1) / 2 after scaling; shift back.
+        offset = (step - 1) // 2
+        fields = fields[offset : offset + y1 - y0, offset : offset + x1 - x0]
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        return xs, ys, fields[..., 0], fields[..., 1]
+
     def arm_tube(self, side: str, length: float) -> np.ndarray:
         """The arm's silhouette within SLEEVE_REACH of its bones, from the shoulder joint down
         to arc length `length`: the shape of a sleeve of that length (face and hair in front)."""
@@ -157,14 +180,12 @@ class Body:
         # Only the arm down to the sleeve's end is looked at.
         end, _ = _polyline_at(chain, length)
         corners = np.array([chain[0], end] + [p for p in chain[1:] if np.linalg.norm(p - chain[0]) < length])
-        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
-        x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
-        x1, y1 = min(x1, self.width), min(y1, self.height)
         tube = np.zeros((self.height, self.width), bool)
-        if x1 <= x0 or y1 <= y0:
+        box = self._box(corners, reach)
+        if box is None:
             return tube
-        ys, xs = np.mgrid[y0:y1, x0:x1]
-        distance, arc = chain_coords(xs, ys, chain)
+        x0, y0, x1, y1 = box
+        xs, ys, distance, arc = self._chain_coords(chain, box, reach)
         # Round the shoulder joint the sleeve goes on outwards only: the cap towards the neck
         # would take the sleeve's colours into the collar.
         sign = self.side_sign(side)
@@ -188,29 +209,20 @@ class Body:
             return beyond  # an arm behind the body, or out of the photo
         chain = arm_chain(self.pts, side)
         reach = ARM_RADIUS * self.frame.shoulder_width
-        corners = np.array(chain)
-        x0, y0 = np.floor(corners.min(axis=0) - reach).astype(int).clip(0)
-        x1, y1 = np.ceil(corners.max(axis=0) + reach + 1).astype(int)
-        x1, y1 = min(x1, self.width), min(y1, self.height)
-        if x1 <= x0 or y1 <= y0:
+        box = self._box(np.array(chain), reach)
+        if box is None:
             return beyond
-        # Worked out on a grid of about ARM_GRID points across the arm's radius, then scaled up.
-        step = max(1, int(reach / ARM_GRID))
-        ys, xs = np.mgrid[y0:y1:step, x0:x1:step]
-        distance, arc = chain_coords(xs, ys, chain)
-        capsule = (distance <= reach) & self.visible[y0:y1:step, x0:x1:step]
+        x0, y0, x1, y1 = box
+        _, _, distance, arc = self._chain_coords(chain, box, reach)
+        capsule = (distance <= reach) & self.visible[y0:y1, x0:x1]
         # Along the arm down to the wrist, stretches of 2 ARM_RADIUS: is any of them bare skin?
         wrist_arc = float(np.linalg.norm(chain[1] - chain[0]) + np.linalg.norm(chain[2] - chain[1]))
         arm = capsule & (arc < wrist_arc)
         stretch = (arc[arm] / (2.0 * reach)).astype(int)
-        skin = self.arm_skin[y0:y1:step, x0:x1:step][arm]
-        if (np.bincount(stretch, skin) >= BARE_STRETCH * np.bincount(stretch)).any():
+        if (np.bincount(stretch, self.arm_skin[y0:y1, x0:x1][arm]) >= BARE_STRETCH * np.bincount(stretch)).any():
             return beyond
-        cut = (capsule & (arc > length)).astype(np.uint8)
-        beyond[y0:y1, x0:x1] = cv2.resize(cut, None, fx=step, fy=step, interpolation=cv2.INTER_NEAREST)[
-            : y1 - y0, : x1 - x0
-        ].astype(bool)
-        return beyond & ~self.torso_quad & self.visible
+        beyond[y0:y1, x0:x1] = capsule & (arc > length)
+        return beyond & ~self.torso_quad
 
     @functools.cached_property
     def torso_quad(self) -> np.ndarray:
