@@ -76,6 +76,7 @@ SLEEVE_STATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
 SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
 SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out past an armpit is sleeve
 REACH_SIDE = 256  # pixels: the flat-lay's mask is scaled to this for measuring its sleeves' reach
+LAID_SLEEVE = 0.12  # of the shoulder span: the cuff's width of a long sleeve laid down against the body
 BARE_STRETCH = 0.3  # a stretch of the arm with this much of its capsule bare skin: the parse sees that arm
 ARM_SEEN = 0.5  # the pose's visibility of an elbow and wrist that are in the photo, not behind the body
 ARM_GRID = 8  # grid points across an arm's radius where its capsule is worked out
@@ -375,19 +376,19 @@ def upper_parts(garment: GarmentAnalysis, body: Body) -> list[Part]:
     shown = body.torso_shown(flare=garment.category == "dress")
     if garment.category == "dress":  # its skirt hangs across the gap between the legs, as a skirt's does
         shown |= body.between_legs()
+    # A top with neither sleeves found nor armpits in its outline has long sleeves laid down
+    # against its body (VITON's such tops nearly all do): they are drawn along the arms.
+    has_sleeves = any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right"))
+    laid_sleeves = garment.category == "upper" and not has_sleeves and not has_armholes(garment.mask)
     # An arm past the new sleeve's end is bare and in front of the torso, though the old sleeve
     # hid it: a tee over a long-sleeved top does not lay its body over the arms hanging beside it.
-    # Not where the outline has no armpit at all: that is long sleeves laid against the body
-    # (VITON's tops with neither sleeves found nor armpits are nearly all such), and bare arms
-    # under a long-sleeved blouse would be worse than a tank's body over the old sleeves.
-    has_sleeves = any(f"sleeve_{side}_outer" in garment.landmarks for side in ("left", "right"))
-    if garment.category == "upper" and (has_sleeves or has_armholes(garment.mask)):
+    if garment.category == "upper" and not laid_sleeves:
         reach = sleeve_reach(garment) * p_span / max(g_span, 1.0)
         for side in ("left", "right"):
             shown &= ~body.arm_beyond(side, reach)
     back = inside_back(garment)
     torso = Part(np.array(g_pts), np.array(c_pts), mask & ~back, shown)
-    sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0)) for side in ("left", "right")]
+    sleeves = [sleeve_part(garment, body, side, p_span / max(g_span, 1.0), laid_sleeves) for side in ("left", "right")]
     # The inside back, seen through the neck opening, is behind everything, and behind the neck.
     parts = [Part(torso.garment, torso.canvas, mask & back, shown & ~body.neck() & body.collar())] if back.any() else []
     # The torso goes on top: where its spline lays the flat-lay's own sleeves on the body they
@@ -462,18 +463,40 @@ def sleeve_reach(garment: GarmentAnalysis) -> float:
     return reach
 
 
-def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float) -> Part | None:
-    """The sleeve on `side` laid along its arm, or None for a garment without one.
+def laid_sleeve(garment: GarmentAnalysis, side: str) -> tuple[np.ndarray, ...]:
+    """(shoulder, armpit, outer cuff corner, inner cuff corner) on the flat-lay of a long sleeve laid
+    down against the body, whose outline has no armpit and whose cuff corners the analysis did
+    not find: the sleeve is the strip down the garment's outer edge from its shoulder to its
+    lowest outer point, LAID_SLEEVE of the shoulder span wide (a root half again as wide). Only
+    the sleeve's colours come from there: its shape on the person is the arm's."""
+    shoulder = _g(garment, f"shoulder_{side}")
+    span = float(np.linalg.norm(_g(garment, "shoulder_left") - _g(garment, "shoulder_right")))
+    inward = -1.0 if shoulder[0] > _g(garment, "neckline")[0] else 1.0
+    ys, xs = np.nonzero(garment.mask)
+    low = ys >= ys.max() - LAID_SLEEVE * span  # the cuff's rows
+    outer_x = xs[low].min() if inward > 0 else xs[low].max()
+    outer = np.array([outer_x, ys[low][xs[low] == outer_x].max()], float)
+    width = LAID_SLEEVE * span
+    armpit = shoulder + np.array([inward * 1.5 * width, 1.5 * width])
+    return shoulder, armpit, outer, outer + np.array([inward * width, 0.0])
+
+
+def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float, laid: bool = False) -> Part | None:
+    """The sleeve on `side` laid along its arm, or None for a garment without one. With `laid`,
+    the garment's long sleeves lie down against its body (`laid_sleeve`).
 
     Its spline takes the arm's bones (shoulder, elbow, wrist) to the flat-lay sleeve's axis
     (the middle of its root, shoulder seam to armpit, to the middle of its cuff), and the
     sleeve's width across each. Its shape on the canvas is the arm's (Body.arm_tube) down to
     the sleeve's length, so it has no alpha of its own in the garment: run() extends the
     garment's colours past its outline for the pixels of the arm a narrow sleeve does not reach."""
-    if f"sleeve_{side}_outer" not in garment.landmarks:
+    if laid:
+        g_shoulder, g_armpit, g_outer, g_inner = laid_sleeve(garment, side)
+    elif f"sleeve_{side}_outer" in garment.landmarks:
+        g_shoulder, g_armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
+        g_outer, g_inner = _g(garment, f"sleeve_{side}_outer"), _g(garment, f"sleeve_{side}_inner")
+    else:
         return None
-    g_shoulder, g_armpit = _g(garment, f"shoulder_{side}"), _g(garment, f"armpit_{side}")
-    g_outer, g_inner = _g(garment, f"sleeve_{side}_outer"), _g(garment, f"sleeve_{side}_inner")
     g_root, g_cuff = (g_shoulder + g_armpit) / 2, (g_outer + g_inner) / 2
     g_length = float(np.linalg.norm(g_cuff - g_root))
     if g_length < 1.0:

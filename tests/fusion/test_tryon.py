@@ -28,7 +28,7 @@ from services.pipeline import Pipeline
 from services.warp import stage as warp_stage
 from services.warp.garment import analyse_garment
 from tests.conftest import SHARED_DATA
-from tests.warp.drawn import LONG_SLEEVE, SCOOPED_TANK, TEE, TROUSERS, product_image
+from tests.warp.drawn import LAID_SLEEVES, LONG_SLEEVE, SCOOPED_TANK, TEE, TROUSERS, product_image
 
 KEPT = (LIP["face"], LIP["hair"])
 
@@ -326,10 +326,11 @@ DRAWN_JOINTS = {
 }  # fmt: skip
 
 
-def drawn_person_in_long_sleeves() -> tuple[np.ndarray, PoseResult, ParseResult]:
-    """(photo, pose, parse) of a drawn person in a red long-sleeved top and navy trousers, arms
-    hanging against the torso: the parse cannot tell the sleeves from the torso (both upper
-    clothes, one region), only the hands are skin. Pose and parse are given, not detected: the point is what
+def drawn_person(forearms: str = "upper_clothes") -> tuple[np.ndarray, PoseResult, ParseResult]:
+    """(photo, pose, parse) of a drawn person in a red top and navy trousers, arms hanging
+    against the torso. In long sleeves (forearms "upper_clothes") the parse cannot tell the
+    sleeves from the torso (both upper clothes, one region), only the hands are skin; with
+    forearms "arm", the top's sleeves end at the elbows. Pose and parse are given, not detected: the point is what
     the warp and fusion make of them."""
     height, width = 800, 600
     joints = {name: np.array(xy, float) for name, xy in DRAWN_JOINTS.items()}
@@ -348,7 +349,9 @@ def drawn_person_in_long_sleeves() -> tuple[np.ndarray, PoseResult, ParseResult]
         cv2.line(labels, px(f"{side}_hip"), px(f"{side}_ankle"), LIP["pants"], 60)
         cv2.circle(labels, px(f"{side}_index"), 20, LIP[f"{side}_arm"], -1)
         cv2.line(labels, px(f"{side}_shoulder"), px(f"{side}_elbow"), LIP["upper_clothes"], 44)
-        cv2.line(labels, px(f"{side}_elbow"), px(f"{side}_wrist"), LIP["upper_clothes"], 40)
+        cv2.line(
+            labels, px(f"{side}_elbow"), px(f"{side}_wrist"), LIP[f"{side}_arm" if forearms == "arm" else forearms], 40
+        )
     cv2.ellipse(labels, (300, 80), (55, 50), 0, 180, 360, LIP["hair"], -1)
     cv2.ellipse(labels, (300, 115), (45, 60), 0, 0, 360, LIP["face"], -1)
     colours = {"upper_clothes": OLD_SLEEVE, "pants": (30, 40, 90), "hair": (60, 40, 20), "face": SKIN}
@@ -373,7 +376,7 @@ def test_a_tee_over_long_sleeves_bares_the_arms_hanging_beside_it(infer: LocalBa
     over it must not lay its body across the arms: past its short sleeves the arms are bare skin,
     in front of it; past a tank top's armholes the whole arm is. A long-sleeved top covers them
     (its sleeves)."""
-    photo, pose, parse = drawn_person_in_long_sleeves()
+    photo, pose, parse = drawn_person()
     forearms = np.zeros(parse.labels.shape, np.uint8)
     for side in ("left", "right"):
         elbow, wrist = (DRAWN_JOINTS[f"{side}_{joint}"] for joint in ("elbow", "wrist"))
@@ -406,6 +409,18 @@ def test_a_tee_over_long_sleeves_bares_the_arms_hanging_beside_it(infer: LocalBa
 
     alpha, result = tryon(product_image(LONG_SLEEVE))
     assert alpha[forearms].mean() > 0.9
+
+
+def test_long_sleeves_laid_against_the_body_go_down_the_arms(infer: LocalBackend) -> None:
+    """A flat-lay's long sleeves laid down against its body leave its outline without armpits, and
+    the analysis finds no sleeves: they are still sleeves, down a short-sleeved shopper's bare
+    forearms (they were left bare)."""
+    _, pose, parse = drawn_person(forearms="arm")
+    garment = product_image(LAID_SLEEVES)
+    warped = warp_stage.run(garment, analyse_garment(garment), pose, parse, infer)
+    forearms = np.isin(parse.labels, (LIP["left_arm"], LIP["right_arm"]))
+    forearms &= np.mgrid[0 : forearms.shape[0], 0 : forearms.shape[1]][0] < 420  # not the hands
+    assert warped.rgba[..., 3][forearms].mean() > 0.8
 
 
 def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:

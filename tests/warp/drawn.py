@@ -69,6 +69,20 @@ SCOOPED_TANK = {
     "strap_l_out": (375, 60),
     "strap_l_in": (345, 60),
 }
+# Long sleeves laid down against the body, cuffs beside the hem: the outline has no armpit.
+LAID_SLEEVES = {
+    "neckline": (300, 100),
+    "collar_right": (250, 60),
+    "shoulder_right": (170, 90),
+    "cuff_right_outer": (120, 500),
+    "cuff_right_inner": (170, 510),
+    "hem_right": (190, 520),
+    "hem_left": (410, 520),
+    "cuff_left_inner": (430, 510),
+    "cuff_left_outer": (480, 500),
+    "shoulder_left": (430, 90),
+    "collar_left": (350, 60),
+}
 LONG_SLEEVE = {
     **TEE,
     "sleeve_right_outer": (60, 470),
