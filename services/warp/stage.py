@@ -161,7 +161,7 @@ class Body:
     def _chain_coords(chain: list[np.ndarray], box: tuple[int, int, int, int], reach: float) -> tuple[np.ndarray, ...]:
         """(xs, ys, distance, arc) over the box, as parser.geometry.chain_coords gives them, worked
         out on a grid of about ARM_GRID points across `reach` and scaled up linearly (both are
-        smooth away from the joints): a full-resolution pass over an arm's box took 3 ms each."""
+        smooth away from the joints): a full-resolution pass over a whole arm's box took 10 ms."""
         x0, y0, x1, y1 = box
         step = max(1, int(reach / ARM_GRID))
         gys, gxs = np.mgrid[y0 : y1 + step : step, x0 : x1 + step : step].astype(np.float32)
@@ -186,7 +186,10 @@ class Body:
         if box is None:
             return tube
         x0, y0, x1, y1 = box
-        xs, ys, distance, arc = self._chain_coords(chain, box, reach)
+        # Exact, not on _chain_coords' grid: the sleeve's cuff and shoulder cap are edges the
+        # garment shows (on the grid, the arc behind the shoulder was off by up to 12 pixels).
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        distance, arc = chain_coords(xs, ys, chain)
         # Round the shoulder joint the sleeve goes on outwards only: the cap towards the neck
         # would take the sleeve's colours into the collar.
         sign = self.side_sign(side)
