@@ -44,7 +44,7 @@ from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
-from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, landmark, leg_chain
+from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, landmark, leg_chain, torso_corners
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
@@ -79,7 +79,7 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     frame = BodyFrame.from_points(pts)
     sw = frame.shoulder_width
     body = np.zeros(shape, np.uint8)
-    quad = np.array([landmark(pts, n) for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")])
+    quad = torso_corners(pts)
     centre = quad.mean(axis=0)
     grown = (
         centre

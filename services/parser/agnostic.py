@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from services.common.contracts import LANDMARK_INDEX, LIP, Category, PoseResult
-from services.parser.geometry import BodyFrame
+from services.parser.geometry import BodyFrame, torso_corners
 
 UPPER_LABELS = (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
 LOWER_LABELS = (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])
@@ -58,7 +58,7 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
     body = np.zeros(labels.shape, np.uint8)
     limb = max(1, round(0.22 * torso))
     if category in ("upper", "dress"):
-        cv2.fillPoly(body, [np.array(_px(pts, "left_shoulder", "right_shoulder", "right_hip", "left_hip"))], 1)
+        cv2.fillPoly(body, [np.round(torso_corners(pts)).astype(np.int32)], 1)
         for side in ("left", "right"):
             shoulder, elbow = _px(pts, f"{side}_shoulder", f"{side}_elbow")
             cv2.line(body, shoulder, elbow, 1, limb)

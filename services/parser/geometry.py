@@ -83,6 +83,11 @@ def limb_distance(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray], radii
 ARM_RADIUS = 0.16  # an arm's half-width, of the shoulder width
 
 
+def torso_corners(pts: np.ndarray) -> np.ndarray:
+    """(4, 2): the shoulder and hip joints, around the torso (a polygon's order)."""
+    return np.array([landmark(pts, n) for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")])
+
+
 def arm_chain(pts: np.ndarray, side: str) -> list[np.ndarray]:
     """Shoulder, elbow, wrist and a point past the fingers."""
     shoulder, elbow, wrist = (landmark(pts, f"{side}_{j}") for j in ("shoulder", "elbow", "wrist"))

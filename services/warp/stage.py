@@ -41,7 +41,15 @@ from services.common.contracts import LANDMARK_INDEX, LIP, GarmentAnalysis, Pars
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of
-from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, chain_coords, landmark, leg_chain
+from services.parser.geometry import (
+    ARM_RADIUS,
+    BodyFrame,
+    arm_chain,
+    chain_coords,
+    landmark,
+    leg_chain,
+    torso_corners,
+)
 from services.warp import gmm, tps
 from services.warp.garment import has_armholes
 from services.warp.model import NAME as MODEL_NAME
@@ -231,9 +239,8 @@ class Body:
     @functools.cached_property
     def torso_quad(self) -> np.ndarray:
         """HxW bool: the quadrilateral of the shoulder and hip joints."""
-        names = ("left_shoulder", "right_shoulder", "right_hip", "left_hip")
         quad = np.zeros((self.height, self.width), np.uint8)
-        cv2.fillPoly(quad, [np.round([landmark(self.pts, n) for n in names]).astype(np.int32)], 1)
+        cv2.fillPoly(quad, [np.round(torso_corners(self.pts)).astype(np.int32)], 1)
         return quad.astype(bool)
 
     def neck(self) -> np.ndarray:
