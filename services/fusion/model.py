@@ -38,7 +38,7 @@ from services.common.unet import resize_bilinear
 from services.warp.gmm import premultiplied
 
 NAME = "tryon_fusion"
-VERSION = 13  # bump when the module changes, so that installed copies are rebuilt
+VERSION = 14  # bump when the module changes, so that installed copies are rebuilt
 REGIONS = (
     "repaint",
     "body",
@@ -60,6 +60,8 @@ BROAD_LIGHT = 4.0  # the broad light's blur, in lighting sigmas
 FOLDS_ON_WHITE = 0.2  # share of the old garment's folds a white garment takes; 1 up to FOLDS_FULL
 FOLDS_FULL = 0.3  # luma (0 to 1) of the new garment up to which it takes the folds whole
 LIGHTING_SIGMA = 0.02  # of the image height: the old garment's light is blurred at least this much
+RELIEF_SIGMA = 0.5  # of the lighting sigma: the blur that finds the edges of the painted skin
+EDGE_SHADE = 0.3  # painted skin is this much darker where it meets no skin: 15% at its very edge
 
 SIGNATURE = ModelSignature(
     NAME,
@@ -149,6 +151,8 @@ class TryonFusion(nn.Module):
         "broad_light",
         "folds_on_white",
         "folds_full",
+        "relief_sigma",
+        "edge_shade",
     )
 
     def __init__(self) -> None:
@@ -162,6 +166,8 @@ class TryonFusion(nn.Module):
         self.broad_light = BROAD_LIGHT
         self.folds_on_white = FOLDS_ON_WHITE
         self.folds_full = FOLDS_FULL
+        self.relief_sigma = RELIEF_SIGMA
+        self.edge_shade = EDGE_SHADE
 
     def _relative_shading(
         self, luma: torch.Tensor, albedo: torch.Tensor, mask: torch.Tensor, sigma: float
@@ -209,7 +215,13 @@ class TryonFusion(nn.Module):
         sources = torch.cat([skin_source, background_source, lower_source])
         fills = _push_pull(torch.cat([image, image, image]), sources, self.fill_scale)
         skin, background, lower = fills[0:1], fills[1:2], fills[2:3]
-        fill = body * (skin * shading).clamp(0.0, 1.0) + (1.0 - body) * background
+        # Painted skin is rounded: darker towards where it meets no skin (the backdrop beside an
+        # arm, the new garment's edge, a sleeve's hem), as a limb turns away from the light; one
+        # flat tone read as a cut-out plank. The photo's own skin beside it is no edge.
+        painted_skin = body * repaint
+        relief = gaussian_blur(torch.maximum(painted_skin, skin_source), self.relief_sigma * sigma)
+        rounded = 1.0 - self.edge_shade * (1.0 - relief.clamp(0.0, 1.0))
+        fill = body * (skin * shading * rounded).clamp(0.0, 1.0) + (1.0 - body) * background
         fill = lower_body * lower + (1.0 - lower_body) * fill
 
         size = 2 * self.feather + 1

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
+from services.common.contracts import LANDMARK_INDEX, LIP, Category, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import LIGHTING_SIGMA, REGIONS
@@ -44,7 +44,7 @@ from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
-from services.parser.geometry import ARM_RADIUS, BodyFrame, arm_chain, landmark, leg_chain, torso_corners
+from services.parser.geometry import ARM_SEEN, ARM_TAPER, BodyFrame, arm_chain, landmark, leg_chain, torso_corners
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
@@ -89,7 +89,7 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     # The neck, up to the chin: a capsule from the shoulder midpoint towards the nose.
     neck_top = frame.origin + (landmark(pts, "nose") - frame.origin) * 0.6
     cv2.line(body, _px(frame.origin), _px(neck_top), 1, max(1, round(0.35 * sw)))
-    limbs = [(arm_chain(pts, s)[:3], (ARM_RADIUS,) * 3) for s in ("left", "right")]
+    limbs = _arms(pts)
     if category in ("lower", "dress"):
         limbs += [(leg_chain(pts, s)[:3], LEG_TAPER) for s in ("left", "right")]
     for chain, radii in limbs:
@@ -97,16 +97,22 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     return body.astype(bool)
 
 
-def _draw_limb(canvas: np.ndarray, chain: list[np.ndarray], radii: list[float]) -> None:
-    """Fill a limb into `canvas`: along each bone of `chain` a band from one joint's radius to the
-    next's (a tapered capsule), with a disc at every joint."""
+def _arms(pts: np.ndarray) -> list[tuple[list[np.ndarray], tuple[float, ...]]]:
+    """Each arm's chain and its radii (of the shoulder width), down past the fingers: an old cuff
+    over the back of the hand is skin too."""
+    return [(arm_chain(pts, side), (*ARM_TAPER, ARM_TAPER[-1])) for side in ("left", "right")]
+
+
+def _draw_limb(canvas: np.ndarray, chain: list[np.ndarray], radii: list[float], value: int = 1) -> None:
+    """Fill a limb into `canvas` with `value`: along each bone of `chain` a band from one joint's
+    radius to the next's (a tapered capsule), with a disc at every joint."""
     for (a, ra), (b, rb) in itertools.pairwise(zip(chain, radii, strict=True)):
         direction = b - a
         normal = np.array([-direction[1], direction[0]]) / max(float(np.linalg.norm(direction)), 1.0)
         band = [a + normal * ra, b + normal * rb, b - normal * rb, a - normal * ra]
-        cv2.fillPoly(canvas, [np.round(band).astype(np.int32)], 1)
+        cv2.fillPoly(canvas, [np.round(band).astype(np.int32)], value)
     for joint, radius in zip(chain, radii, strict=True):
-        cv2.circle(canvas, _px(joint), max(1, round(radius)), 1, -1)
+        cv2.circle(canvas, _px(joint), max(1, round(radius)), value, -1)
 
 
 def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
@@ -132,6 +138,12 @@ def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
     side = frame.normal * far
     above = [waist + side, waist - side, waist - side - down, waist + side - down]
     cv2.fillPoly(region, [np.round(above).astype(np.int32)], 0)
+    # An arm the pose sees hanging in front of the hips is in front of the lower garment: where a
+    # shorter top leaves it, it is the arm's skin (an old long sleeve there became trousers).
+    visibility = pose.landmark_array()[:, 3]
+    for side, (chain, radii) in zip(("left", "right"), _arms(pts), strict=True):
+        if min(visibility[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("elbow", "wrist")) >= ARM_SEEN:
+            _draw_limb(region, chain, [r * sw for r in radii], 0)
     return region.astype(bool)
 
 

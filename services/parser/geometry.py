@@ -80,7 +80,12 @@ def limb_distance(xs: np.ndarray, ys: np.ndarray, chain: list[np.ndarray], radii
     return np.min([segment_distance(xs, ys, a, b) / max(r, 1e-6) for a, b, r in bones], axis=0)
 
 
-ARM_RADIUS = 0.16  # an arm's half-width, of the shoulder width
+ARM_RADIUS = 0.16  # an arm's half-width, of the shoulder width (the learned warp's arm capsules)
+# A bare arm's half-width at the shoulder, the elbow and the wrist, of the shoulder width: a
+# forearm is narrower than an upper arm (at ARM_RADIUS all the way down, the skin painted where
+# an old long sleeve was came out as wide planks, wider than the arms at the wrists).
+ARM_TAPER = (0.16, 0.12, 0.09)
+ARM_SEEN = 0.5  # the pose's visibility of an elbow and a wrist that are in the photo, not behind the body
 
 
 def torso_corners(pts: np.ndarray) -> np.ndarray:

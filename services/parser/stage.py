@@ -52,6 +52,14 @@ PENALTY_PER_TORSO = 6.0  # upper garment below the hips / lower garment above th
 GUIDED_RADIUS_FRACTION = 0.008  # of the working height
 GUIDED_EPS = 1e-3
 ARMS_OVER_LOWER_T = 0.85  # above this, what lies along an arm is arm or sleeve, never the lower garment
+# Below it, where the top and the lower garment are one colour (a tracksuit, a black satin set:
+# the lower garment's model explains most of the top's seed pixels within SAME_COLOUR nats of
+# the top's own), colour cannot tell a forearm's sleeve from the trousers behind it; there a
+# pixel on the forearm's bone (FOREARM_RADIUS) is arm or sleeve. Taken for the trousers, a long
+# sleeve's forearm was kept by the try-on below a short top's hem. Not the hand's bone: what a
+# hand holds (a black clutch) is no sleeve.
+SAME_COLOUR = 1.0
+FOREARM_RADIUS = 0.1  # of the shoulder width
 UNREACHABLE = 1e4  # the cost of a class its zone rules out
 MAX_COLOUR_COST = 40.0
 UNEXPLAINED = 16.0  # a colour cost (nats) above which no class's colour model explains a pixel
@@ -146,9 +154,19 @@ def label_pixels(
         kept[seed] = skin_model.nll(lab[seed]) > typical_skin
         return kept if kept.sum() >= SKIN_COLOURED_GARMENT * seed.sum() else seed
 
-    upper_model = colour.fit(lab[not_skin(core)], 3, GARMENT_MIN_STD)
+    upper_seed = lab[not_skin(core)]
+    upper_model = colour.fit(upper_seed, 3, GARMENT_MIN_STD)
     below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
     lower_model = colour.fit(lab[not_skin(below)], 2, GARMENT_MIN_STD)
+    one_colour = (
+        upper_model is not None
+        and lower_model is not None
+        and np.mean(lower_model.nll(upper_seed) <= upper_model.nll(upper_seed) + SAME_COLOUR) > 0.5
+    )
+    forearm = np.zeros((h, w), bool)
+    if one_colour:
+        forearm = np.minimum(*(segment_distance(xs, ys, *arm_chain(pts, s)[1:3]) for s in ("left", "right")))
+        forearm = forearm < FOREARM_RADIUS * sw
     hair_model = colour.fit(lab[not_skin(sure & above_chin)], 2, HAIR_MIN_STD)
 
     # Every pixel near the person takes its cheapest class: colour cost, plus the pose's person
@@ -166,7 +184,7 @@ def label_pixels(
         "lower": log_p
         + garment_zone
         + PENALTY_PER_TORSO * np.clip(0.9 - t, 0, None)
-        + np.where(arm_zone & (t < ARMS_OVER_LOWER_T), UNREACHABLE, 0.0),
+        + np.where((arm_zone & (t < ARMS_OVER_LOWER_T)) | forearm, UNREACHABLE, 0.0),
         "hair": log_p
         + np.where(head_zone, 0.0, UNREACHABLE)
         + PENALTY_HAIR_ON_NECK * neck_zone

@@ -42,7 +42,8 @@ from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of
 from services.parser.geometry import (
-    ARM_RADIUS,
+    ARM_SEEN,
+    ARM_TAPER,
     BodyFrame,
     arm_chain,
     chain_coords,
@@ -86,7 +87,6 @@ SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out 
 REACH_SIDE = 256  # pixels: the flat-lay's mask is scaled to this for measuring its sleeves' reach
 LAID_SLEEVE = 0.12  # of the shoulder span: the cuff's width of a long sleeve laid down against the body
 BARE_STRETCH = 0.3  # a stretch of the arm with this much of its capsule bare skin: the parse sees that arm
-ARM_SEEN = 0.5  # the pose's visibility of an elbow and wrist that are in the photo, not behind the body
 ARM_GRID = 8  # grid points across an arm's radius where its capsule is worked out
 GARMENT_MAX_SIDE = 1024  # the garment is sampled from at most this resolution
 EDGE_TRIM = 0.002  # of the garment image's longer side, taken off the mask's edge
@@ -208,7 +208,7 @@ class Body:
         return tube
 
     def arm_beyond(self, side: str, length: float) -> np.ndarray:
-        """HxW bool: the arm's capsule (ARM_RADIUS, as fusion paints an arm's skin) past arc length
+        """HxW bool: the arm's capsule (ARM_TAPER, as fusion paints an arm's skin) past arc length
         `length` from the shoulder joint, outside the torso (the shoulder-hip quadrilateral), on
         the visible silhouette, when the old garment's sleeve hides the whole arm down to the
         wrist: where a sleeve that long leaves a sleeved arm bare. The parse does not tell a
@@ -220,15 +220,17 @@ class Body:
         if min(self.visibility[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("elbow", "wrist")) < ARM_SEEN:
             return beyond  # an arm behind the body, or out of the photo
         chain = arm_chain(self.pts, side)
-        reach = ARM_RADIUS * self.frame.shoulder_width
+        radii = np.array(ARM_TAPER) * self.frame.shoulder_width
+        reach = float(radii.max())
         box = self._box(np.array(chain), reach)
         if box is None:
             return beyond
         x0, y0, x1, y1 = box
         _, _, distance, arc = self._chain_coords(chain, box, reach)
-        capsule = (distance <= reach) & self.visible[y0:y1, x0:x1]
-        # Along the arm down to the wrist, stretches of 2 ARM_RADIUS: is any of them bare skin?
-        wrist_arc = float(np.linalg.norm(chain[1] - chain[0]) + np.linalg.norm(chain[2] - chain[1]))
+        elbow_arc = float(np.linalg.norm(chain[1] - chain[0]))
+        wrist_arc = elbow_arc + float(np.linalg.norm(chain[2] - chain[1]))
+        capsule = (distance <= np.interp(arc, [0.0, elbow_arc, wrist_arc], radii)) & self.visible[y0:y1, x0:x1]
+        # Along the arm down to the wrist, stretches of two upper-arm radii: is any of them bare skin?
         arm = capsule & (arc < wrist_arc)
         stretch = (arc[arm] / (2.0 * reach)).astype(int)
         if (np.bincount(stretch, self.arm_skin[y0:y1, x0:x1][arm]) >= BARE_STRETCH * np.bincount(stretch)).any():

@@ -411,6 +411,32 @@ def test_a_tee_over_long_sleeves_bares_the_arms_hanging_beside_it(infer: LocalBa
     assert alpha[forearms].mean() > 0.9
 
 
+def test_painted_forearms_are_rounded_and_no_wider_than_the_sleeves(infer: LocalBackend) -> None:
+    """Where a tee leaves an old long sleeve's forearm bare, the painted skin is an arm: no wider
+    than the sleeve that hid it (it was a plank as wide as an upper arm all the way down), and
+    darker at its sides than along its middle (it was one flat tone)."""
+    photo, pose, parse = drawn_person()
+    tee = plain_tee()
+    warped = warp_stage.run(tee, analyse_garment(tee), pose, parse, infer)
+    result = fusion_stage.run(photo, parse, pose, warped, infer).astype(float)
+    luma = result @ np.array([0.299, 0.587, 0.114])
+    skin_like = (result[..., 0] - result[..., 2] > 25) & (np.abs(result - SKIN).max(axis=2) < 70)
+    for side in ("left", "right"):
+        (ex, ey), (wx, wy) = (DRAWN_JOINTS[f"{side}_{joint}"] for joint in ("elbow", "wrist"))
+        for y in (360, 400):
+            x = round(ex + (wx - ex) * (y - ey) / (wy - ey))
+            row = skin_like[y]
+            assert row[x], (side, y)
+            left, right = x, x
+            while row[left - 1]:
+                left -= 1
+            while row[right + 1]:
+                right += 1
+            assert right - left + 1 <= 40, (side, y)  # the drawn sleeve's width
+            centre = luma[y, (left + right) // 2]
+            assert centre - max(luma[y, left + 2], luma[y, right - 2]) >= 5, (side, y)
+
+
 def test_long_sleeves_laid_against_the_body_go_down_the_arms(infer: LocalBackend) -> None:
     """A flat-lay's long sleeves laid down against its body leave its outline without armpits, and
     the analysis finds no sleeves: they are still sleeves, down a short-sleeved shopper's bare

@@ -260,6 +260,27 @@ def test_same_colour_top_and_trousers_keep_their_sleeves(shared_person_photos: l
         assert result.agnostic[on_arm].mean() >= 0.95, side
 
 
+@pytest.mark.parametrize("name", [TRACKSUIT_PHOTO, HEELS_PHOTO])
+def test_same_colour_top_and_trousers_keep_their_forearms(
+    name: str, shared_person_photos: list[Path], parse: Parse
+) -> None:
+    """A red tracksuit, a black satin top over a black skirt: the forearms hang in front of the
+    hips, where the lower garment may be. Their long sleeves are still the top's (or the arm's
+    skin), never the trousers or skirt: taken for those, a try-on kept the old sleeves below a
+    short top's hem."""
+    image = shared_photo(shared_person_photos, name)
+    pose, result = parse(name, image, "upper")
+    for side in ("left", "right"):
+        elbow, wrist = point(pose, f"{side}_elbow"), point(pose, f"{side}_wrist")
+        on_forearm = np.zeros(image.shape[:2], np.uint8)
+        a, b = elbow + 0.2 * (wrist - elbow), elbow + 0.8 * (wrist - elbow)
+        thickness = max(3, image.shape[0] // 100)
+        cv2.line(on_forearm, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), 1, thickness)
+        on_forearm = on_forearm.astype(bool)
+        assert share(result.labels, on_forearm, "pants", "skirt") <= 0.05, side
+        assert result.agnostic is not None and result.agnostic[on_forearm].mean() >= 0.95, side
+
+
 def test_white_stripes_down_a_sleeve_are_the_sleeve(shared_person_photos: list[Path], parse: Parse) -> None:
     """The tracksuit top's sleeves have white stripes. Blond hair's colour model explained them,
     so they were taken for arm, and an upper try-on filled the arm's skin with white streaks.
