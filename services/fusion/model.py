@@ -9,7 +9,8 @@ services/fusion/stage.py; this model does the per-pixel work).
    inside the body, and background outside it. All three are push-pull interpolations (a
    masked image pyramid averaged down, then filled back up) of the photo's own known lower
    garment, skin and background pixels, so the fill has their colours and the backdrop's
-   gradient.
+   gradient. Painted skin is rounded: darker (by up to EDGE_SHADE) towards where it meets
+   neither painted nor the photo's own skin, as a limb turns from the light.
 2. Lighting: the old garment's luminance over its dye's (the `shading_albedo` map: a red
    top's white stripes are not highlights), blurred with a Gaussian of `lighting_sigma` pixels
    (at least 2% of the image height: its print and edges are gone) and divided by its mean,
