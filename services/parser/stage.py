@@ -165,8 +165,8 @@ def label_pixels(
     )
     forearm = np.zeros((h, w), bool)
     if one_colour:
-        forearm = np.minimum(*(segment_distance(xs, ys, *arm_chain(pts, s)[1:3]) for s in ("left", "right")))
-        forearm = forearm < FOREARM_RADIUS * sw
+        bones = (arm_chain(pts, side)[1:3] for side in ("left", "right"))
+        forearm = np.minimum(*(segment_distance(xs, ys, *bone) for bone in bones)) < FOREARM_RADIUS * sw
     hair_model = colour.fit(lab[not_skin(sure & above_chin)], 2, HAIR_MIN_STD)
 
     # Every pixel near the person takes its cheapest class: colour cost, plus the pose's person
