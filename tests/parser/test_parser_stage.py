@@ -97,6 +97,15 @@ def thigh_box(pose: PoseResult, shape: tuple[int, ...]) -> np.ndarray:
     return box(shape, x0, hips + 0.15 * (knees - hips), x1, knees)
 
 
+def along_bone(shape: tuple[int, ...], a: np.ndarray, b: np.ndarray, start: float, end: float) -> np.ndarray:
+    """HxW bool: a line a few pixels thick along the bone from joint `a` to joint `b`, from
+    `start` to `end` of its length."""
+    canvas = np.zeros(shape[:2], np.uint8)
+    p, q = (np.round(a + f * (b - a)).astype(int) for f in (start, end))
+    cv2.line(canvas, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), 1, max(3, shape[0] // 100))
+    return canvas.astype(bool)
+
+
 def share(labels: np.ndarray, where: np.ndarray, *names: str) -> float:
     """The fraction of the pixels in `where` whose label is one of `names`."""
     return float(np.isin(labels[where], [LIP[n] for n in names]).mean())
@@ -245,16 +254,11 @@ def test_same_colour_top_and_trousers_keep_their_sleeves(shared_person_photos: l
     the geometry must. Along the arms above the waist there is no lower garment; the sleeves
     are upper clothes (or arm, where the stripes look like skin), so an "upper" try-on repaints them."""
     image = shared_photo(shared_person_photos, TRACKSUIT_PHOTO)
-    pose, result = parse("tracksuit", image, "upper")
+    pose, result = parse(TRACKSUIT_PHOTO, image, "upper")
     assert result.agnostic is not None
     for side in ("left", "right"):
-        shoulder, elbow = point(pose, f"{side}_shoulder"), point(pose, f"{side}_elbow")
         # A short segment of the upper arm's bone, away from the torso's side and the hands.
-        on_arm = np.zeros(image.shape[:2], np.uint8)
-        a, b = shoulder + 0.3 * (elbow - shoulder), shoulder + 0.9 * (elbow - shoulder)
-        thickness = max(3, image.shape[0] // 100)
-        cv2.line(on_arm, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), 1, thickness)
-        on_arm = on_arm.astype(bool)
+        on_arm = along_bone(image.shape, point(pose, f"{side}_shoulder"), point(pose, f"{side}_elbow"), 0.3, 0.9)
         assert share(result.labels, on_arm, "pants", "skirt") <= 0.05, side
         assert share(result.labels, on_arm, "upper_clothes", "left_arm", "right_arm") >= 0.9, side
         assert result.agnostic[on_arm].mean() >= 0.95, side
@@ -271,12 +275,7 @@ def test_same_colour_top_and_trousers_keep_their_forearms(
     image = shared_photo(shared_person_photos, name)
     pose, result = parse(name, image, "upper")
     for side in ("left", "right"):
-        elbow, wrist = point(pose, f"{side}_elbow"), point(pose, f"{side}_wrist")
-        on_forearm = np.zeros(image.shape[:2], np.uint8)
-        a, b = elbow + 0.2 * (wrist - elbow), elbow + 0.8 * (wrist - elbow)
-        thickness = max(3, image.shape[0] // 100)
-        cv2.line(on_forearm, tuple(np.round(a).astype(int)), tuple(np.round(b).astype(int)), 1, thickness)
-        on_forearm = on_forearm.astype(bool)
+        on_forearm = along_bone(image.shape, point(pose, f"{side}_elbow"), point(pose, f"{side}_wrist"), 0.2, 0.8)
         assert share(result.labels, on_forearm, "pants", "skirt") <= 0.05, side
         assert result.agnostic is not None and result.agnostic[on_forearm].mean() >= 0.95, side
 
@@ -286,7 +285,7 @@ def test_white_stripes_down_a_sleeve_are_the_sleeve(shared_person_photos: list[P
     so they were taken for arm, and an upper try-on filled the arm's skin with white streaks.
     Skin always has a hue, so away from the head white is garment."""
     image = shared_photo(shared_person_photos, TRACKSUIT_PHOTO)
-    pose, result = parse("tracksuit", image, "upper")
+    pose, result = parse(TRACKSUIT_PHOTO, image, "upper")
     white = np.zeros(image.shape[:2], bool)
     for side in ("left", "right"):
         shoulder, elbow, wrist = (point(pose, f"{side}_{joint}") for joint in ("shoulder", "elbow", "wrist"))
