@@ -2,6 +2,8 @@
 
 - every flat-lay of ../shared/data/viton (all tops): the share detected as upper, and the count
   of each wrong answer (lower, dress, or category_uncertain: the safe refusal);
+- how many masks fell apart into pieces (a white top on white whose outline the backdrop's flood
+  crossed), whatever their category;
 - the garments of ../shared/data/photos, whose file names say their category;
 - a contact sheet of the VITON tops taken for something else, under bench/overlays/garments/.
 
@@ -26,9 +28,11 @@ from shared_data import SHARED_DATA, VITON
 from services.common.errors import FitroomError
 from services.common.imageio import read_image_file
 from services.warp.garment import MIN_CATEGORY_CONFIDENCE, detect
+from services.warp.segment import garment_mask
 
 OVERLAYS = Path(__file__).resolve().parent / "overlays" / "garments"
 TARGET_UPPER = 0.998
+BROKEN = 0.9  # a mask whose largest piece is less than this share of it has fallen apart
 
 
 def expected_category(name: str) -> str:
@@ -45,6 +49,19 @@ def classify(path: Path) -> tuple[str, str, float]:
     return path.name, category if confidence >= MIN_CATEGORY_CONFIDENCE else "category_uncertain", confidence
 
 
+def largest_piece(path: Path) -> float:
+    """The largest connected piece's share of the garment's mask (1.0 for one piece; 0 when no
+    garment is found). A garment is one piece: a cut-out in several large pieces is one whose
+    faint outline the backdrop's flood crossed (white tops on white)."""
+    try:
+        mask = garment_mask(read_image_file(path, rgba=True))[1]
+    except FitroomError:
+        return 0.0
+    _, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return float(areas.max() / areas.sum())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, help="only every k-th VITON cloth, this many")
@@ -59,6 +76,7 @@ def main() -> int:
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(classify, cloths, chunksize=64)
+        pieces = pool.map(largest_piece, cloths, chunksize=64)
     seconds = time.perf_counter() - start
     answers = Counter(category for _, category, _ in results)
     upper = answers["upper"] / len(results)
@@ -68,6 +86,11 @@ def main() -> int:
         print(f"| {answer} | {count} | {count / len(results):.4f} |")
     print(f"upper: {upper:.4f} (target >= {TARGET_UPPER}): {'met' if upper >= TARGET_UPPER else 'NOT met'}")
     wrong = [(name, category, confidence) for name, category, confidence in results if category != "upper"]
+    broken = [(name, answer) for (name, answer, _), share in zip(results, pieces, strict=True) if 0 < share < BROKEN]
+    print(
+        f"broken masks (largest piece under {BROKEN} of the mask): {len(broken)}, "
+        f"{sum(answer == 'upper' for _, answer in broken)} of them still called upper"
+    )
     for name, category, confidence in wrong:
         print(f"  {name}: {category} ({confidence:.2f})")
 
