@@ -222,7 +222,7 @@ class TryonFusion(nn.Module):
         # new garment over it: counted as one, it cost paired photos 0.004 of box SSIM, their
         # thin slivers of skin beside the garment's edge coming out dark.
         painted_skin = body * repaint
-        relief = gaussian_blur(torch.maximum(painted_skin, skin_source), self.relief_sigma * sigma)
+        relief = gaussian_blur((painted_skin + skin_source).clamp(0.0, 1.0), self.relief_sigma * sigma)
         rounded = 1.0 - self.edge_shade * (1.0 - relief.clamp(0.0, 1.0))
         fill = body * (skin * shading * rounded).clamp(0.0, 1.0) + (1.0 - body) * background
         fill = lower_body * lower + (1.0 - lower_body) * fill
