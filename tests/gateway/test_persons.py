@@ -13,7 +13,7 @@ from PIL import Image
 from skimage import data
 
 from services.common.imageio import decode_image
-from services.pipeline import person_prefix
+from services.pipeline import PERSON_VERSION, person_prefix
 from tests.gateway.helpers import Key, Server, encode, wait_finished
 
 
@@ -56,7 +56,9 @@ def test_a_person_registered_once_runs_pose_and_parse_once_for_five_garments(
         for stage in ("pose", "parser"):
             statuses = [job["stages"][stage]["status"] for job in jobs]
             assert statuses == ["done"] + ["cached"] * 4, (stage, statuses)
-        assert (cached / "v2" / "pose.json").is_file() and (cached / "v2" / "labels.npy").is_file()
+        assert (cached / f"v{PERSON_VERSION}" / "pose.json").is_file() and (
+            cached / f"v{PERSON_VERSION}" / "labels.npy"
+        ).is_file()
 
         # The intermediates the first job asked to keep, through the public API only.
         first, second = jobs[0]["id"], jobs[1]["id"]
@@ -72,7 +74,7 @@ def test_a_person_registered_once_runs_pose_and_parse_once_for_five_garments(
 
         # Erasing a job leaves the person's cache (it belongs to the person); erasing the person takes it.
         assert client.delete(f"/v1/tryon/{first}").status_code == 204
-        assert (cached / "v2" / "pose.json").is_file()
+        assert (cached / f"v{PERSON_VERSION}" / "pose.json").is_file()
         assert client.delete(f"/v1/persons/{person['id']}").status_code == 204
         gone = client.get(f"/v1/persons/{person['id']}")
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "person_not_found"
