@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from services.common.contracts import LANDMARK_INDEX, LIP, Category, ParseResult, PoseResult, WarpResult
+from services.common.contracts import LIP, Category, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import LIGHTING_SIGMA, REGIONS
@@ -44,7 +44,7 @@ from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
-from services.parser.geometry import ARM_SEEN, ARM_TAPER, BodyFrame, arm_chain, landmark, leg_chain, torso_corners
+from services.parser.geometry import ARM_TAPER, BodyFrame, arm_chain, arm_seen, landmark, leg_chain, torso_corners
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
@@ -142,7 +142,7 @@ def lower_body_region(pose: PoseResult, shape: tuple[int, int]) -> np.ndarray:
     # shorter top leaves it, it is the arm's skin (an old long sleeve there became trousers).
     visibility = pose.landmark_array()[:, 3]
     for side, (chain, radii) in zip(("left", "right"), _arms(pts), strict=True):
-        if min(visibility[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("elbow", "wrist")) >= ARM_SEEN:
+        if arm_seen(visibility, side):
             _draw_limb(region, chain, [r * sw for r in radii], 0)
     return region.astype(bool)
 

@@ -88,6 +88,11 @@ ARM_TAPER = (0.16, 0.12, 0.09)
 ARM_SEEN = 0.5  # the pose's visibility of an elbow and a wrist that are in the photo, not behind the body
 
 
+def arm_seen(visibility: np.ndarray, side: str) -> bool:
+    """Whether the pose sees that arm's elbow and wrist (ARM_SEEN): in front, not behind the body."""
+    return min(float(visibility[LANDMARK_INDEX[f"{side}_{joint}"]]) for joint in ("elbow", "wrist")) >= ARM_SEEN
+
+
 def torso_corners(pts: np.ndarray) -> np.ndarray:
     """(4, 2): the shoulder and hip joints, around the torso (a polygon's order)."""
     return np.array([landmark(pts, n) for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")])

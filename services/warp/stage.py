@@ -37,15 +37,15 @@ import cv2
 import numpy as np
 
 from services import learned
-from services.common.contracts import LANDMARK_INDEX, LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
+from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of
 from services.parser.geometry import (
-    ARM_SEEN,
     ARM_TAPER,
     BodyFrame,
     arm_chain,
+    arm_seen,
     chain_coords,
     landmark,
     leg_chain,
@@ -217,7 +217,7 @@ class Body:
         sleeve) it knows the arm (`arm_skin` is in front of the torso), and the capsule, never
         quite on the arm, is not used: on VITON's short-sleeved shoppers it cut their tops' sides."""
         beyond = np.zeros((self.height, self.width), bool)
-        if min(self.visibility[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("elbow", "wrist")) < ARM_SEEN:
+        if not arm_seen(self.visibility, side):
             return beyond  # an arm behind the body, or out of the photo
         chain = arm_chain(self.pts, side)
         radii = np.array(ARM_TAPER) * self.frame.shoulder_width
