@@ -241,13 +241,21 @@ class Cache:
         return np.nonzero(np.asarray(self.status) == 1)[0]
 
     def add_tryoff(self) -> None:
-        """The try-off's arrays (TRYOFF_ARRAYS), created empty where they are not there yet."""
-        if self.tryoff_status is not None:
+        """The try-off's arrays (TRYOFF_ARRAYS), created empty where they are not there yet or were
+        prepared by another version of the default try-off (tryoff.VERSION): the network learns a
+        residual over the default, so rows of an older default would teach it the wrong one."""
+        from services.warp.tryoff import VERSION
+
+        version_file, version = self.root / "tryoff_version.json", {"version": VERSION}
+        current = version_file.is_file() and json.loads(version_file.read_text()) == version
+        if self.tryoff_status is not None and current:
             return
+        version_file.unlink(missing_ok=True)
         (w, h), n = self.meta["size"], len(self)
         for name, (channels, dtype) in TRYOFF_ARRAYS.items():
             np.lib.format.open_memmap(self.root / f"{name}.npy", "w+", dtype, (n, h, w, channels)).flush()
-        np.save(self.root / "tryoff_status.npy", np.zeros(n, np.int8))  # last: it says the others are there
+        np.save(self.root / "tryoff_status.npy", np.zeros(n, np.int8))
+        version_file.write_text(json.dumps(version))  # last: it says the others are there
         self.tryoff = {name: np.load(self.root / f"{name}.npy", mmap_mode="r+") for name in TRYOFF_ARRAYS}
         self.tryoff_status = np.load(self.root / "tryoff_status.npy", mmap_mode="r+")
 

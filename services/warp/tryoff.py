@@ -52,6 +52,10 @@ from services.warp.stage import REGULARISATION, Body, Part, lower_parts, upper_p
 
 SleeveKind = Literal["none", "short", "long"]
 
+# Bump when the default's flat-lay changes: training's cached try-off rows (services/train.py) hold
+# the default's output, and are prepared again under a new version.
+VERSION = 2
+
 # Canonical flat-lays, as fractions of a 3:4 (width:height) box, right side only (the wearer's
 # right, the image's left); the left side is its mirror image. "upper" short and long: medians of
 # the landmarks services/warp/garment.py finds on VITON product shots (400 tops, 90 long-sleeved,

@@ -73,6 +73,22 @@ def test_prepare_adds_the_tryoff_rows_and_resumes(cache: train.Cache, paired_dat
     assert list(again.tryoff_ready()) == list(range(PAIRS))
 
 
+def test_rows_of_an_older_default_are_prepared_again(cache: train.Cache, paired_data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    shutil.copytree(cache.root, root)
+    # As if the rows had been prepared by an older default try-off: its output in them (wiped) and
+    # its version beside them.
+    np.load(root / "tryoff_default.npy", mmap_mode="r+")[:] = 0
+    (root / "tryoff_version.json").write_text(json.dumps({"version": tryoff.VERSION - 1}))
+    logged: list[str] = []
+    again = train.prepare(paired_data, root, "upper", workers=1, log=logged.append, tryoff=True)
+    assert any("preparing the try-off of 6 pairs" in line for line in logged)
+    assert list(again.tryoff_ready()) == list(range(PAIRS))
+    np.testing.assert_array_equal(
+        np.asarray(again.tryoff["tryoff_default"]), np.asarray(cache.tryoff["tryoff_default"])
+    )
+
+
 def test_rows_held_on_the_device_are_the_cache_rows(cache: train.Cache) -> None:
     rows = cache.tryoff_ready()[[3, 1]]
     held = train.DeviceCache(cache, rows, torch.device("cpu"), loader=train.load_tryoff_batch)(rows)
