@@ -43,8 +43,10 @@ import numpy as np
 from services.common.contracts import LIP, Category, GarmentAnalysis, ParseResult, PoseResult
 from services.common.errors import GarmentNotDetected
 from services.common.inference import Infer
+from services.parser import colour
 from services.parser.agnostic import any_of
 from services.parser.geometry import arm_chain, chain_coords
+from services.parser.stage import GARMENT_MIN_STD
 from services.warp import tps
 from services.warp.garment import LOWER_ORDER, UPPER_ORDER
 from services.warp.gmm import alpha_box
@@ -54,7 +56,7 @@ SleeveKind = Literal["none", "short", "long"]
 
 # Bump when the default's flat-lay changes: training's cached try-off rows (services/train.py) hold
 # the default's output, and are prepared again under a new version.
-VERSION = 2
+VERSION = 3
 
 # Canonical flat-lays, as fractions of a 3:4 (width:height) box, right side only (the wearer's
 # right, the image's left); the left side is its mirror image. "upper" short and long: medians of
@@ -111,6 +113,8 @@ EDGE_INSET = 0.006  # of the canvas's longer side: the parse's edge, recoloured 
 MIN_PART = 0.05  # of the largest: smaller specks of mask are dropped
 OUTLINE_SMOOTH = 0.015  # of the canvas's longer side: the Gaussian that smooths the laid outline
 NEAR_LAYOUT = 0.05  # of the layout box's width: how far the laid outline may stand off the layout
+WEARER_MARGIN = 2.0  # nats: how much better skin and hair must explain a laid pixel to drop its colour
+WEARER_WORK = 384  # pixels on the longer side: where the wearer's colours are judged
 OUTLINE_WORK = 256  # pixels on the longer side: the size the outline is regularised at
 
 
@@ -177,7 +181,8 @@ def default_tryoff(image: np.ndarray, pose: PoseResult, parse: ParseResult, cate
     if not laid.any():
         raise GarmentNotDetected(f"no {category} garment could be laid flat from this photo")
     mask = regular_outline(laid, layout)
-    rgb = fill_colours(colours, visible & mask, mask)
+    own = visible & mask & ~looks_like_the_wearer(image, parse, colours, visible & mask, category)
+    rgb = fill_colours(colours, own, mask)
     rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
     rgba[..., 3] = mask.view(np.uint8) * np.uint8(255)
     share = float((mask & ~visible).sum() / mask.sum())
@@ -406,8 +411,7 @@ def regular_outline(laid: np.ndarray, layout: GarmentAnalysis) -> np.ndarray:
     # Worked at OUTLINE_WORK on the longer side (the outline is smooth at that scale), then scaled
     # back: at 768x1024 the blur and the dilation cost 50 ms at full size.
     height, width = laid.shape
-    scale = min(1.0, OUTLINE_WORK / max(height, width))
-    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = _at_most(laid.shape, OUTLINE_WORK)
     shrink = lambda m: cv2.resize(m.astype(np.float32), small, interpolation=cv2.INTER_AREA)  # noqa: E731
     laid_small = shrink(laid)
     sigma = OUTLINE_SMOOTH * max(small)
@@ -435,6 +439,43 @@ def with_hem(layout: GarmentAnalysis, laid: np.ndarray) -> np.ndarray:
         marks.update({name: (marks[name][0], marks[name][1] + shift) for name in hems})
     cv2.fillPoly(polygon, [np.round(np.array(list(marks.values()))).astype(np.int32)], 1)
     return polygon.astype(bool)
+
+
+def looks_like_the_wearer(
+    image: np.ndarray, parse: ParseResult, colours: np.ndarray, laid: np.ndarray, category: Category
+) -> np.ndarray:
+    """HxW bool on the flat-lay canvas: the laid garment's pixels whose colour the rest of the wearer
+    (skin, hair, the other garment: a top's trousers, trousers' top) explains better than the
+    garment's own colours do, by WEARER_MARGIN nats. The parse's edges take a V-neck's skin, strands
+    of hair over the shoulders or the trousers' waistband for the garment; sampled as its colours,
+    they leave patches of them in the flat-lay. A beige top, or a black top over black trousers,
+    keeps its colour: its own model explains it as well."""
+    others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
+    skin_and_hair = (LIP["face"], LIP["hair"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], *others)
+    lab = lambda rgb: cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # noqa: E731  (as the parser)
+    # The models are fitted on the photo, and the laid pixels judged, at most WEARER_WORK pixels on
+    # the longer side: colours, not detail (at 768x1024 the full size cost 50 ms).
+    fit_size = _at_most(image.shape[:2], WEARER_WORK)
+    photo = lab(cv2.resize(image, fit_size, interpolation=cv2.INTER_AREA))
+    labels = cv2.resize(parse.labels, fit_size, interpolation=cv2.INTER_NEAREST)
+    garment = colour.fit(photo[any_of(labels, GARMENT_LABELS[category])], 4, GARMENT_MIN_STD)
+    intruder = colour.fit(photo[any_of(labels, skin_and_hair)], 4, GARMENT_MIN_STD)
+    if garment is None or intruder is None:
+        return np.zeros(laid.shape, bool)
+    judge_size = _at_most(laid.shape, WEARER_WORK)
+    small_laid = cv2.resize(laid.view(np.uint8), judge_size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    pixels = lab(cv2.resize(colours, judge_size, interpolation=cv2.INTER_AREA)[small_laid][:, None]).reshape(-1, 3)
+    wearer = np.zeros(small_laid.shape, np.uint8)
+    wearer[small_laid] = intruder.nll(pixels) + WEARER_MARGIN < garment.nll(pixels)
+    return cv2.resize(wearer, laid.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool) & laid
+
+
+def _at_most(shape: tuple[int, ...], longest: int) -> tuple[int, int]:
+    """(width, height): an image of `shape` (height, width, ...) scaled down to `longest` on its
+    longer side (not up)."""
+    height, width = shape[:2]
+    scale = min(1.0, longest / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def fill_colours(colours: np.ndarray, visible: np.ndarray, mask: np.ndarray) -> np.ndarray:
