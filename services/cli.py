@@ -515,6 +515,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         weights=weights,
         trained_on=args.trained_on,
         seed=args.seed,
+        precision=args.precision,
     )
     log(f"{len(pairs)} pairs in {data}; cache {cache_root} ({len(cache.ready())} ready)")
     try:
@@ -663,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_command.add_argument("--trained-on", default="", help="what the data is and its licence (kept with it)")
     train_command.add_argument("--seed", type=int, default=0)
+    train_command.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast, or fp32; auto: bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, AMX)",
+    )
     train_command.set_defaults(func=cmd_train)
     add_gateway_commands(commands)  # serve, keys (the REST gateway)
     add_worker_commands(commands)  # worker, worker-health (distributed mode)

@@ -917,6 +917,23 @@ class Run:
     weights: Weights = field(default_factory=Weights)
     trained_on: str = ""
     seed: int = 0
+    precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware computes in it
+
+
+def bf16(device: torch.device, precision: str = "auto") -> bool:
+    """Whether training steps run under bf16 autocast. "auto": on CUDA, and on a CPU that computes
+    in bf16 natively (AVX-512 BF16 or AMX, as oneDNN reports): on the 2-core AVX-512 development
+    machine the warp trains 1.7x faster in bf16 (36 samples/s against 21), the try-on 1.2x (its
+    fusion runs in fp32), the try-off 1.45x, with the same losses to three digits. On other CPUs bf16
+    is emulated and slower, so fp32. The held-out scores are computed in fp32 either way."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _distributed() -> tuple[int, int]:
@@ -957,7 +974,7 @@ def train(run: Run, log: Log = print) -> dict:
     rank, world = _distributed()
     torch.manual_seed(run.seed + rank)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")  # CPU: fp32 is faster here
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16(device, run.precision))
     state = load_checkpoint(run.resume) if run.resume else None
     if state is not None and state["kind"] != run.kind:
         raise ValueError(f"{run.resume} is a {state['kind']} checkpoint, not {run.kind}")

@@ -116,6 +116,21 @@ def test_training_lowers_the_loss(cache: train.Cache, warp_checkpoint: Path, try
     assert fixed_batch_loss("tryon", tryon_checkpoint, cache) < 0.95 * before
 
 
+def test_bf16_autocast_trains_as_fp32_does(cache: train.Cache, tmp_path: Path) -> None:
+    # `--precision auto` picks bf16 on CPUs that compute in it natively (this project's machine),
+    # fp32 elsewhere: both must take the network to the same place, bf16 emulated or not.
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        path = tmp_path / f"{precision}.pt"
+        run = train.Run("warp", cache, path, set(), max_steps=10, batch_size=4, lr=3e-3, precision=precision)
+        train.train(run, log=lambda _: None)
+        losses[precision] = fixed_batch_loss("warp", path, cache)
+    untrained = fixed_batch_loss("warp", None, cache)
+    assert losses["fp32"] < untrained and losses["bf16"] < untrained
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
+    assert train.bf16(torch.device("cpu"), "fp32") is False and train.bf16(torch.device("cuda"), "auto") is True
+
+
 def test_resume_goes_on_from_the_checkpoint(cache: train.Cache, warp_checkpoint: Path, tmp_path: Path) -> None:
     saved = train.load_checkpoint(warp_checkpoint)
     assert saved["step"] == 30 and saved["samples"] == 120 and saved["kind"] == "warp"
