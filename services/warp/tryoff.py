@@ -56,7 +56,7 @@ SleeveKind = Literal["none", "short", "long"]
 
 # Bump when the default's flat-lay changes: training's cached try-off rows (services/train.py) hold
 # the default's output, and are prepared again under a new version.
-VERSION = 3
+VERSION = 4
 
 # Canonical flat-lays, as fractions of a 3:4 (width:height) box, right side only (the wearer's
 # right, the image's left); the left side is its mirror image. "upper" short and long: medians of
@@ -114,6 +114,8 @@ MIN_PART = 0.05  # of the largest: smaller specks of mask are dropped
 OUTLINE_SMOOTH = 0.015  # of the canvas's longer side: the Gaussian that smooths the laid outline
 NEAR_LAYOUT = 0.05  # of the layout box's width: how far the laid outline may stand off the layout
 WEARER_MARGIN = 2.0  # nats: how much better skin and hair must explain a laid pixel to drop its colour
+WEARER_REACH = 0.03  # of the canvas's longer side: how near a part of the wearer a pixel must be to be taken for it
+SKIN = (LIP["face"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
 WEARER_WORK = 384  # pixels on the longer side: where the wearer's colours are judged
 OUTLINE_WORK = 256  # pixels on the longer side: the size the outline is regularised at
 
@@ -181,7 +183,7 @@ def default_tryoff(image: np.ndarray, pose: PoseResult, parse: ParseResult, cate
     if not laid.any():
         raise GarmentNotDetected(f"no {category} garment could be laid flat from this photo")
     mask = regular_outline(laid, layout)
-    own = visible & mask & ~looks_like_the_wearer(image, parse, colours, visible & mask, category)
+    own = visible & mask & ~looks_like_the_wearer(image, parse, colours, labels, visible & mask, category)
     rgb = fill_colours(colours, own, mask)
     rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
     rgba[..., 3] = mask.view(np.uint8) * np.uint8(255)
@@ -442,31 +444,40 @@ def with_hem(layout: GarmentAnalysis, laid: np.ndarray) -> np.ndarray:
 
 
 def looks_like_the_wearer(
-    image: np.ndarray, parse: ParseResult, colours: np.ndarray, laid: np.ndarray, category: Category
+    image: np.ndarray, parse: ParseResult, colours: np.ndarray, labels: np.ndarray, laid: np.ndarray, category: Category
 ) -> np.ndarray:
-    """HxW bool on the flat-lay canvas: the laid garment's pixels whose colour the rest of the wearer
-    (skin, hair, the other garment: a top's trousers, trousers' top) explains better than the
-    garment's own colours do, by WEARER_MARGIN nats. The parse's edges take a V-neck's skin, strands
-    of hair over the shoulders or the trousers' waistband for the garment; sampled as its colours,
-    they leave patches of them in the flat-lay. A beige top, or a black top over black trousers,
-    keeps its colour: its own model explains it as well."""
-    others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
-    skin_and_hair = (LIP["face"], LIP["hair"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], *others)
+    """HxW bool on the flat-lay canvas: the laid garment's pixels that lie near a part of the wearer
+    laid out with them (`labels`, the parse sampled onto the canvas: skin, hair, the other garment)
+    and whose colour that part explains better than the garment's own colours do, by WEARER_MARGIN
+    nats. The parse's edges take a V-neck's skin, strands of hair over the shoulders or the
+    trousers' waistband for the garment; sampled as its colours, they leave patches of them in the
+    flat-lay. Only near the part: a polo's black cuffs and pocket are as dark as the wearer's hair
+    and trousers, but lie nowhere near them. A beige top keeps its colour: its own model explains
+    it as well."""
     lab = lambda rgb: cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # noqa: E731  (as the parser)
     # The models are fitted on the photo, and the laid pixels judged, at most WEARER_WORK pixels on
     # the longer side: colours, not detail (at 768x1024 the full size cost 50 ms).
     fit_size = _at_most(image.shape[:2], WEARER_WORK)
     photo = lab(cv2.resize(image, fit_size, interpolation=cv2.INTER_AREA))
-    labels = cv2.resize(parse.labels, fit_size, interpolation=cv2.INTER_NEAREST)
-    garment = colour.fit(photo[any_of(labels, GARMENT_LABELS[category])], 4, GARMENT_MIN_STD)
-    intruder = colour.fit(photo[any_of(labels, skin_and_hair)], 4, GARMENT_MIN_STD)
-    if garment is None or intruder is None:
-        return np.zeros(laid.shape, bool)
+    photo_labels = cv2.resize(parse.labels, fit_size, interpolation=cv2.INTER_NEAREST)
+    garment = colour.fit(photo[any_of(photo_labels, GARMENT_LABELS[category])], 4, GARMENT_MIN_STD)
     judge_size = _at_most(laid.shape, WEARER_WORK)
     small_laid = cv2.resize(laid.view(np.uint8), judge_size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    pixels = lab(cv2.resize(colours, judge_size, interpolation=cv2.INTER_AREA)[small_laid][:, None]).reshape(-1, 3)
     wearer = np.zeros(small_laid.shape, np.uint8)
-    wearer[small_laid] = intruder.nll(pixels) + WEARER_MARGIN < garment.nll(pixels)
+    if garment is None or not small_laid.any():
+        return np.zeros(laid.shape, bool)
+    canvas_labels = cv2.resize(labels, judge_size, interpolation=cv2.INTER_NEAREST)
+    pixels = lab(cv2.resize(colours, judge_size, interpolation=cv2.INTER_AREA))
+    reach = 2 * max(1, round(WEARER_REACH * max(judge_size))) + 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
+    others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
+    for part in (SKIN, (LIP["hair"],), others):
+        model = colour.fit(photo[any_of(photo_labels, part)], 2, GARMENT_MIN_STD) if part else None
+        if model is None:
+            continue
+        near = cv2.dilate(any_of(canvas_labels, part).view(np.uint8), disc).astype(bool) & small_laid
+        candidates = pixels[near]
+        wearer[near] |= model.nll(candidates) + WEARER_MARGIN < garment.nll(candidates)
     return cv2.resize(wearer, laid.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool) & laid
 
 
