@@ -922,7 +922,7 @@ class Run:
 
 def bf16(device: torch.device, precision: str = "auto") -> bool:
     """Whether training steps run under bf16 autocast. "auto": on CUDA, and on a CPU that computes
-    in bf16 natively (AVX-512 BF16 or AMX, as oneDNN reports): on the 2-core AVX-512 development
+    in bf16 natively (AVX-512 BF16 or AMX): on the 2-core AVX-512 development
     machine the warp trains 1.7x faster in bf16 (36 samples/s against 21), the try-on 1.2x (its
     fusion runs in fp32), the try-off 1.45x, with the same losses to three digits. On other CPUs bf16
     is emulated and slower, so fp32. The held-out scores are computed in fp32 either way."""
@@ -930,9 +930,9 @@ def bf16(device: torch.device, precision: str = "auto") -> bool:
         return precision == "bf16"
     if device.type == "cuda":
         return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+    try:  # native bf16 instructions; oneDNN's own check also says yes where it only emulates them
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
         return False
 
 
