@@ -56,7 +56,7 @@ SleeveKind = Literal["none", "short", "long"]
 
 # Bump when the default's flat-lay changes: training's cached try-off rows (services/train.py) hold
 # the default's output, and are prepared again under a new version.
-VERSION = 4
+VERSION = 5
 
 # Canonical flat-lays, as fractions of a 3:4 (width:height) box, right side only (the wearer's
 # right, the image's left); the left side is its mirror image. "upper" short and long: medians of
@@ -410,7 +410,9 @@ def regular_outline(laid: np.ndarray, layout: GarmentAnalysis) -> np.ndarray:
     outline is smooth and symmetric, and close to the canonical layout. So: the layout, its hem
     moved to where the laid garment's is, and the laid garment's own outline (made symmetric and
     smooth) where it lies within NEAR_LAYOUT of that layout: a flared hem or a wide sleeve shows,
-    trousers the parse took for the top's hem or hair at its collar do not."""
+    trousers the parse took for the top's hem or hair at its collar do not. A lower garment's or
+    a dress's outline is its own (made symmetric and smooth) within NEAR_LAYOUT of the layout, not
+    joined to it: the layout's wide legs would put skinny jeans in flares, its A-line a sheath."""
     template = with_hem(layout, laid)
     # Worked at OUTLINE_WORK on the longer side (the outline is smooth at that scale), then scaled
     # back: at 768x1024 the blur and the dilation cost 50 ms at full size.
@@ -424,7 +426,10 @@ def regular_outline(laid: np.ndarray, layout: GarmentAnalysis) -> np.ndarray:
     reach = 2 * max(1, round(NEAR_LAYOUT * layout_box(small)[2])) + 1
     near = cv2.dilate(shrink(template), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach)))
     beside = np.where(near > 0.0, symmetric, 0.0)
-    return clean(template | (cv2.resize(beside, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5))
+    laid_near = cv2.resize(beside, (width, height), interpolation=cv2.INTER_LINEAR) >= 0.5
+    # Trousers and dresses vary too much for one layout (skinny jeans or flares, a sheath or an
+    # A-line dress): theirs only bounds. A top's is what VITON's product shots were measured on.
+    return clean(template | laid_near if layout.category == "upper" else laid_near)
 
 
 def with_hem(layout: GarmentAnalysis, laid: np.ndarray) -> np.ndarray:
