@@ -460,13 +460,24 @@ def looks_like_the_wearer(
     trousers' waistband for the garment; sampled as its colours, they leave patches of them in the
     flat-lay. Only near the part: a polo's black cuffs and pocket are as dark as the wearer's hair
     and trousers, but lie nowhere near them. A beige top keeps its colour: its own model explains
-    it as well."""
+    it as well. What it mends is a fringe: a mistaken patch as large as a trim takes a cluster of
+    the garment's own model, and keeps its colour as a trim does."""
     lab = lambda rgb: cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)  # noqa: E731  (as the parser)
     # The models are fitted on the photo, and the laid pixels judged, at most WEARER_WORK pixels on
     # the longer side: colours, not detail (at 768x1024 the full size cost 50 ms).
     fit_size = _at_most(image.shape[:2], WEARER_WORK)
     photo = lab(cv2.resize(image, fit_size, interpolation=cv2.INTER_AREA))
     photo_labels = cv2.resize(parse.labels, fit_size, interpolation=cv2.INTER_NEAREST)
+    others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
+    parts = [part for part in (SKIN, (LIP["hair"],), others) if part]
+
+    def near_part(labels: np.ndarray, part: tuple[int, ...], size: int) -> np.ndarray:
+        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        return cv2.dilate(any_of(labels, part).view(np.uint8), disc).astype(bool)
+
+    # The garment's colours from all of it: fitted only away from the other parts (where the
+    # mistaken pixels are not), the model lost a sleeve's white stripes and a polo's black cuffs,
+    # which lie near the arms and the hair, and they were filled.
     garment = colour.fit(photo[any_of(photo_labels, GARMENT_LABELS[category])], 4, GARMENT_MIN_STD)
     judge_size = _at_most(laid.shape, WEARER_WORK)
     small_laid = cv2.resize(laid.view(np.uint8), judge_size, interpolation=cv2.INTER_NEAREST).astype(bool)
@@ -476,13 +487,11 @@ def looks_like_the_wearer(
     canvas_labels = cv2.resize(labels, judge_size, interpolation=cv2.INTER_NEAREST)
     pixels = lab(cv2.resize(colours, judge_size, interpolation=cv2.INTER_AREA))
     reach = 2 * max(1, round(WEARER_REACH * max(judge_size))) + 1
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
-    others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
-    for part in (SKIN, (LIP["hair"],), others):
-        model = colour.fit(photo[any_of(photo_labels, part)], 2, GARMENT_MIN_STD) if part else None
+    for part in parts:
+        model = colour.fit(photo[any_of(photo_labels, part)], 2, GARMENT_MIN_STD)
         if model is None:
             continue
-        near = cv2.dilate(any_of(canvas_labels, part).view(np.uint8), disc).astype(bool) & small_laid
+        near = near_part(canvas_labels, part, reach) & small_laid
         candidates = pixels[near]
         wearer[near] |= model.nll(candidates) + WEARER_MARGIN < garment.nll(candidates)
     return cv2.resize(wearer, laid.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool) & laid

@@ -97,6 +97,62 @@ def test_what_an_arm_hides_is_filled_with_the_garments_colours(
     assert color.deltaE_ciede2000(filled, tee) < 5.0 < color.deltaE_ciede2000(filled, skin)
 
 
+def test_the_outline_is_one_symmetric_piece_whatever_the_parse_adds_or_loses(
+    wearing_tee: np.ndarray, pipeline: Pipeline
+) -> None:
+    """A hole the parse punched in the tee and a stray patch of "tee" on the thigh, far below its hem:
+    the flat-lay's outline is still one symmetric piece without holes, as without them."""
+    pose, parse = pipeline.person(wearing_tee)
+    labels = parse.labels.copy()
+    ys, xs = np.nonzero(labels == LIP["upper_clothes"])
+    top, bottom, centre = np.percentile(ys, 5), ys.max(), xs.mean()
+    hole = (ys > top + 0.45 * (bottom - top)) & (ys < top + 0.6 * (bottom - top)) & (xs < centre)
+    labels[ys[hole], xs[hole]] = LIP["background"]
+    height, width = labels.shape
+    stray = (slice(min(height - 1, bottom + height // 8), min(height, bottom + height // 5)), slice(0, width // 5))
+    labels[stray] = LIP["upper_clothes"]
+    clear = tryoff.extract(wearing_tee, pose, parse, "upper").rgba[..., 3] > 0
+    mask = tryoff.extract(wearing_tee, pose, parse.model_copy(update={"labels": labels}), "upper").rgba[..., 3] > 0
+    count, _ = cv2.connectedComponents(mask.astype(np.uint8))
+    assert count == 2  # the background and one garment
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(outside, None, (0, 0), 0)
+    assert not outside.any()  # no hole: all of the background reaches the border
+    mirrored = mask[:, ::-1]
+    assert (mask & mirrored).sum() / (mask | mirrored).sum() > 0.97
+    assert (mask & clear).sum() / (mask | clear).sum() > 0.95
+
+
+def test_the_wearers_skin_taken_for_the_tee_is_not_its_colour(
+    wearing_tee: np.ndarray, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A V-neck: her skin below the collar, which the parse calls skin but for a fringe it calls the
+    tee (as it does at a V-neck's edges). The flat-lay fills the fringe with the tee's colours,
+    not the skin's. Without that rule the skin shows."""
+    pose, parse = pipeline.person(wearing_tee)
+    image, labels = wearing_tee.copy(), parse.labels.copy()
+    skin = tuple(int(c) for c in np.median(wearing_tee[parse.labels == LIP["face"]], axis=0))
+    ys, xs = np.nonzero(parse.labels == LIP["upper_clothes"])
+    top, depth = np.percentile(ys, 2), 0.1 * (ys.max() - np.percentile(ys, 2))
+    v_neck = (ys < top + depth) & (np.abs(xs - xs.mean()) < 0.6 * xs.std())
+    image[ys[v_neck], xs[v_neck]] = skin
+    opening = v_neck & (ys < top + 0.75 * depth)  # labelled skin; the fringe below it stays "tee"
+    labels[ys[opening], xs[opening]] = LIP["torso_skin"]
+    parse = parse.model_copy(update={"labels": labels})
+
+    def skin_pixels(rgba: np.ndarray) -> int:
+        shown = rgba[..., 3] > 0
+        lab = color.rgb2lab(rgba[..., :3][shown].reshape(1, -1, 3).astype(np.float64) / 255.0)[0]
+        reference = np.broadcast_to(mean_lab(np.array([[skin]], np.uint8)), lab.shape)
+        return int((color.deltaE_ciede2000(lab, reference) < 8.0).sum())
+
+    before = skin_pixels(tryoff.extract(wearing_tee, pose, pipeline.person(wearing_tee)[1], "upper").rgba)
+    filled = skin_pixels(tryoff.extract(image, pose, parse, "upper").rgba) - before
+    monkeypatch.setattr(tryoff, "looks_like_the_wearer", lambda *args: np.zeros(args[4].shape, bool))
+    sampled = skin_pixels(tryoff.extract(image, pose, parse, "upper").rgba) - before
+    assert sampled > 200 and filled < 0.2 * sampled, (before, filled, sampled)
+
+
 def test_refusals_have_their_codes(
     astronaut: np.ndarray, chelsea: np.ndarray, wearing_tee: np.ndarray, pipeline: Pipeline
 ) -> None:
