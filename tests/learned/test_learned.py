@@ -422,6 +422,35 @@ def test_ssim_loss_is_exact_under_bf16_autocast() -> None:
     assert float((under_autocast - exact).abs().max()) < 1e-5
 
 
+def test_the_served_flow_is_averaged_with_its_mirror_image() -> None:
+    """The stage averages the learned flow with the flow of the mirrored inputs, mirrored back. A
+    network that always pushes the garment right is not mirror-consistent: its push cancels, its
+    push down stays. One that pushes towards the person's left shoulder is: it is unchanged, which
+    it is only if the mirrored person's left and right joints trade channels."""
+    rng = np.random.default_rng(0)
+    inputs = {
+        "garment__0": rng.random((1, 4, 16, 12), np.float32),
+        "person__1": rng.random((1, gmm.PERSON_CHANNELS, 16, 12), np.float32),
+    }
+
+    def constant(_: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([np.full((4, 3), 0.1), np.full((4, 3), 0.05)]).astype(np.float32)
+
+    np.testing.assert_allclose(
+        gmm.mirror_averaged(constant, inputs), np.stack([np.zeros((4, 3)), np.full((4, 3), 0.05)])
+    )
+    left, right = (3 + gmm.JOINTS.index(f"{side}_shoulder") for side in ("left", "right"))
+
+    def towards_the_left_shoulder(x: dict[str, np.ndarray]) -> np.ndarray:
+        person = x["person__1"][0]
+        push = float(person[left].sum() - person[right].sum()) / person[left].size
+        return np.stack([np.full((4, 3), push), np.zeros((4, 3))]).astype(np.float32)
+
+    expected = towards_the_left_shoulder(inputs)
+    assert abs(float(expected[0, 0, 0])) > 0.01
+    np.testing.assert_allclose(gmm.mirror_averaged(towards_the_left_shoulder, inputs), expected, rtol=1e-5)
+
+
 def test_a_mirrored_batch_trades_the_left_and_right_joints(cache: train.Cache) -> None:
     """Mirroring is the training's augmentation: the left shoulder's heatmap of the mirrored photo
     is where the right shoulder's was, mirrored (not the right shoulder's own channel)."""
