@@ -40,7 +40,7 @@ from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.fusion.model import LIGHTING_SIGMA, REGIONS
 from services.fusion.model import NAME as MODEL_NAME
-from services.fusion.tom import compose
+from services.fusion.tom import compose, mirror_averaged
 from services.learned import tryon_model, unavailable
 from services.parser import colour
 from services.parser.agnostic import agnostic_mask, any_of
@@ -270,7 +270,7 @@ def learned_tryon(
         "editable__2": pooled(editable.astype(np.float32), size),
     }
     try:
-        layers = infer(tryon_model(weights), inputs)["layers__0"][0]
+        layers = mirror_averaged(lambda x: infer(tryon_model(weights), x)["layers__0"][0], inputs)
     except ModelUnavailable as exc:
         raise unavailable(exc, weights) from exc
     box = alpha_box(editable)

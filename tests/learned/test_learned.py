@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from services import learned, train
 from services.common.artifacts import LocalArtifactStore
@@ -24,6 +25,7 @@ from services.common.config import PROJECT_ROOT
 from services.common.contracts import LIP
 from services.common.errors import ModelUnavailable
 from services.common.inference import LocalBackend
+from services.common.unet import resize_bilinear
 from services.fusion import tom
 from services.pipeline import Pipeline
 from services.warp import gmm
@@ -246,9 +248,14 @@ def test_the_stages_serve_what_training_computes(tryon_checkpoint: Path) -> None
             return {"layers__0": generator(*(torch.from_numpy(v) for v in inputs.values())).numpy()}
 
     served = learned_tryon(fused, garment, editable, backend, "test")
+    # Training's path in torch, with the layers averaged with the mirrored inputs' as the stage serves them.
     with torch.no_grad():
-        trained, _ = generator.tryon(
-            torch.from_numpy(fused), as_batch(garment), torch.from_numpy(editable.astype(np.float32))[None, None]
+        mask = torch.from_numpy(editable.astype(np.float32))[None, None]
+        size = list(gmm.work_size(height, width))
+        inputs = [F.adaptive_avg_pool2d(x, size) for x in (torch.from_numpy(fused), as_batch(premult), mask)]
+        layers = (generator(*inputs) + generator(*(x.flip(-1) for x in inputs)).flip(-1)) / 2
+        trained, _ = tom.compose(
+            torch.from_numpy(fused), as_batch(garment), mask, resize_bilinear(layers, [height, width])
         )
     np.testing.assert_allclose(served, trained.numpy(), atol=1e-4)
     assert not np.allclose(served, fused, atol=1e-3)  # the generator did change the photo
