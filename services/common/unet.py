@@ -7,6 +7,9 @@ and the output cropped back. Scriptable, and only ops that Triton's libtorch has
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,6 +65,18 @@ class UNet(nn.Module):
             skip = skips.pop()
             x = block(torch.cat([resize_bilinear(x, list(skip.shape[-2:])), skip], dim=1))
         return self.head(x)[:, :, :height, :width]
+
+
+def mirror_averaged(
+    predict: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray]
+) -> np.ndarray:
+    """What `predict` gives for a served model's `inputs` (NCHW images with no left or right in
+    them), averaged with what it gives for their mirror image, mirrored back. The learned networks
+    are trained on mirrored batches as often as not, so the two are equally good guesses whose
+    errors partly cancel (figures where each network is served: services/fusion/stage.py
+    learned_tryon, services/warp/tryoff_net.py learned_tryoff)."""
+    mirrored = {name: np.ascontiguousarray(value[..., ::-1]) for name, value in inputs.items()}
+    return (predict(inputs) + predict(mirrored)[..., ::-1]) / 2.0
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -31,8 +31,6 @@ No default weights: `fitroom train tryon` trains it (services/train.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -73,18 +71,6 @@ SIGNATURE = ModelSignature(
     outputs=(TensorSpec("layers__0", (1, LAYERS, -1, -1), np.float32),),  # the light, the mask, the shade
     max_batch_size=0,
 )
-
-
-def mirror_averaged(
-    predict: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray]
-) -> np.ndarray:
-    """(LAYERS, h, w): the layers `predict` gives for the served model's `inputs`, averaged with the
-    layers it gives for their mirror image, mirrored back (the inputs and layers are images with no
-    left or right in them). Training shows the network mirrored photos as often as not, so the two
-    are equally good guesses: on 300 VITON validation pairs the learned try-on's box SSIM rises
-    from 0.684 to 0.688, for a second pass at the work size."""
-    mirrored = {name: np.ascontiguousarray(value[..., ::-1]) for name, value in inputs.items()}
-    return (predict(inputs) + predict(mirrored)[..., ::-1]) / 2.0
 
 
 def compose(

@@ -110,11 +110,13 @@ def person_representation(labels: np.ndarray, landmarks: np.ndarray) -> np.ndarr
     return np.stack(channels).astype(np.float32)
 
 
-def mirror_averaged(
+def mirror_averaged_flow(
     predict: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray]
 ) -> np.ndarray:
     """(2, h, w): the flow `predict` gives for the served model's `inputs`, averaged with the flow
-    it gives for their mirror image, mirrored back. A flat-lay on a body is as likely mirrored, so
+    it gives for their mirror image, mirrored back: services.common.unet.mirror_averaged for a
+    flow, whose x offsets change sign in the mirror, and a person whose left and right joints
+    trade channels. A flat-lay on a body is as likely mirrored, so
     the two are equally good guesses whose errors partly cancel: on 300 VITON validation pairs the
     learned warp's IoU rises from 0.833 to 0.836, for a second pass of a network that takes a few
     milliseconds."""

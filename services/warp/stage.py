@@ -682,7 +682,7 @@ def learned_warp(geometric: np.ndarray, pose: PoseResult, parse: ParseResult, in
         "person__1": gmm.person_representation(parse.labels, pose.landmark_array())[None],
     }
     try:
-        flow = gmm.mirror_averaged(lambda x: infer(learned.warp_model(weights), x)["flow__0"][0], inputs)
+        flow = gmm.mirror_averaged_flow(lambda x: infer(learned.warp_model(weights), x)["flow__0"][0], inputs)
     except ModelUnavailable as exc:
         raise learned.unavailable(exc, weights) from exc
     rgba = gmm.resample(premult, flow)

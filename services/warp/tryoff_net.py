@@ -34,7 +34,7 @@ from services.common.contracts import Box, Category, Landmark, ParseResult, Pose
 from services.common.errors import GarmentNotDetected, ModelUnavailable
 from services.common.inference import Infer
 from services.common.model_repository import ModelSignature, TensorSpec
-from services.common.unet import UNet
+from services.common.unet import UNet, mirror_averaged
 from services.parser.agnostic import any_of
 from services.warp import tryoff
 
@@ -177,10 +177,12 @@ def learned_tryoff(
     small, small_pose, small_parse = at_training_size(image, pose, parse)
     default, result = default_aligned(small, small_pose, small_parse, category)
     try:
-        out = infer(learned.tryoff_model(weights), inputs(small, small_parse.labels, default, category))
+        # Averaged with the mirrored inputs' flat-lay (200 validation pairs: IoU +0.001, SSIM +0.0015).
+        served = inputs(small, small_parse.labels, default, category)
+        flatlay = mirror_averaged(lambda x: infer(learned.tryoff_model(weights), x)["flatlay__0"][0], served)
     except ModelUnavailable as exc:
         raise learned.unavailable(exc, weights, setting="FITROOM_LEARNED_TRYOFF") from exc
-    flatlay = out["flatlay__0"][0].transpose(1, 2, 0)
+    flatlay = flatlay.transpose(1, 2, 0)
     height, width = image.shape[:2]
     x0, y0, box_w, box_h = tryoff.layout_box((width, height))
     left, top = round(x0), round(y0)

@@ -444,7 +444,7 @@ def test_the_served_flow_is_averaged_with_its_mirror_image() -> None:
         return np.stack([np.full((4, 3), 0.1), np.full((4, 3), 0.05)]).astype(np.float32)
 
     np.testing.assert_allclose(
-        gmm.mirror_averaged(constant, inputs), np.stack([np.zeros((4, 3)), np.full((4, 3), 0.05)])
+        gmm.mirror_averaged_flow(constant, inputs), np.stack([np.zeros((4, 3)), np.full((4, 3), 0.05)])
     )
     left, right = (3 + gmm.JOINTS.index(f"{side}_shoulder") for side in ("left", "right"))
 
@@ -455,7 +455,7 @@ def test_the_served_flow_is_averaged_with_its_mirror_image() -> None:
 
     expected = towards_the_left_shoulder(inputs)
     assert abs(float(expected[0, 0, 0])) > 0.01
-    np.testing.assert_allclose(gmm.mirror_averaged(towards_the_left_shoulder, inputs), expected, rtol=1e-5)
+    np.testing.assert_allclose(gmm.mirror_averaged_flow(towards_the_left_shoulder, inputs), expected, rtol=1e-5)
 
 
 def test_a_mirrored_batch_trades_the_left_and_right_joints(cache: train.Cache) -> None:

@@ -185,13 +185,15 @@ def test_the_pipeline_runs_the_learned_tryoff(installed: Path, checkpoint: Path,
     pipeline = Pipeline(LocalArtifactStore(paired_data / "artifacts"), infer, learned_tryoff="test")
     result = pipeline.tryoff(photo, "upper")
     assert result.rgba.shape == (512, 384, 4) and result.category == "upper"
-    # It is the network's answer at the training size, scaled onto the photo-sized canvas.
+    # It is the network's answer at the training size, averaged with its answer to the mirrored
+    # inputs (mirrored back), scaled onto the photo-sized canvas.
     pose, parse = pipeline.person(photo)
     small, small_pose, small_parse = tryoff_net.at_training_size(photo, pose, parse)
     default, _ = tryoff_net.default_aligned(small, small_pose, small_parse, "upper")
-    inputs = tryoff_net.inputs(small, small_parse.labels, default, "upper")
+    inputs = [torch.from_numpy(v) for v in tryoff_net.inputs(small, small_parse.labels, default, "upper").values()]
     with torch.no_grad():
-        eager = generator_of(checkpoint)(*(torch.from_numpy(v) for v in inputs.values()))[0].numpy()
+        generator = generator_of(checkpoint)
+        eager = ((generator(*inputs) + generator(*(x.flip(-1) for x in inputs)).flip(-1)) / 2)[0].numpy()
     expected = cv2.resize(eager.transpose(1, 2, 0), (384, 512), interpolation=cv2.INTER_LINEAR)
     alpha = result.rgba[..., 3].astype(np.float32) / 255.0
     assert np.abs(alpha - np.where(expected[..., 3] < 1 / 255, 0, expected[..., 3])).max() < 0.01
