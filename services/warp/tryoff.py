@@ -19,8 +19,9 @@ its parse through it:
    layout with its hem moved to the laid garment's, joined by the laid outline made symmetric
    and smooth where it lies near the layout (`regular_outline`).
 4. Colours: the photo's, from pixels well inside the garment (the parse's edge mixes in skin and
-   backdrop); the hidden and the fringe from the mirror image where it shows, else filled by
-   push-pull from the garment's own colours.
+   backdrop) and not the colour of a part of the wearer they lie near (`looks_like_the_wearer`);
+   the hidden and the fringe from the mirror image where it shows, else filled by push-pull from
+   the garment's own colours.
 
 The learned path (services/warp/tryoff_net.py: a small U-Net trained on paired photos by
 `fitroom train tryoff`, installed with `fitroom models install`) starts from this one: `extract`
@@ -115,7 +116,7 @@ EDGE_INSET = 0.006  # of the canvas's longer side: the parse's edge, recoloured 
 MIN_PART = 0.05  # of the largest: smaller specks of mask are dropped
 OUTLINE_SMOOTH = 0.015  # of the canvas's longer side: the Gaussian that smooths the laid outline
 NEAR_LAYOUT = 0.05  # of the layout box's width: how far the laid outline may stand off the layout
-WEARER_MARGIN = 2.0  # nats: how much better skin and hair must explain a laid pixel to drop its colour
+WEARER_MARGIN = 2.0  # nats: how much better another part of the wearer must explain a laid pixel's colour
 WEARER_REACH = 0.03  # of the canvas's longer side: how near a part of the wearer a pixel must be to be taken for it
 SKIN = (LIP["face"], LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"])
 WEARER_WORK = 384  # pixels on the longer side: where the wearer's colours are judged
