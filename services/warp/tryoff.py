@@ -471,28 +471,24 @@ def looks_like_the_wearer(
     photo_labels = cv2.resize(parse.labels, fit_size, interpolation=cv2.INTER_NEAREST)
     others = {"upper": GARMENT_LABELS["lower"], "lower": GARMENT_LABELS["upper"], "dress": ()}[category]
     parts = [part for part in (SKIN, (LIP["hair"],), others) if part]
-
-    def near_part(labels: np.ndarray, part: tuple[int, ...], size: int) -> np.ndarray:
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-        return cv2.dilate(any_of(labels, part).view(np.uint8), disc).astype(bool)
-
     # The garment's colours from all of it: fitted only away from the other parts (where the
     # mistaken pixels are not), the model lost a sleeve's white stripes and a polo's black cuffs,
     # which lie near the arms and the hair, and they were filled.
     garment = colour.fit(photo[any_of(photo_labels, GARMENT_LABELS[category])], 4, GARMENT_MIN_STD)
     judge_size = _at_most(laid.shape, WEARER_WORK)
     small_laid = cv2.resize(laid.view(np.uint8), judge_size, interpolation=cv2.INTER_NEAREST).astype(bool)
-    wearer = np.zeros(small_laid.shape, np.uint8)
     if garment is None or not small_laid.any():
         return np.zeros(laid.shape, bool)
     canvas_labels = cv2.resize(labels, judge_size, interpolation=cv2.INTER_NEAREST)
     pixels = lab(cv2.resize(colours, judge_size, interpolation=cv2.INTER_AREA))
     reach = 2 * max(1, round(WEARER_REACH * max(judge_size))) + 1
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (reach, reach))
+    wearer = np.zeros(small_laid.shape, np.uint8)
     for part in parts:
         model = colour.fit(photo[any_of(photo_labels, part)], 2, GARMENT_MIN_STD)
         if model is None:
             continue
-        near = near_part(canvas_labels, part, reach) & small_laid
+        near = cv2.dilate(any_of(canvas_labels, part).view(np.uint8), disc).astype(bool) & small_laid
         candidates = pixels[near]
         wearer[near] |= model.nll(candidates) + WEARER_MARGIN < garment.nll(candidates)
     return cv2.resize(wearer, laid.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool) & laid
