@@ -30,8 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from shared_data import PERSON_PHOTOS, VITON, select_ids
-from viton_split import VALIDATION_PAIRS
+from shared_data import PERSON_PHOTOS, VALIDATION_PAIRS, VITON, validation_ids
 
 from services.common.artifacts import LocalArtifactStore
 from services.common.errors import FitroomError
@@ -85,14 +84,13 @@ def not_run(why: str) -> np.ndarray:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=200, help=f"pairs, every k-th of the {VALIDATION_PAIRS} held out")
+    parser.add_argument("--limit", type=int, default=200, help=f"pairs, spread over the {VALIDATION_PAIRS} held out")
     parser.add_argument("--learned", help="also the learned try-off installed under this name (fitroom models install)")
     args = parser.parse_args()
     if not VITON.exists():
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
-    # The validation split's ids, thinned evenly to --limit (every id of a smaller limit is in the split).
-    ids, _ = select_ids(VITON, min(args.limit, VALIDATION_PAIRS))
+    ids = validation_ids(args.limit)
     store, infer = LocalArtifactStore(tempfile.mkdtemp()), embedded_backend()
     pipeline = Pipeline(store, infer)
     learned = Pipeline(store, infer, learned_tryoff=args.learned) if args.learned else None

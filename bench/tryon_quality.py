@@ -15,8 +15,8 @@ under bench/overlays/tryon/ for people to look at.
 With --learned NAME, a row for the learned path (warp_gmm and tryon_generator installed as NAME
 by `fitroom models install`, docs/TRAINING.md) beside the default in the same run, a fourth
 column in the paired overlay and a second contact sheet (unpaired_sheet_learned.jpg). Weights
-trained on VITON must have been trained with these ids held out: every id of --limit 1000 and
-below is in bench/viton_split.py's validation split.
+trained on VITON must have been trained with these ids held out: --limit picks from
+bench/viton_split.py's validation split (at most its 1,000 pairs).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from shared_data import SHARED_DATA, VITON, select_ids
+from shared_data import SHARED_DATA, VALIDATION_PAIRS, VITON, validation_ids
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from services.common.artifacts import LocalArtifactStore
@@ -119,7 +119,7 @@ def draw_sheet(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=500, help="pairs, spread over the sample")
+    parser.add_argument("--limit", type=int, default=500, help=f"pairs of the {VALIDATION_PAIRS} held out")
     parser.add_argument("--overlays", type=int, default=8, help="paired results saved under bench/overlays/tryon")
     parser.add_argument("--no-sheet", action="store_true", help="skip the unpaired contact sheet")
     parser.add_argument("--learned", metavar="NAME", help="add a row with the learned path's installed weights")
@@ -130,7 +130,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(LocalArtifactStore(tmp), embedded_backend())
         refined_pipeline = Pipeline(pipeline.store, pipeline.infer, args.learned) if args.learned else None
-        ids, step = select_ids(VITON, args.limit)
+        ids = validation_ids(args.limit)
         rows: dict[str, list[tuple[float, float, float]]] = {"ours": [], "mean colour": [], "grey": []}
         if refined_pipeline:
             rows[f"learned ({args.learned})"] = []
@@ -174,7 +174,7 @@ def main() -> int:
             contact_sheet([pipeline, refined_pipeline], "unpaired_sheet_learned.jpg")
 
     reference = np.array(rows["mean colour"]).mean(axis=0)
-    print(f"VITON pairs: {len(rows['ours'])} (every {step}th id); failures: {failures or 'none'}")
+    print(f"VITON pairs: {len(rows['ours'])} (of the validation split); failures: {failures or 'none'}")
     print(
         "| method | box SSIM mean | box SSIM median | box SSIM p90 | whole SSIM mean | PSNR mean dB "
         "| box SSIM × mean-colour fill |"

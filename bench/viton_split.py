@@ -1,6 +1,7 @@
 """The learned path's validation split of ../shared/data/viton: 1,000 pairs, every k-th id (the
-ids bench/tryon_quality.py and bench/warp_accuracy.py measure on with --limit 1000, 500, ...),
-held out of `fitroom train` with --val-pairs.
+ids bench/tryon_quality.py, bench/warp_accuracy.py and bench/tryoff_quality.py measure on, any
+--limit up to 1000 taken from them by shared_data.validation_ids), held out of `fitroom train`
+with --val-pairs.
 
     .venv/bin/python bench/viton_split.py -o /tmp/viton_val_pairs.txt
     .venv/bin/fitroom train warp --data ../shared/data/viton --val-pairs /tmp/viton_val_pairs.txt ...
@@ -12,9 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared_data import VITON, select_ids
-
-VALIDATION_PAIRS = 1000
+from shared_data import VALIDATION_PAIRS, VITON, select_ids
 
 
 def main() -> int:

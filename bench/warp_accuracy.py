@@ -12,8 +12,8 @@
     .venv/bin/python bench/warp_accuracy.py --limit 500 [--learned NAME]
 
 With --learned NAME, two more rows: the learned warp (warp_gmm installed as NAME) with our parse
-and with the GT parse, measured on the same pairs (the validation split of bench/viton_split.py
-for --limit 1000 and below).
+and with the GT parse, measured on the same pairs (--limit of them from bench/viton_split.py's
+validation split, at most its 1,000).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
-from shared_data import VITON, select_ids
+from shared_data import VALIDATION_PAIRS, VITON, validation_ids
 
 from services.common.contracts import LIP, ParseResult
 from services.common.errors import FitroomError
@@ -65,7 +65,7 @@ def overlay(person: np.ndarray, rgba: np.ndarray, gt_upper: np.ndarray) -> np.nd
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=500, help="pairs, spread over the sample")
+    parser.add_argument("--limit", type=int, default=500, help=f"pairs of the {VALIDATION_PAIRS} held out")
     parser.add_argument("--overlays", type=int, default=6, help="save this many overlays under bench/overlays/warp")
     parser.add_argument("--learned", metavar="NAME", help="add rows for the learned warp's installed weights")
     args = parser.parse_args()
@@ -73,7 +73,7 @@ def main() -> int:
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
     infer = embedded_backend()
-    ids, step = select_ids(VITON, args.limit)
+    ids = validation_ids(args.limit)
     mask_all, mask_clean, warp_ours, warp_gt = [], [], [], []
     learned_ours: list[float] = []
     learned_gt: list[float] = []
@@ -129,7 +129,7 @@ def main() -> int:
         v = np.array(values)
         return f"| {name} | {len(v)} | {v.mean():.3f} | {np.median(v):.3f} | {np.percentile(v, 10):.3f} | {target} |"
 
-    print(f"VITON pairs: {len(ids)} (every {step}th id); failures: {failures or 'none'}")
+    print(f"VITON pairs: {len(ids)} (of the validation split); failures: {failures or 'none'}")
     print("| measure | n | mean | median | p10 | target |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     print(row("garment mask IoU, all cloth-masks", mask_all, "mean >= 0.95"))
