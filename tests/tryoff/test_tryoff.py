@@ -4,6 +4,7 @@ refuses photos without a person or without a garment of the category."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from services.common.config import PROJECT_ROOT
 from services.common.contracts import LIP
 from services.common.errors import CategoryUnsupported, GarmentNotDetected, ModelUnavailable, NoPersonDetected
 from services.common.inference import LocalBackend
+from services.parser.geometry import arm_chain, chain_coords
 from services.pipeline import Pipeline
 from services.warp import tryoff
+from services.warp.stage import Body
 from tests.warp.drawn import TEE, drawn_mask, product_image
 
 STRIPE_PERIOD = 40  # the drawn tee's stripes repeat every 40 of its 600 pixels
@@ -151,6 +154,28 @@ def test_the_wearers_skin_taken_for_the_tee_is_not_its_colour(
     monkeypatch.setattr(tryoff, "looks_like_the_wearer", lambda *args: np.zeros(args[4].shape, bool))
     sampled = skin_pixels(tryoff.extract(image, pose, parse, "upper").rgba) - before
     assert sampled > 200 and filled < 0.2 * sampled, (before, filled, sampled)
+
+
+def test_a_strand_of_hair_on_the_shoulder_does_not_take_the_sleeves_off(
+    wearing_tee: np.ndarray, pipeline: Pipeline
+) -> None:
+    """Blond hair over a shoulder is often parsed as arm skin. Where it covers the first tenth of an
+    arm, the sleeve still goes on below it: the flat-lay keeps the sleeves the arms show (long: her
+    suit's, under the tee). One bare tenth ended the sleeve before, and a long-sleeved top came out
+    sleeveless."""
+    pose, parse = pipeline.person(wearing_tee)
+    body = Body(pose, parse)
+    assert tryoff.sleeve_kind(body, "upper") == "long"
+    chain = arm_chain(body.pts, "left")[:3]
+    length = sum(float(np.linalg.norm(b - a)) for a, b in itertools.pairwise(chain))
+    ys, xs = np.mgrid[0 : body.height, 0 : body.width]
+    distance, arc = chain_coords(xs.astype(np.float64), ys.astype(np.float64), chain)
+    strand = (distance <= 0.2 * body.frame.shoulder_width) & (arc >= 0) & (arc < 0.12 * length)
+    labels = parse.labels.copy()
+    labels[strand] = LIP["left_arm"]
+    with_strand = Body(pose, parse.model_copy(update={"labels": labels}))
+    assert tryoff.covered_shares(with_strand, "upper")[0] > tryoff.SLEEVE_SHORT
+    assert tryoff.sleeve_kind(with_strand, "upper") == "long"
 
 
 def test_refusals_have_their_codes(
