@@ -24,7 +24,7 @@ from services.fusion import model as fusion_model
 from services.fusion import stage as fusion_stage
 from services.parser import stage as parser_stage
 from services.parser.geometry import BodyFrame
-from services.pipeline import Pipeline
+from services.pipeline import Pipeline, check_category
 from services.warp import stage as warp_stage
 from services.warp.garment import analyse_garment
 from tests.conftest import SHARED_DATA
@@ -484,6 +484,23 @@ def test_trousers_on_a_half_body_photo_are_category_unsupported(astronaut: np.nd
     with pytest.raises(CategoryUnsupported) as caught:
         pipeline.tryon(astronaut, product_image(TROUSERS, size=(600, 620)))
     assert caught.value.code == "category_unsupported" and "knee" in caught.value.message
+
+
+def test_a_person_seen_from_behind_is_category_unsupported(astronaut: np.ndarray, pipeline: Pipeline) -> None:
+    """From behind, the pose puts the person's left shoulder on the photo's left (VITON's three back
+    views among 1,000 photos read so). Her pose with the shoulders' sides swapped reads like that
+    and is refused, for every category; her mirror image (a mirror selfie) is a front view and is not."""
+    pose = pipeline.pose(astronaut)
+    check_category(pose, "upper")
+    check_category(pipeline.pose(np.ascontiguousarray(astronaut[:, ::-1])), "upper")
+    landmarks = list(pose.landmarks)
+    left, right = LANDMARK_INDEX["left_shoulder"], LANDMARK_INDEX["right_shoulder"]
+    landmarks[left], landmarks[right] = landmarks[right], landmarks[left]
+    from_behind = pose.model_copy(update={"landmarks": landmarks})
+    for category in ("upper", "lower", "dress"):
+        with pytest.raises(CategoryUnsupported) as caught:
+            check_category(from_behind, category)
+        assert caught.value.code == "category_unsupported" and "faces away" in caught.value.message
 
 
 def run_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:

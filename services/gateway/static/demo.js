@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 // message is for developers and goes to the console.
 const FRIENDLY = {
   no_person_detected: "We couldn't find a person in this photo. Try one where you are standing and facing the camera.",
-  category_unsupported: "This photo doesn't show enough of you for this garment. Try a photo that shows more of you.",
+  category_unsupported: "This photo doesn't show enough of the front of you for this garment. Try a photo facing the camera that shows more of you.",
   image_invalid: "We couldn't open this picture. Try a JPEG or PNG photo.",
   unsupported_media_type: "We can't read this kind of file. Try a JPEG or PNG photo.",
   image_too_large: "This picture is too large. Try a smaller one.",
