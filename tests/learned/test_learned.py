@@ -119,8 +119,16 @@ def test_training_lowers_the_loss(cache: train.Cache, warp_checkpoint: Path, try
 
 
 def test_bf16_autocast_trains_as_fp32_does(cache: train.Cache, tmp_path: Path) -> None:
-    # `--precision auto` picks bf16 on CPUs that compute in it natively (this project's machine),
-    # fp32 elsewhere: both must take the network to the same place, bf16 emulated or not.
+    # `--precision auto` picks bf16 on CUDA and on CPUs that compute in it natively (AVX-512 BF16,
+    # AMX), fp32 elsewhere. Where it picks bf16, bf16 must take the network where fp32 does. Not
+    # asked of emulated bf16: on an AMD EPYC without AVX-512 (2026-12-06, seventh session) the
+    # training losses matched fp32's to three digits for 30 steps, yet the weights scored 12% worse
+    # on the fixed batch, and ran 16x slower; auto never picks it there.
+    assert train.bf16(torch.device("cpu"), "fp32") is False and train.bf16(torch.device("cuda"), "auto") is True
+    native = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    assert train.bf16(torch.device("cpu"), "auto") is native
+    if not native:
+        pytest.skip("this CPU only emulates bf16: `--precision auto` trains in fp32 here")
     losses = {}
     for precision in ("fp32", "bf16"):
         path = tmp_path / f"{precision}.pt"
@@ -130,7 +138,6 @@ def test_bf16_autocast_trains_as_fp32_does(cache: train.Cache, tmp_path: Path) -
     untrained = fixed_batch_loss("warp", None, cache)
     assert losses["fp32"] < untrained and losses["bf16"] < untrained
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.02)
-    assert train.bf16(torch.device("cpu"), "fp32") is False and train.bf16(torch.device("cuda"), "auto") is True
 
 
 def test_resume_goes_on_from_the_checkpoint(cache: train.Cache, warp_checkpoint: Path, tmp_path: Path) -> None:
