@@ -84,7 +84,7 @@ def not_run(why: str) -> np.ndarray:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--limit", type=int, default=200, help=f"pairs, spread over the {VALIDATION_PAIRS} held out")
+    parser.add_argument("--limit", type=int, default=200, help=f"pairs of the {VALIDATION_PAIRS} held out")
     parser.add_argument("--learned", help="also the learned try-off installed under this name (fitroom models install)")
     args = parser.parse_args()
     if not VITON.exists():

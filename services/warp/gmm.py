@@ -117,8 +117,8 @@ def mirror_averaged_flow(
     it gives for their mirror image, mirrored back: services.common.unet.mirror_averaged for a
     flow, whose x offsets change sign in the mirror, and a person whose left and right joints
     trade channels. A flat-lay on a body is as likely mirrored, so
-    the two are equally good guesses whose errors partly cancel: on 300 VITON validation pairs the
-    learned warp's IoU rises from 0.833 to 0.836, for a second pass of a network that takes a few
+    the two are equally good guesses whose errors partly cancel: on the 1,000 validation pairs the
+    learned warp's IoU went from 0.816 to 0.817, for a second pass of a network that takes a few
     milliseconds."""
     mirrored = {
         "garment__0": np.ascontiguousarray(inputs["garment__0"][..., ::-1]),

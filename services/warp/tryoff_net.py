@@ -178,7 +178,7 @@ def learned_tryoff(
     default, result = default_aligned(small, small_pose, small_parse, category)
     try:
         # Averaged with the mirrored inputs' flat-lay, as the other learned networks are served (on 200
-        # validation pairs the bench's figures move by under 0.001: median IoU 0.818 -> 0.821).
+        # pairs, most of them training-split ids, the figures moved under 0.001: median IoU 0.818 -> 0.821).
         served = inputs(small, small_parse.labels, default, category)
         flatlay = mirror_averaged(lambda x: infer(learned.tryoff_model(weights), x)["flatlay__0"][0], served)
     except ModelUnavailable as exc:
