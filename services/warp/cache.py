@@ -17,7 +17,7 @@ from services.common.artifacts import (
 from services.common.contracts import Category, GarmentAnalysis
 from services.warp.garment import analyse_garment
 
-ANALYSIS_VERSION = 2  # bump when analyse_garment's output changes: old entries are then ignored
+ANALYSIS_VERSION = 3  # bump when analyse_garment's output changes: old entries are then ignored
 
 
 def garment_prefix(image: np.ndarray) -> str:

@@ -2,10 +2,11 @@
 
 The landmarks are points of the garment's outline, found from its shape alone (the garment
 is photographed front-on and upright). The outline is simplified to a polygon; its convex
-hull's deepest dents are the armpits (between sleeve and torso), the neckline (between the
-collar points) and, on trousers, the crotch. Hull corners next to those dents are cuff and
-hem corners. "left" and "right" are the wearer's, as in the pose: the wearer's right is on
-the image's left.
+hull's deepest dents hold the armpits (between sleeve and torso: the dent's highest deep
+corner), the neckline (between the collar points) and, on trousers, the crotch. Hull corners
+next to those dents are cuff and hem corners. A top whose only side dents are low slits
+between its cuffs and its body has its long sleeves laid down against it (no armpit shows).
+"left" and "right" are the wearer's, as in the pose: the wearer's right is on the image's left.
 
 Landmarks, in the order they are met along the outline (counter-clockwise on screen, from
 the neckline): see UPPER_ORDER and LOWER_ORDER. Points that a garment has no part for
@@ -51,6 +52,14 @@ LOWER_ORDER = (
 )
 POLYGON_TOLERANCE = 0.005  # of the garment's width
 MIN_ARMPIT_DEPTH = 0.03  # of the width: shallower side dents are seams, not armpits
+# A side dent's deepest point is often not its armpit: on a tee whose sides slant out, the dent
+# under the sleeve runs on down the side and is deepest there. The armpit is the dent's highest
+# corner at least ARMPIT_SHARE as deep as its deepest point.
+ARMPIT_SHARE = 0.6
+# An armpit found lower than this (of the height) is the top of the slit between a long sleeve
+# laid down against the body and the body, near the cuff: the sleeve's real armpit is hidden, and
+# the top is read as one with its sleeves laid down (services/warp/stage.py `laid_sleeve`).
+MAX_ARMPIT_LEVEL = 0.6
 MIN_CROTCH_DEPTH = 0.2  # of the height
 # Category detection (calibrated on 2,838 VITON tops, every 5th, and drawn lower garments and
 # dresses: tests/warp/test_garment.py): each threshold with the scale its evidence is measured in.
@@ -170,10 +179,35 @@ def _armpits(outline: Outline) -> dict[str, Dent]:
     return found
 
 
+def _armpit_corner(outline: Outline, dent: Dent) -> int:
+    """The armpit in a side dent: its highest polygon corner at least ARMPIT_SHARE as deep as the
+    dent's deepest point (measured from the hull's edge across the dent)."""
+    start, end, _, _ = dent
+    span = _range(len(outline.points), start, end)
+    a, b = outline.point(start), outline.point(end)
+    line = b - a
+    normal = np.array([-line[1], line[0]]) / max(float(np.linalg.norm(line)), 1.0)
+    depth = np.abs((outline.points[span] - a) @ normal)
+    deep = span[depth >= ARMPIT_SHARE * depth.max()]
+    return int(deep[np.argmin(outline.points[deep, 1])])
+
+
+def _landmark_armpits(outline: Outline) -> dict[str, tuple[Dent, int]]:
+    """Per side, the dent of its armpit and the armpit's polygon index, for the landmarks: sides
+    whose armpit lies below MAX_ARMPIT_LEVEL are left out (a long sleeve laid down beside the body)."""
+    found = {}
+    for name, dent in _armpits(outline).items():
+        armpit = _armpit_corner(outline, dent)
+        if outline.level(armpit) <= MAX_ARMPIT_LEVEL:
+            found[name] = (dent, armpit)
+    return found
+
+
 def has_armholes(mask: np.ndarray) -> bool:
     """Whether a top's outline dents in at an armpit on either side: a sleeve's or a sleeveless
-    top's armhole. Long sleeves laid down against the body leave the sides straight."""
-    return bool(_armpits(Outline(mask)))
+    top's armhole. Long sleeves laid down against the body leave the sides straight, or slit
+    near the cuffs (MAX_ARMPIT_LEVEL)."""
+    return bool(_landmark_armpits(Outline(mask)))
 
 
 def _corner(outline: Outline, tip: int, far: int) -> int:
@@ -294,7 +328,7 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
     pts = outline.points
     bottom = int(np.argmax(pts[:, 1] - 0.5 * np.abs(pts[:, 0] - outline.cx)))  # the hem's middle
     marks: dict[str, np.ndarray] = {"neckline": pts[0]}
-    armpits = _armpits(outline)
+    armpits = _landmark_armpits(outline)
     # The torso's half width just above the hem: the run of garment through the centre line.
     row = outline.mask[int(pts[bottom, 1] - 0.04 * outline.height)]
     centre = round(outline.cx)
@@ -307,9 +341,8 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         def walk(start: int, end: int, sign: int = sign) -> np.ndarray:
             return _range(n, start, end) if sign < 0 else _range(n, end, start)[::-1]
 
-        dent = armpits.get(name)
+        dent, armpit = armpits.get(name, (None, -1))
         if dent is not None:
-            armpit = dent[2]
             tip = dent[0] if sign < 0 else dent[1]  # the dent's end on the sleeve side
             cuff_inner = _corner(outline, tip, armpit)
             hem_start = dent[1] if sign < 0 else dent[0]

@@ -83,6 +83,42 @@ LAID_SLEEVES = {
     "shoulder_left": (430, 90),
     "collar_left": (350, 60),
 }
+# A fitted tee: its sides curve in to a waist and out to the hem, so that the dent under each sleeve
+# is deepest at the waist, not at the armpit.
+FITTED_TEE = {
+    "neckline": (300, 100),
+    "collar_right": (250, 60),
+    "shoulder_right": (170, 90),
+    "sleeve_right_outer": (80, 200),
+    "sleeve_right_inner": (130, 250),
+    "armpit_right": (190, 200),
+    "waist_right": (220, 340),
+    "hem_right": (120, 520),
+    "hem_left": (480, 520),
+    "waist_left": (380, 340),
+    "armpit_left": (410, 200),
+    "sleeve_left_inner": (470, 250),
+    "sleeve_left_outer": (520, 200),
+    "shoulder_left": (430, 90),
+    "collar_left": (350, 60),
+}
+# LAID_SLEEVES with each sleeve apart from the body for its last stretch: a slit from the cuff up
+# to well below where the (hidden) armpit is.
+SLIT_LAID_SLEEVES = {
+    "neckline": (300, 100),
+    "collar_right": (250, 60),
+    "shoulder_right": (170, 90),
+    "cuff_right_outer": (120, 500),
+    "cuff_right_inner": (160, 510),
+    "slit_right": (182, 380),
+    "hem_right": (195, 520),
+    "hem_left": (405, 520),
+    "slit_left": (418, 380),
+    "cuff_left_inner": (440, 510),
+    "cuff_left_outer": (480, 500),
+    "shoulder_left": (430, 90),
+    "collar_left": (350, 60),
+}
 LONG_SLEEVE = {
     **TEE,
     "sleeve_right_outer": (60, 470),

@@ -13,12 +13,22 @@ from services.common.artifacts import LocalArtifactStore
 from services.common.errors import CategoryUncertain, GarmentNotDetected
 from services.common.imageio import read_image_file
 from services.warp import cache
-from services.warp.garment import LOWER_ORDER, MIN_CATEGORY_CONFIDENCE, UPPER_ORDER, analyse_garment, detect
+from services.warp.garment import (
+    LOWER_ORDER,
+    MIN_CATEGORY_CONFIDENCE,
+    UPPER_ORDER,
+    analyse_garment,
+    detect,
+    has_armholes,
+)
 from tests.conftest import SHARED_DATA
 from tests.warp.drawn import (
     CATALOGUE,
     DRESS,
+    FITTED_TEE,
+    LAID_SLEEVES,
     SHEATH_DRESS,
+    SLIT_LAID_SLEEVES,
     TEE,
     TEE_FRONT_NECKLINE,
     TROUSERS,
@@ -155,14 +165,8 @@ TOPS = [
     "vitonhd_00126_00.jpg",
     "vitonhd_02305_00.jpg",
     "vitonhd_09290_00.jpg",
-    pytest.param(
-        "catvton_upper_21514384.jpg",
-        marks=pytest.mark.xfail(strict=True, reason="the cardigan is cut by the image's sides: hem corners misplaced"),
-    ),
-    pytest.param(
-        "fitdit_top_3.jpg",
-        marks=pytest.mark.xfail(strict=True, reason="a sleeve against the torso: its landmarks come out of order"),
-    ),
+    "catvton_upper_21514384.jpg",  # a cardigan cut by the image's sides, its sleeves laid down
+    "fitdit_top_3.jpg",  # a polo, its long sleeves laid down and apart from the body at the cuffs
     "vitonhd_09133_00.jpg",  # a white rib tank on flat grey: the backdrop's flood has a tight model
 ]
 
@@ -198,6 +202,28 @@ def test_a_white_top_on_white_fails_cleanly_not_with_a_crash() -> None:
     image = read_image_file(path, rgba=True)
     with pytest.raises(GarmentNotDetected):
         analyse_garment(image, "upper")
+
+
+def test_a_fitted_tees_armpits_are_under_its_sleeves_not_at_its_waist() -> None:
+    """The dent under each sleeve runs on down the side to the waist and is deepest there; the
+    armpit is its highest deep corner (it was put at the waist, and the warp squeezed everything
+    above it into the body's armpits)."""
+    analysis = analyse_garment(product_image(FITTED_TEE), "upper")
+    for side in ("right", "left"):
+        found = np.array(analysis.landmarks[f"armpit_{side}"])
+        assert np.linalg.norm(found - FITTED_TEE[f"armpit_{side}"]) < 0.04 * 440, (side, found)
+        assert f"sleeve_{side}_outer" in analysis.landmarks
+
+
+def test_long_sleeves_laid_down_with_a_slit_at_the_cuff_have_no_armholes() -> None:
+    """The top of the slit between a laid-down sleeve and the body, low on the side, is no
+    armpit: the top is read as one with its sleeves laid down, as one without the slit is."""
+    assert not has_armholes(drawn_mask(LAID_SLEEVES))
+    assert not has_armholes(drawn_mask(SLIT_LAID_SLEEVES))
+    assert has_armholes(drawn_mask(TEE)) and has_armholes(drawn_mask(FITTED_TEE))
+    analysis = analyse_garment(product_image(SLIT_LAID_SLEEVES), "upper")
+    assert not any(name.startswith("sleeve_") for name in analysis.landmarks)
+    assert all(analysis.landmarks[f"armpit_{side}"][1] < 380 for side in ("right", "left"))
 
 
 @pytest.mark.parametrize("name", ["tee", "long sleeves", "trousers", "short dress"])
