@@ -83,25 +83,22 @@ LAID_SLEEVES = {
     "shoulder_left": (430, 90),
     "collar_left": (350, 60),
 }
-# A fitted tee: its sides curve in to a waist and out to the hem, so that the dent under each sleeve
-# is deepest at the waist, not at the armpit.
-FITTED_TEE = {
-    "neckline": (300, 100),
-    "collar_right": (250, 60),
-    "shoulder_right": (170, 90),
-    "sleeve_right_outer": (80, 200),
-    "sleeve_right_inner": (130, 250),
-    "armpit_right": (190, 200),
-    "waist_right": (220, 340),
-    "hem_right": (120, 520),
-    "hem_left": (480, 520),
-    "waist_left": (380, 340),
-    "armpit_left": (410, 200),
-    "sleeve_left_inner": (470, 250),
-    "sleeve_left_outer": (520, 200),
-    "shoulder_left": (430, 90),
-    "collar_left": (350, 60),
-}
+
+
+def inserted(outline: dict[str, tuple[int, int]], after: str, points: dict[str, tuple[int, int]]) -> dict:
+    """`outline` with `points` inserted after the point `after` (the outline's order is its shape)."""
+    items = list(outline.items())
+    at = [name for name, _ in items].index(after) + 1
+    return dict(items[:at] + list(points.items()) + items[at:])
+
+
+# A fitted tee: its sides curve in to a waist and out to a wider hem, so that the dent under each
+# sleeve is deepest at the waist, not at the armpit.
+FITTED_TEE = inserted(
+    inserted({**TEE, "hem_right": (120, 520), "hem_left": (480, 520)}, "armpit_right", {"waist_right": (220, 340)}),
+    "hem_left",
+    {"waist_left": (380, 340)},
+)
 # LAID_SLEEVES with each sleeve apart from the body for its last stretch: a slit from the cuff up
 # to well below where the (hidden) armpit is.
 SLIT_LAID_SLEEVES = {
