@@ -179,15 +179,20 @@ def _armpits(outline: Outline) -> dict[str, Dent]:
     return found
 
 
+def _off_line(outline: Outline, span: np.ndarray, a: int, b: int) -> np.ndarray:
+    """How far (pixels) each polygon point of `span` lies from the line through points a and b."""
+    start = outline.point(a)
+    line = outline.point(b) - start
+    normal = np.array([-line[1], line[0]]) / max(float(np.linalg.norm(line)), 1.0)
+    return np.abs((outline.points[span] - start) @ normal)
+
+
 def _armpit_corner(outline: Outline, dent: Dent) -> int:
     """The armpit in a side dent: its highest polygon corner at least ARMPIT_SHARE as deep as the
     dent's deepest point (measured from the hull's edge across the dent)."""
     start, end, _, _ = dent
     span = _range(len(outline.points), start, end)
-    a, b = outline.point(start), outline.point(end)
-    line = b - a
-    normal = np.array([-line[1], line[0]]) / max(float(np.linalg.norm(line)), 1.0)
-    depth = np.abs((outline.points[span] - a) @ normal)
+    depth = _off_line(outline, span, start, end)
     deep = span[depth >= ARMPIT_SHARE * depth.max()]
     return int(deep[np.argmin(outline.points[deep, 1])])
 
@@ -216,10 +221,7 @@ def _corner(outline: Outline, tip: int, far: int) -> int:
     `tip` itself when the outline runs straight from one to the other."""
     n = len(outline.points)
     span = _range(n, tip, far) if (far - tip) % n < (tip - far) % n else _range(n, far, tip)
-    a, b = outline.point(tip), outline.point(far)
-    line = b - a
-    normal = np.array([-line[1], line[0]]) / max(float(np.linalg.norm(line)), 1.0)
-    distance = np.abs((outline.points[span] - a) @ normal)
+    distance = _off_line(outline, span, tip, far)
     best = int(np.argmax(distance))
     return int(span[best]) if distance[best] > 0.03 * outline.width else tip
 
@@ -341,8 +343,9 @@ def _upper_landmarks(outline: Outline) -> dict[str, np.ndarray]:
         def walk(start: int, end: int, sign: int = sign) -> np.ndarray:
             return _range(n, start, end) if sign < 0 else _range(n, end, start)[::-1]
 
-        dent, armpit = armpits.get(name, (None, -1))
-        if dent is not None:
+        dent = None
+        if name in armpits:
+            dent, armpit = armpits[name]
             tip = dent[0] if sign < 0 else dent[1]  # the dent's end on the sleeve side
             cuff_inner = _corner(outline, tip, armpit)
             hem_start = dent[1] if sign < 0 else dent[0]

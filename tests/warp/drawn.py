@@ -85,7 +85,10 @@ LAID_SLEEVES = {
 }
 
 
-def inserted(outline: dict[str, tuple[int, int]], after: str, points: dict[str, tuple[int, int]]) -> dict:
+Outline = dict[str, tuple[int, int]]
+
+
+def inserted(outline: Outline, after: str, points: Outline) -> Outline:
     """`outline` with `points` inserted after the point `after` (the outline's order is its shape)."""
     items = list(outline.items())
     at = [name for name, _ in items].index(after) + 1
