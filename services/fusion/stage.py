@@ -49,6 +49,7 @@ from services.parser.geometry import ARM_TAPER, BodyFrame, arm_chain, arm_seen, 
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
 TORSO_GROWTH = 0.12  # of the shoulder width: the torso's skin reaches this far past the joints
+SHOULDER_RISE = 0.35  # of the shoulder width: how far above the shoulder joints' line the shoulders' top may reach
 LEG_RADIUS = 0.2  # of the shoulder width
 # A bare leg's half-width at the hip, the knee and the ankle, of the shoulder width: a thigh is
 # wide, a calf is not (with LEG_RADIUS all the way down, the gap between the calves that a long
@@ -90,6 +91,22 @@ def body_region(pose: PoseResult, shape: tuple[int, int], category: Category) ->
     # The neck, up to the chin: a capsule from the shoulder midpoint towards the nose.
     neck_top = frame.origin + (landmark(pts, "nose") - frame.origin) * 0.6
     cv2.line(body, _px(frame.origin), _px(neck_top), 1, max(1, round(0.35 * sw)))
+    # The shoulders' top, from the neck out past the joints: a garment rests on it, so there the
+    # person's silhouette is the body. Past the torso's corners and the neck, a turned woman's far
+    # shoulder was taken for backdrop where a new top did not reach it: a grey wedge by her neck.
+    half = (0.5 + TORSO_GROWTH) * sw * frame.normal
+    rise = SHOULDER_RISE * sw * frame.axis
+    shoulders = np.zeros(shape, np.uint8)
+    cv2.fillPoly(
+        shoulders,
+        [
+            np.round(
+                [frame.origin + half, frame.origin - half, frame.origin - half - rise, frame.origin + half - rise]
+            ).astype(np.int32)
+        ],
+        1,
+    )
+    body |= shoulders & (pose.mask > 0.5)
     limbs = _arms(pts)
     if category in ("lower", "dress"):
         limbs += [(leg_chain(pts, s)[:3], LEG_TAPER) for s in ("left", "right")]

@@ -64,6 +64,7 @@ UNREACHABLE = 1e4  # the cost of a class its zone rules out
 MAX_COLOUR_COST = 40.0
 UNEXPLAINED = 16.0  # a colour cost (nats) above which no class's colour model explains a pixel
 NEUTRAL_CHROMA = 8.0  # Lab chroma under which a colour has no hue: white, greys, black
+HAIR_HUE_PERCENTILE = 2  # below the chin, hair has at least the hue of all but this share of the head's hair
 
 
 def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -167,7 +168,8 @@ def label_pixels(
     if one_colour:
         bones = (arm_chain(pts, side)[1:3] for side in ("left", "right"))
         forearm = np.minimum(*(segment_distance(xs, ys, *bone) for bone in bones)) < FOREARM_RADIUS * sw
-    hair_model = colour.fit(lab[not_skin(sure & above_chin)], 2, HAIR_MIN_STD)
+    hair_seed = not_skin(sure & above_chin)
+    hair_model = colour.fit(lab[hair_seed], 2, HAIR_MIN_STD)
 
     # Every pixel near the person takes its cheapest class: colour cost, plus the pose's person
     # probability as a prior for person against background, plus the zones' geometric priors.
@@ -201,11 +203,22 @@ def label_pixels(
     # Colour costs are clipped: past a point, "very unlike" should not outweigh the priors.
     # A class without a colour model (too few seed pixels) explains nothing.
     pix = lab[near]
+    chroma = np.hypot(pix[:, 1], pix[:, 2])
+    # Hair with a hue (blond, brown, red) has no white or grey strands below the chin: there,
+    # hair's model does not explain a colour with less hue than nearly all of the head's hair.
+    # The white collar of a red top, between blond hair at the shoulders, was taken for hair, or
+    # for neck (the face's skin explains white less badly than the red top does), and kept by
+    # every try-on. Black or grey hair has no hue to tell it by: the floor falls to nothing.
+    hair_chroma = np.hypot(lab[hair_seed][:, 1], lab[hair_seed][:, 2])
+    hue_floor = min(NEUTRAL_CHROMA, np.percentile(hair_chroma, HAIR_HUE_PERCENTILE)) if len(hair_chroma) else 0.0
+    not_hair_coloured = (t[near] > chin_t) & (chroma < hue_floor)
     colour_costs = np.full((len(names), len(pix)), UNREACHABLE, np.float32)
     costs = colour_costs.copy()
     for k, name in enumerate(names):
         if models[name] is not None:
             colour_costs[k] = np.minimum(models[name].nll(pix), MAX_COLOUR_COST)
+            if name == "hair":
+                colour_costs[k][not_hair_coloured] = MAX_COLOUR_COST
             costs[k] = colour_costs[k] + priors[name][near]
     # A colour no model of this photo explains, on the person, is garment (a stripe, a print, a
     # logo): skin and hair colours are known from the face and head, garments' are not. Away from
@@ -214,7 +227,7 @@ def label_pixels(
     # try-on filled the arm's skin with white.
     on_person = names.index("background") != np.argmin(costs, axis=0)
     person_classes = [names.index(n) for n in ("upper", "skin", "lower")]
-    neutral = np.hypot(pix[:, 1], pix[:, 2]) < NEUTRAL_CHROMA
+    neutral = chroma < NEUTRAL_CHROMA
     hair_cost = np.where(head_zone[near] | ~neutral, colour_costs[names.index("hair")], np.inf)
     unexplained = on_person & (np.minimum(colour_costs[person_classes].min(axis=0), hair_cost) > UNEXPLAINED)
     costs[[names.index("skin"), names.index("hair")]] += np.where(unexplained, UNREACHABLE, 0.0)

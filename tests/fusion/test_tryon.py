@@ -449,6 +449,20 @@ def test_long_sleeves_laid_against_the_body_go_down_the_arms(infer: LocalBackend
     assert warped.rgba[..., 3][forearms].mean() > 0.8
 
 
+def test_the_shoulders_top_is_body_where_the_person_is() -> None:
+    """Shoulders rise above the line between the shoulder joints. Where a new top leaves the
+    old one's shoulders, they are the body's skin, not backdrop (a turned woman's far shoulder
+    became a grey wedge by her neck); above the person's silhouette it is still the backdrop."""
+    _, pose, _ = drawn_person()
+    mask = pose.mask.copy()
+    cv2.fillPoly(mask, [np.array([(205, 200), (235, 172), (365, 172), (395, 200)], np.int32)], 1.0)
+    body = fusion_stage.body_region(pose.model_copy(update={"mask": mask}), mask.shape, "upper")
+    trapezius = np.zeros(mask.shape, bool)
+    trapezius[175:182, 240:262] = trapezius[175:182, 338:360] = True  # between the neck and the joints
+    assert body[trapezius].all()
+    assert not body[150:165, 230:250].any() and not body[150:165, 350:370].any()
+
+
 def test_lower_fill_only_for_tops_over_a_lower_garment(astronaut: np.ndarray, pipeline: Pipeline) -> None:
     pose, parse = pipeline.person(astronaut)
     lower_body = fusion_model.REGIONS.index("lower_body")

@@ -297,6 +297,22 @@ def test_white_stripes_down_a_sleeve_are_the_sleeve(shared_person_photos: list[P
     assert share(result.labels, white, "upper_clothes") >= 0.9
 
 
+def test_a_white_collar_under_blond_hair_is_the_top(shared_person_photos: list[Path], parse: Parse) -> None:
+    """The tracksuit top's white collar joins the blond hair at the shoulders, and hair's colour
+    model explained it: taken for hair, it was kept above every new neckline by the try-on. Blond
+    hair has a hue the white collar lacks."""
+    image = shared_photo(shared_person_photos, TRACKSUIT_PHOTO)
+    pose, result = parse(TRACKSUIT_PHOTO, image, "upper")
+    (x_right, shoulders), (x_left, _) = point(pose, "right_shoulder"), point(pose, "left_shoulder")
+    x0, x1 = sorted((x_right, x_left))
+    chin = np.nonzero(result.labels == LIP["face"])[0].max()
+    neck = box(image.shape, x0 + 0.25 * (x1 - x0), chin, x1 - 0.25 * (x1 - x0), shoulders + 0.1 * (x1 - x0))
+    collar = neck & (image.min(axis=2) > 190)
+    assert collar.sum() > 0.001 * collar.size, "the collar is on the photo"
+    assert share(result.labels, collar, "upper_clothes") >= 0.8
+    assert share(result.labels, collar, "hair") <= 0.05
+
+
 def test_dark_heels_under_a_dark_skirt_are_shoes(shared_person_photos: list[Path], parse: Parse) -> None:
     """The woman in a short black skirt and black heels, whose feet the pose draws between her
     legs: the heels, apart from the skirt below her bare calves, are shoes. Parsed as the skirt,
