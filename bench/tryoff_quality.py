@@ -36,6 +36,7 @@ from services.common.artifacts import LocalArtifactStore
 from services.common.errors import FitroomError
 from services.common.imageio import encode_jpeg, read_image_file
 from services.common.inference import embedded_backend
+from services.learned import tryoff_model
 from services.pipeline import Pipeline
 from services.warp import tryoff
 from services.warp.tryoff import CANVAS, aligned, scores
@@ -92,6 +93,8 @@ def main() -> int:
         return 1
     ids = validation_ids(args.limit)
     store, infer = LocalArtifactStore(tempfile.mkdtemp()), embedded_backend()
+    if args.learned:  # FITROOM_CPU_BF16: the learned networks in bf16 where the CPU has it natively
+        print(f"learned networks in {'bf16' if infer.runs_bf16(tryoff_model(args.learned)) else 'fp32'}", flush=True)
     pipeline = Pipeline(store, infer)
     learned = Pipeline(store, infer, learned_tryoff=args.learned) if args.learned else None
     rows: dict[str, list[float]] = {

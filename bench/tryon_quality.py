@@ -37,6 +37,7 @@ from services.common.contracts import LIP, Category
 from services.common.errors import FitroomError
 from services.common.imageio import decode_image, encode_jpeg, encode_png, read_image_file
 from services.common.inference import embedded_backend
+from services.learned import tryon_model
 from services.pipeline import Pipeline
 
 UPPER = (LIP["upper_clothes"], LIP["dress"], LIP["coat"])
@@ -129,6 +130,11 @@ def main() -> int:
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         pipeline = Pipeline(LocalArtifactStore(tmp), embedded_backend())
+        if args.learned:  # FITROOM_CPU_BF16: the learned networks in bf16 where the CPU has it natively
+            print(
+                f"learned networks in {'bf16' if pipeline.infer.runs_bf16(tryon_model(args.learned)) else 'fp32'}",
+                flush=True,
+            )
         refined_pipeline = Pipeline(pipeline.store, pipeline.infer, args.learned) if args.learned else None
         ids = validation_ids(args.limit)
         rows: dict[str, list[tuple[float, float, float]]] = {"ours": [], "mean colour": [], "grey": []}

@@ -31,6 +31,7 @@ from services.common.contracts import LIP, ParseResult
 from services.common.errors import FitroomError
 from services.common.imageio import encode_jpeg, read_image_file
 from services.common.inference import embedded_backend
+from services.learned import warp_model
 from services.parser import stage as parser_stage
 from services.pose import stage as pose_stage
 from services.warp import stage as warp_stage
@@ -73,6 +74,8 @@ def main() -> int:
         print(f"no VITON data at {VITON}", file=sys.stderr)
         return 1
     infer = embedded_backend()
+    if args.learned:  # FITROOM_CPU_BF16: the learned networks in bf16 where the CPU has it natively
+        print(f"learned networks in {'bf16' if infer.runs_bf16(warp_model(args.learned)) else 'fp32'}", flush=True)
     ids = validation_ids(args.limit)
     mask_all, mask_clean, warp_ours, warp_gt = [], [], [], []
     learned_ours: list[float] = []

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from services.common.contracts import Category
 from services.common.errors import FitroomError
 from services.common.imageio import read_image_file
+from services.common.inference import native_bf16
 from services.fusion.model import REGIONS
 
 Log = Callable[[str], None]
@@ -930,12 +931,7 @@ def bf16(device: torch.device, precision: str = "auto") -> bool:
     is emulated and slower, so fp32. The held-out scores are computed in fp32 either way."""
     if precision != "auto":
         return precision == "bf16"
-    if device.type == "cuda":
-        return True
-    try:  # native bf16 instructions; oneDNN's own check also says yes where it only emulates them
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
+    return device.type == "cuda" or native_bf16()
 
 
 def _distributed() -> tuple[int, int]:

@@ -31,6 +31,10 @@ class Settings(BaseModel):
     torch_threads: int = Field(default_factory=lambda: int(_env("TORCH_THREADS", "0")))
     # OpenCV's own thread pool; 1 keeps it from contending with torch for the cores.
     opencv_threads: int = Field(default_factory=lambda: int(_env("OPENCV_THREADS", "1")))
+    # The learned networks, trained under bf16 autocast, run so in the local backend: "auto" where
+    # the CPU computes in bf16 natively (AVX-512 BF16, AMX; elsewhere it is emulated and slower),
+    # "on" always, "off" never (fp32, as Triton runs them).
+    cpu_bf16: Literal["auto", "on", "off"] = Field(default_factory=lambda: _env("CPU_BF16", "auto"))
     # The learned path (warp_gmm and tryon_generator), named by the weights installed with
     # `fitroom models install CHECKPOINT --name NAME`; empty runs the geometric default. No
     # weights are installed by default (docs/TRAINING.md).

@@ -41,6 +41,15 @@ def check_inputs(signature: ModelSignature, inputs: Mapping[str, np.ndarray]) ->
             raise ValueError(f"{signature.name}.{name}: batch {array.shape[0]} > max_batch_size")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX). Elsewhere torch emulates
+    bf16, several times slower than fp32."""
+    try:  # oneDNN's own check also says yes where it only emulates the instructions
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
+
+
 class LocalBackend:
     """In-process TorchScript execution of the model repository, models loaded once and shared.
 
@@ -48,11 +57,16 @@ class LocalBackend:
     layouts, conv + activation fusion) at load time, never in model.pt, which must stay
     device-neutral for Triton. It is off by default: on these small depthwise networks the
     layout conversions it inserts cost more than the fusion saves (bench/pose_speed.py).
+
+    `bf16=True` runs the models whose config says they were trained under bf16 autocast
+    (`ModelSignature.cpu_bf16`: the learned networks) under it too; their outputs come back in
+    fp32. For a CPU that computes in bf16 natively (`native_bf16`); the settings decide.
     """
 
-    def __init__(self, repository: Path, threads: int = 0, optimize: bool = False) -> None:
+    def __init__(self, repository: Path, threads: int = 0, optimize: bool = False, bf16: bool = False) -> None:
         self.repository = Path(repository)
         self.optimize = optimize
+        self.bf16 = bf16
         self._models: dict[str, tuple[ModelSignature, torch.jit.ScriptModule]] = {}
         self._lock = threading.Lock()
         if threads > 0:
@@ -77,17 +91,25 @@ class LocalBackend:
                 self._models[name] = (signature, module)
             return self._models[name]
 
+    def runs_bf16(self, model: str) -> bool:
+        """Whether `model` runs under bf16 autocast here (a model installed before its config
+        carried the flag runs in fp32 until it is installed again)."""
+        return self.bf16 and self.load(model)[0].cpu_bf16
+
     def __call__(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         signature, module = self.load(model)
         check_inputs(signature, inputs)
         args = [
             torch.from_numpy(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)) for spec in signature.inputs
         ]
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.runs_bf16(model)):
             outputs = module(*args)
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        return {spec.name: out.numpy() for spec, out in zip(signature.outputs, outputs, strict=True)}
+        return {
+            spec.name: out.to(torch.float32 if out.dtype == torch.bfloat16 else out.dtype).numpy()
+            for spec, out in zip(signature.outputs, outputs, strict=True)
+        }
 
 
 def embedded_backend(settings: Settings | None = None) -> LocalBackend:
@@ -98,7 +120,8 @@ def embedded_backend(settings: Settings | None = None) -> LocalBackend:
     """
     settings = settings or get_settings()
     cv2.setNumThreads(settings.opencv_threads)
-    return LocalBackend(settings.model_repository, threads=settings.torch_threads)
+    bf16 = settings.cpu_bf16 == "on" or (settings.cpu_bf16 == "auto" and native_bf16())
+    return LocalBackend(settings.model_repository, threads=settings.torch_threads, bf16=bf16)
 
 
 def inference_backend(settings: Settings | None = None) -> Infer:

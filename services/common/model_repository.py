@@ -33,12 +33,18 @@ class TensorSpec:
     dtype: type = np.float32
 
 
+# config.pbtxt's parameter (Triton keeps and ignores it) saying that the model was trained under
+# bf16 autocast, so the local backend may run it so on a CPU that computes in bf16 natively.
+CPU_BF16 = "fitroom_cpu_bf16"
+
+
 @dataclass(frozen=True)
 class ModelSignature:
     name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int
+    cpu_bf16: bool = False
 
 
 def model_dir(repository: Path, name: str) -> Path:
@@ -57,6 +63,8 @@ def config_text(signature: ModelSignature, max_queue_delay_us: int = 2000) -> st
         target.add(name=spec.name, data_type=numpy_to_type[spec.dtype], dims=list(spec.dims))
     if signature.max_batch_size > 0:
         config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if signature.cpu_bf16:
+        config.parameters[CPU_BF16].string_value = "true"
     return text_format.MessageToString(config)
 
 
@@ -68,7 +76,10 @@ def read_signature(repository: Path, name: str) -> ModelSignature:
     def specs(tensors: object) -> tuple[TensorSpec, ...]:
         return tuple(TensorSpec(t.name, tuple(t.dims), _TYPE_TO_NUMPY[t.data_type]) for t in tensors)
 
-    return ModelSignature(config.name or name, specs(config.input), specs(config.output), config.max_batch_size)
+    cpu_bf16 = CPU_BF16 in config.parameters and config.parameters[CPU_BF16].string_value == "true"
+    return ModelSignature(
+        config.name or name, specs(config.input), specs(config.output), config.max_batch_size, cpu_bf16
+    )
 
 
 def install_model(

@@ -70,6 +70,7 @@ SIGNATURE = ModelSignature(
     ),
     outputs=(TensorSpec("layers__0", (1, LAYERS, -1, -1), np.float32),),  # the light, the mask, the shade
     max_batch_size=0,
+    cpu_bf16=True,  # trained under bf16 autocast (services/train.py bf16)
 )
 
 

@@ -77,6 +77,7 @@ SIGNATURE = ModelSignature(
     ),
     outputs=(TensorSpec("flow__0", (1, 2, -1, -1), np.float32),),  # on FLOW_POOL cells, grid_sample units
     max_batch_size=0,
+    cpu_bf16=True,  # trained under bf16 autocast (services/train.py bf16)
 )
 
 

@@ -54,6 +54,7 @@ SIGNATURE = ModelSignature(
     ),
     outputs=(TensorSpec("flatlay__0", (1, OUTPUTS, SIZE[1], SIZE[0]), np.float32),),  # straight RGBA in [0, 1]
     max_batch_size=0,
+    cpu_bf16=True,  # trained under bf16 autocast (services/train.py bf16)
 )
 
 

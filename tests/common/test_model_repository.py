@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.config import get_settings
+from services.common.config import Settings, get_settings
 from services.common.errors import ModelUnavailable
-from services.common.inference import LocalBackend
+from services.common.inference import LocalBackend, embedded_backend, native_bf16
 from services.common.mediapipe_models import MODELS, POSE_DETECTION, build_model, fetch_wheel, verify_wheel
-from services.common.model_repository import read_signature
+from services.common.model_repository import ModelSignature, TensorSpec, install_model, read_signature
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
@@ -70,3 +70,46 @@ def test_missing_model_is_a_clear_error(tmp_path: Path, repository: Path) -> Non
     with pytest.raises(ModelUnavailable, match="fitroom models build") as info:
         LocalBackend(tmp_path)("pose_detection", {"image__0": np.zeros((1, 224, 224, 3), np.float32)})
     assert info.value.code == "model_unavailable"
+
+
+class _Conv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.conv(image)
+
+
+@pytest.mark.parametrize("trained_in_bf16", [True, False])
+def test_local_backend_runs_bf16_trained_models_in_bf16_when_asked(tmp_path: Path, trained_in_bf16: bool) -> None:
+    """The learned networks, trained under bf16 autocast, may run so on a CPU that computes in
+    bf16 natively (config.pbtxt says which; Triton keeps and ignores the parameter). Their outputs
+    come back in fp32; every other model runs in fp32 whatever the setting."""
+    signature = ModelSignature(
+        "conv", (TensorSpec("image__0", (1, 3, -1, -1)),), (TensorSpec("out__0", (1, 2, -1, -1)),), 0, trained_in_bf16
+    )
+    torch.manual_seed(0)
+
+    def export(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.jit.script(_Conv().eval()).save(str(path))
+
+    install_model(tmp_path, signature, {}, export)
+    assert read_signature(tmp_path, "conv").cpu_bf16 is trained_in_bf16
+    image = {"image__0": np.random.default_rng(0).random((1, 3, 32, 24), np.float32)}
+    fp32 = LocalBackend(tmp_path)("conv", image)["out__0"]
+    bf16 = LocalBackend(tmp_path, bf16=True)("conv", image)["out__0"]
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape
+    if trained_in_bf16:
+        assert 0 < np.abs(bf16 - fp32).max() < 0.05  # bf16's 8-bit mantissa, not another model
+    else:
+        assert np.array_equal(bf16, fp32)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("on", True), ("off", False), ("auto", native_bf16())])
+def test_embedded_backend_takes_bf16_from_the_settings(
+    monkeypatch: pytest.MonkeyPatch, setting: str, expected: bool
+) -> None:
+    monkeypatch.setenv("FITROOM_CPU_BF16", setting)
+    assert embedded_backend(Settings()).bf16 is expected
