@@ -196,6 +196,33 @@ def test_torso_lies_over_the_sleeve_parts(astronaut_inputs: tuple, infer: LocalB
     assert red[shown].mean() < 0.02
 
 
+def test_a_sleeves_cap_over_the_shoulder_takes_the_sleeves_colours(astronaut_inputs: tuple) -> None:
+    """A sleeve is drawn on the arm's tube, whose cap rounds the shoulder joint. Past the joint
+    the spline used to run on along the arm's line into the flat-lay's chest, and where the
+    torso did not cover the cap it showed the chest's colours on the shoulder (a white slab of
+    the FILA tee's chest band). There it takes the sleeve's root."""
+    pose, parse = astronaut_inputs
+    garment = analyse_garment(product_image(TEE))
+    body = warp_stage.Body(pose, parse)
+    sleeves = [p for p in warp_stage.upper_parts(garment, body) if p.alpha is None]
+    assert len(sleeves) == 2
+    unit = float(max(parse.image_height, parse.image_width))
+    pts = pose.landmark_array()[:, :2]
+    for sleeve, side in zip(sorted(sleeves, key=lambda p: p.canvas[:, 0].mean()), ("right", "left"), strict=True):
+        shoulder, elbow = (pts[LANDMARK_INDEX[f"{side}_{joint}"]] for joint in ("shoulder", "elbow"))
+        cap = shoulder + 0.15 * (shoulder - elbow)  # over the shoulder, along the arm's line
+        g_cap = tps.evaluate(
+            sleeve.canvas / unit,
+            tps.fit(sleeve.canvas / unit, sleeve.garment, warp_stage.REGULARISATION),
+            cap[None] / unit,
+        )[0]
+        mark = lambda name: np.asarray(garment.landmarks[name], float)  # noqa: E731
+        root = (mark(f"shoulder_{side}") + mark(f"armpit_{side}")) / 2
+        cuff = (mark(f"sleeve_{side}_outer") + mark(f"sleeve_{side}_inner")) / 2
+        axis = (cuff - root) / np.linalg.norm(cuff - root)
+        assert (g_cap - root) @ axis > -0.05 * np.linalg.norm(cuff - root), side  # not into the chest
+
+
 def test_inside_back_is_behind_the_neck(astronaut_inputs: tuple, infer: LocalBackend) -> None:
     """A tee whose inside back (orange) shows above its front collar: the front collar sits at
     the neck's base, and the inside back never shows on the neck's skin, which is in front of it."""
