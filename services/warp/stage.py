@@ -81,9 +81,9 @@ COLLAR_BOX = (-0.6, 0.4, 0.6)  # body-frame t from, t to, and half-width in shou
 NECK_SKIN_T = 0.1  # bare skin above this body-frame t is the neck, in front of a garment's inside back
 # Spline points along a sleeve, as fractions of its length. They reach past the cuff so that the
 # spline stays regular where the arm's tube ends (the tube, not the spline, cuts the sleeve off),
-# and back past the shoulder joint, where the tube's cap over the shoulder takes the colour of
-# the shoulder seam (sampled along the arm's line extended, the cap took the flat-lay's chest:
-# a white slab with the FILA tee's band on a shopper's shoulder).
+# and back past the shoulder joint, where the tube's cap over the shoulder takes the sleeve's
+# root (sampled along the arm's line extended, the cap took the flat-lay's chest: a white slab
+# with the FILA tee's band on a shopper's shoulder).
 SLEEVE_STATIONS = (-0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.3)
 SLEEVE_REACH = 0.25  # of the shoulder width: a sleeve covers the arm's silhouette this far from its bones
 SLEEVE_MARGIN = 0.06  # of the flat-lay's shoulder span: what lies this far out past an armpit is sleeve
@@ -529,9 +529,9 @@ def sleeve_part(garment: GarmentAnalysis, body: Body, side: str, scale: float, l
     for u in SLEEVE_STATIONS:
         point, direction = _polyline_at(chain, u * length)
         out = handedness * _perpendicular(direction)
-        half = half_root + min(u, 1.0) * (half_cuff - half_root)
+        half = half_root + np.clip(u, 0.0, 1.0) * (half_cuff - half_root)
         for across in (-1.0, 0.0, 1.0):
-            g_pts.append(g_root + u * g_length * g_axis + across * half * g_out if u >= 0 else g_shoulder)
+            g_pts.append(g_root + max(u, 0.0) * g_length * g_axis + across * half * g_out)
             c_pts.append(point + across * half * scale * out)
     return Part(np.array(g_pts), np.array(c_pts), None, body.arm_tube(side, length))
 
