@@ -203,13 +203,14 @@ def label_pixels(
     # Colour costs are clipped: past a point, "very unlike" should not outweigh the priors.
     # A class without a colour model (too few seed pixels) explains nothing.
     pix = lab[near]
-    chroma = np.hypot(pix[:, 1], pix[:, 2])
+    chroma_map = np.hypot(lab[..., 1], lab[..., 2])
+    chroma = chroma_map[near]
     # Hair with a hue (blond, brown, red) has no white or grey strands below the chin: there,
     # hair's model does not explain a colour with less hue than nearly all of the head's hair.
     # The white collar of a red top, between blond hair at the shoulders, was taken for hair, or
     # for neck (the face's skin explains white less badly than the red top does), and kept by
     # every try-on. Black or grey hair has no hue to tell it by: the floor falls to nothing.
-    hair_chroma = np.hypot(lab[hair_seed][:, 1], lab[hair_seed][:, 2])
+    hair_chroma = chroma_map[hair_seed]
     hue_floor = min(NEUTRAL_CHROMA, np.percentile(hair_chroma, HAIR_HUE_PERCENTILE)) if len(hair_chroma) else 0.0
     not_hair_coloured = (t[near] > chin_t) & (chroma < hue_floor)
     colour_costs = np.full((len(names), len(pix)), UNREACHABLE, np.float32)
