@@ -511,6 +511,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         warp=Path(args.warp) if args.warp else None,
         batch_size=args.batch_size,
         lr=args.lr,
+        final_lr=args.final_lr,
         eval_minutes=args.eval_minutes,
         weights=weights,
         trained_on=args.trained_on,
@@ -523,7 +524,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fitroom: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps({"checkpoint": args.output, "kind": args.kind, "samples": state["samples"], **state["curve"][-1]}))
+    summary = {"checkpoint": args.output, "kind": args.kind, "samples": state["samples"], **state["curve"][-1]}
+    print(json.dumps(summary | {"best": state["best"]}))
     return EXIT_OK
 
 
@@ -653,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_argument("--limit", type=int, help="only the first N pairs")
     train_command.add_argument("--batch-size", type=int, default=8)
     train_command.add_argument("--lr", type=float, default=1e-3)
+    train_command.add_argument(
+        "--final-lr", type=float, help="let the learning rate fall from --lr to this along a cosine over the run"
+    )
     train_command.add_argument("--eval-minutes", type=float, default=5.0, help="score and checkpoint this often")
     train_command.add_argument("--smoothness", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument("--colour-weight", type=float, help="loss weight (default: services/train.py Weights)")

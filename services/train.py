@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -915,6 +916,7 @@ class Run:
     warp: Path | None = None  # tryon: the trained warp checkpoint it builds on
     batch_size: int = 8
     lr: float = 1e-3
+    final_lr: float | None = None  # falls from lr to this along a cosine over the run; None: constant
     eval_minutes: float = 5.0
     val_limit: int = 256  # held-out pairs scored at each evaluation
     weights: Weights = field(default_factory=Weights)
@@ -932,6 +934,24 @@ def bf16(device: torch.device, precision: str = "auto") -> bool:
     if precision != "auto":
         return precision == "bf16"
     return device.type == "cuda" or native_bf16()
+
+
+def learning_rate(run: Run, progress: float) -> float:
+    """The learning rate `progress` (0 to 1) of the way through the run: run.lr throughout, or with
+    run.final_lr falling along a cosine to it, so that the run ends on a settled checkpoint: at a
+    constant 1e-3 the warp's held-out IoU moved +-0.003 from one evaluation to the next."""
+    if run.final_lr is None:
+        return run.lr
+    return run.final_lr + (run.lr - run.final_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# What a run's best checkpoint is chosen by: the held-out scores' mean.
+BEST_BY = {"warp": ("warp_iou",), "tryon": ("ssim",), "tryoff": ("tryoff_iou", "tryoff_ssim")}
+
+
+def best_path(output: Path) -> Path:
+    """Where a run keeps the checkpoint with its best held-out score (warp.pt: warp.best.pt)."""
+    return output.with_suffix(".best" + output.suffix)
 
 
 def _distributed() -> tuple[int, int]:
@@ -963,7 +983,9 @@ def _batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Ite
 
 
 def train(run: Run, log: Log = print) -> dict:
-    """Train until run.max_minutes have passed; returns the final checkpoint's state."""
+    """Train until run.max_minutes have passed (or run.max_steps are done); returns the final
+    checkpoint's state. Each evaluation rewrites run.output; one with the best held-out score
+    (BEST_BY) so far is also written to best_path(run.output)."""
     from services.fusion.tom import INPUT as TRYON_INPUT
     from services.fusion.tom import TryonGenerator
     from services.warp.gmm import REPRESENTATION, WarpGMM
@@ -1015,18 +1037,17 @@ def train(run: Run, log: Log = print) -> dict:
     d_optimiser = (
         torch.optim.AdamW(discriminator.parameters(), lr=run.lr, betas=(0.5, 0.999)) if discriminator else None
     )
-    step, samples, minutes_before, curve = 0, 0, 0.0, []
+    step, samples, minutes_before, curve, best = 0, 0, 0.0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
         if "optimiser" in state:  # a weights-only checkpoint starts a fresh optimiser (fine-tuning)
             optimiser.load_state_dict(state["optimiser"])
-        for group in optimiser.param_groups:  # --lr holds on a resumed run too (fine-tuning)
-            group["lr"] = run.lr
         if discriminator is not None and "discriminator" in state:
             discriminator.load_state_dict(state["discriminator"])
             if "d_optimiser" in state:  # weights only (the reference weights): a fresh optimiser here too
                 d_optimiser.load_state_dict(state["d_optimiser"])
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
+        best = state.get("best")  # the best held-out score so far, where it was kept
         if run.kind == "warp" and representation_of(state) != REPRESENTATION:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
         if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:
@@ -1034,6 +1055,7 @@ def train(run: Run, log: Log = print) -> dict:
     model.train()
 
     def checkpoint() -> dict:
+        nonlocal best
         minutes = minutes_before + (time.perf_counter() - start) / 60
         if not len(validation):
             scores = {}
@@ -1043,6 +1065,11 @@ def train(run: Run, log: Log = print) -> dict:
             scores = evaluate(run.kind, gmm, generator, fetch_validation, validation, device)
         model.train()
         curve.append({"minutes": round(minutes, 2), "samples": samples, **scores})
+        score = float(np.mean([scores[k] for k in BEST_BY[run.kind]])) if scores else None
+        is_best = score is not None and (best is None or score >= best["score"])
+        if is_best:
+            by, path = "+".join(BEST_BY[run.kind]), str(best_path(run.output))
+            best = {"score": round(score, 4), "by": by, "minutes": round(minutes, 2), "path": path}
         new = {
             "kind": run.kind,
             "model": model.state_dict(),
@@ -1053,6 +1080,7 @@ def train(run: Run, log: Log = print) -> dict:
             "curve": curve,
             "trained_on": run.trained_on,
             "training_pairs": len(training),
+            "best": best,
         }
         if run.kind in ("warp", "tryon"):
             new["representation"] = REPRESENTATION
@@ -1063,7 +1091,10 @@ def train(run: Run, log: Log = print) -> dict:
             new |= {"discriminator": discriminator.state_dict(), "d_optimiser": compact(d_optimiser.state_dict())}
         if rank == 0:
             save_checkpoint(run.output, new)
-            log(f"\n{run.output}: {minutes:.1f} min, {samples} samples, held-out {scores}")
+            if is_best:
+                save_checkpoint(best_path(run.output), new)
+            kept = f"; best so far, also {best['path']}" if is_best else ""
+            log(f"\n{run.output}: {minutes:.1f} min, {samples} samples, held-out {scores}{kept}")
         return new
 
     rng = np.random.default_rng(run.seed + 1000 * rank + step)
@@ -1073,6 +1104,11 @@ def train(run: Run, log: Log = print) -> dict:
     for rows in _batches(training, run.batch_size, rng):
         if run.max_steps is not None and step >= run.max_steps:
             break
+        progress = (time.perf_counter() - start) / 60 / max(run.max_minutes, 1e-9)
+        if run.max_steps is not None:  # whichever bound ends the run first; its last step at 1
+            progress = max(progress, (step - first_step) / max(1, run.max_steps - first_step - 1))
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(run, progress)
         batch = fetch_training(rows).to(device)
         batch = batch.flipped() if rng.random() < 0.5 else batch
         with autocast:

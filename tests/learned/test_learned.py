@@ -6,6 +6,8 @@ repository) are checked at full resolution: the garment keeps its print."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import shutil
 import subprocess
@@ -159,6 +161,48 @@ def test_resume_goes_on_from_the_checkpoint(cache: train.Cache, warp_checkpoint:
     assert len(state["curve"]) == len(saved["curve"]) + 1  # the end of the resumed run
     with pytest.raises(ValueError, match="not tryon"):
         train.train(train.Run("tryon", cache, tmp_path / "x.pt", set(), resume=warp_checkpoint), log=lambda _: None)
+
+
+def test_the_learning_rate_falls_along_a_cosine_to_the_final_one(cache: train.Cache, tmp_path: Path) -> None:
+    constant = train.Run("warp", cache, tmp_path / "c.pt", set(), lr=1e-3)
+    assert train.learning_rate(constant, 0.0) == train.learning_rate(constant, 1.0) == 1e-3
+    falling = train.Run("warp", cache, tmp_path / "f.pt", set(), lr=1e-3, final_lr=1e-4)
+    rates = [train.learning_rate(falling, p) for p in np.linspace(0, 1, 11)]
+    assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5.5e-4) and rates[-1] == pytest.approx(1e-4)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    # A run bounded by steps takes its last step at the final rate (the optimiser's state says so).
+    run = dataclasses.replace(falling, max_steps=4, batch_size=2, precision="fp32")
+    state = train.train(run, log=lambda _: None)
+    (group,) = state["optimiser"]["param_groups"]
+    assert group["lr"] == pytest.approx(1e-4)
+
+
+def test_the_best_held_out_checkpoint_is_kept_beside_the_last(
+    cache: train.Cache, paired_data: Path, tmp_path: Path
+) -> None:
+    """Every evaluation rewrites the checkpoint; one that scores best on the held-out pairs is also
+    written to warp.best.pt, and a resumed run replaces it only with a better one."""
+    held_out = {train.pair_id(person) for person, _ in train.read_pairs(paired_data)[:2]}
+    output = tmp_path / "warp.pt"
+    logged: list[str] = []
+    # lr 0.05 overshoots: held-out IoU goes up and down from one evaluation (here, every step) to the next.
+    run = train.Run(
+        "warp", cache, output, held_out, max_steps=6, batch_size=2, lr=0.05, eval_minutes=0, precision="fp32"
+    )
+    last = train.train(run, log=logged.append)
+    scores = [point["warp_iou"] for point in last["curve"]]
+    assert len(scores) >= 6 and len(set(scores)) > 1
+    best = train.load_checkpoint(train.best_path(output))
+    assert best["best"] == last["best"] and last["best"]["score"] == pytest.approx(max(scores), abs=1e-4)
+    assert best["curve"][-1]["warp_iou"] == pytest.approx(max(scores), abs=1e-4)
+    assert last["best"]["path"] == str(tmp_path / "warp.best.pt")
+    assert sum("best so far" in line for line in logged) >= 1
+    # Resumed at a learning rate of 0, every evaluation scores as the last one did: the best stays.
+    before = train.best_path(output).read_bytes()
+    resumed = dataclasses.replace(run, resume=output, max_steps=8, lr=0.0)
+    assert train.train(resumed, log=lambda _: None)["best"]["score"] == last["best"]["score"]
+    if max(scores) > scores[-1]:
+        assert train.best_path(output).read_bytes() == before
 
 
 @pytest.fixture(scope="module")
