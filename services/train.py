@@ -1047,7 +1047,9 @@ def train(run: Run, log: Log = print) -> dict:
             if "d_optimiser" in state:  # weights only (the reference weights): a fresh optimiser here too
                 d_optimiser.load_state_dict(state["d_optimiser"])
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
-        best = state.get("best")  # the best held-out score so far, where it was kept
+        # The best held-out score so far, where it was kept; a try-on given another warp starts
+        # its own (its held-out SSIM is over that warp).
+        best = None if run.kind == "tryon" and run.warp else state.get("best")
         if run.kind == "warp" and representation_of(state) != REPRESENTATION:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
         if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:

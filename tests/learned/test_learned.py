@@ -203,6 +203,13 @@ def test_the_best_held_out_checkpoint_is_kept_beside_the_last(
     assert train.train(resumed, log=lambda _: None)["best"]["score"] == last["best"]["score"]
     if max(scores) > scores[-1]:
         assert train.best_path(output).read_bytes() == before
+    # A try-on given another warp scores over that warp: its best starts again.
+    tryon = train.Run("tryon", cache, tmp_path / "tryon.pt", held_out, max_steps=1, batch_size=2, warp=output)
+    tryon = dataclasses.replace(tryon, weights=train.Weights(perceptual=0.0), precision="fp32")
+    first = train.train(tryon, log=lambda _: None)
+    torch.save(dict(first, best=dict(first["best"], score=1.0)), tmp_path / "unbeatable.pt")
+    again = dataclasses.replace(tryon, resume=tmp_path / "unbeatable.pt", max_steps=2)
+    assert train.train(again, log=lambda _: None)["best"]["score"] < 1.0
 
 
 @pytest.fixture(scope="module")
