@@ -492,7 +492,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     size = train.TRAIN_SIZE
     cache_root = Path(args.cache) if args.cache else train.default_cache(data, args.category, size)
-    cache = train.prepare(data, cache_root, args.category, size, args.workers, args.limit, log, args.kind == "tryoff")
+    try:
+        cache = train.prepare(
+            data, cache_root, args.category, size, args.workers, args.limit, log, args.kind == "tryoff"
+        )
+    except ValueError as exc:
+        print(f"fitroom: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     given = {
         "smoothness": args.smoothness,
         "colour": args.colour_weight,

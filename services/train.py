@@ -222,11 +222,21 @@ class Cache:
 
     @classmethod
     def create(cls, root: Path, pairs: list[tuple[Path, Path]], size: tuple[int, int], category: str | None) -> Cache:
-        """The cache for these pairs at `size`, opened if it exists with the same contents."""
+        """The cache for these pairs at `size`, opened if it exists with the same contents, made
+        again if it exists from another CACHE_VERSION (its rows are stale). One prepared for
+        other pairs (another pairs file, or --limit) is refused, never overwritten: it may hold
+        hours of preparation."""
         ids = [pair_id(p) for p, _ in pairs]
         meta = {"version": CACHE_VERSION, "size": list(size), "category": category, "ids": ids}
-        if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()) == meta:
-            return cls(root)
+        if (root / "meta.json").is_file():
+            old = json.loads((root / "meta.json").read_text())
+            if old == meta:
+                return cls(root)
+            if old.get("version") == CACHE_VERSION and old.get("ids") != ids:
+                raise ValueError(
+                    f"the cache {root} holds {len(old.get('ids', []))} other prepared pairs (another pairs "
+                    f"file or --limit than these {len(ids)}): give another --cache, or remove it to prepare again"
+                )
         root.mkdir(parents=True, exist_ok=True)
         n, (w, h) = len(pairs), size
         for name, (channels, dtype) in ARRAYS.items():
