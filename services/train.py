@@ -234,8 +234,8 @@ class Cache:
                 return cls(root)
             if old.get("version") == CACHE_VERSION and old.get("ids") != ids:
                 raise ValueError(
-                    f"the cache {root} holds {len(old.get('ids', []))} other prepared pairs (another pairs "
-                    f"file or --limit than these {len(ids)}): give another --cache, or remove it to prepare again"
+                    f"the cache {root} was prepared for other pairs ({len(old.get('ids', []))}, not these "
+                    f"{len(ids)}: another pairs file or --limit): give another --cache, or remove it to prepare again"
                 )
         root.mkdir(parents=True, exist_ok=True)
         n, (w, h) = len(pairs), size

@@ -80,7 +80,7 @@ def test_prepare_runs_our_stages_and_resumes(cache: train.Cache, paired_data: Pa
     assert len(again.ready()) == PAIRS
     # Fewer pairs (--limit) into the same cache are refused, and the cache is kept: the tenth
     # session's `--limit 6500` on the 14,221 pairs' cache made it again, empty.
-    with pytest.raises(ValueError, match="other prepared pairs"):
+    with pytest.raises(ValueError, match="prepared for other pairs"):
         train.prepare(paired_data, cache.root, "upper", workers=1, limit=PAIRS - 1, log=lambda line: pytest.fail(line))
     assert len(train.Cache(cache.root).ready()) == PAIRS
 
