@@ -77,12 +77,14 @@ def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
     if state["kind"] == "tryoff":
         extractor = tryoff_net.TryoffGenerator()
         extractor.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        extractor.mirror_average = True  # served averaged with its mirror image (services.common.unet.mirror_mean)
         networks.append((tryoff_model(weights), extractor.eval(), tryoff_net))
     else:
         networks.append((warp_model(weights), warp_from_checkpoint(state), gmm))
     if state["kind"] == "tryon":
         generator = tom.TryonGenerator()
         generator.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        generator.mirror_average = True  # as the try-off; the warp is served in one pass (gmm.WarpGMM.forward)
         networks.append((tryon_model(weights), generator.eval(), tom))
     for name, network, module in networks:
         signature = dataclasses.replace(module.SIGNATURE, name=name)

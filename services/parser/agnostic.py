@@ -36,7 +36,7 @@ def _px(points: np.ndarray, *names: str) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in np.round(points[LANDMARK_INDEX[n]])) for n in names]
 
 
-def _hands(labels: np.ndarray, pts: np.ndarray, torso: float) -> np.ndarray:
+def hands(labels: np.ndarray, pts: np.ndarray, torso: float) -> np.ndarray:
     """Arm pixels around each hand: hands in front of a garment stay in front of the new one."""
     discs = np.zeros(labels.shape, np.uint8)
     for side in ("left", "right"):
@@ -81,7 +81,7 @@ def agnostic_mask(labels: np.ndarray, pose: PoseResult, category: Category) -> n
     # The neck above the shoulders stays too: collars end around the shoulder line, and hair
     # often hangs beside the neck.
     neck = (labels == LIP["torso_skin"]) & (t < NECK_KEPT_ABOVE)
-    keep = any_of(labels, KEEP_ALWAYS) | _hands(labels, pts, torso) | shoes | neck
+    keep = any_of(labels, KEEP_ALWAYS) | hands(labels, pts, torso) | shoes | neck
     if category == "upper":
         # The lower garment stays below the hips; above them it is more likely the old top.
         keep |= any_of(labels, (LIP["pants"], LIP["skirt"], LIP["left_leg"], LIP["right_leg"])) & (t > LOWER_KEPT_BELOW)

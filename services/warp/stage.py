@@ -40,7 +40,7 @@ from services import learned
 from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
-from services.parser.agnostic import any_of
+from services.parser.agnostic import any_of, hands
 from services.parser.geometry import (
     ARM_TAPER,
     BodyFrame,
@@ -685,9 +685,15 @@ def learned_warp(geometric: np.ndarray, pose: PoseResult, parse: ParseResult, in
         "person__1": gmm.person_representation(parse.labels, pose.landmark_array())[None],
     }
     try:
-        flow = gmm.mirror_averaged_flow(lambda x: infer(learned.warp_model(weights), x)["flow__0"][0], inputs)
+        flow = infer(learned.warp_model(weights), inputs)["flow__0"][0]
     except ModelUnavailable as exc:
         raise learned.unavailable(exc, weights) from exc
     rgba = gmm.resample(premult, flow)
-    rgba[..., 3][any_of(parse.labels, (LIP["face"], LIP["hair"]))] = 0.0
+    # The hands too: the flow can carry a long sleeve's cuff past the wrist, and the try-on
+    # generator lays the garment wherever its alpha is (grey cuffs over a hand at the hip).
+    points = pose.landmark_array()[:, :2]
+    front = any_of(parse.labels, (LIP["face"], LIP["hair"])) | hands(
+        parse.labels, points, BodyFrame.from_points(points).length
+    )
+    rgba[..., 3][front] = 0.0
     return rgba

@@ -24,7 +24,7 @@ import torch
 from services.common.model_repository import model_file
 from services.fusion import model as fusion_model
 from services.fusion import tom
-from services.warp import gmm
+from services.warp import gmm, tryoff_net
 from services.warp import model as warp_model
 from tests.triton_server import repository_models
 
@@ -57,6 +57,7 @@ PORTABLE_OPS = {
     *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # the learned U-Nets
     *("expand", "tanh"),  # warp_gmm's identity grid and bounded flow; tryon_generator's layers
     *("max", "min"),  # garment_warp's crop of the garment image: reductions as old as sum and abs
+    *("flip", "index_select"),  # the learned networks served averaged with their mirror image
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
@@ -99,11 +100,14 @@ def test_built_models_use_only_ops_tritons_libtorch_has(repository: Path, name: 
     )
 
 
-@pytest.mark.parametrize("network", [gmm.WarpGMM, tom.TryonGenerator])
+@pytest.mark.parametrize("network", [gmm.WarpGMM, tom.TryonGenerator, tryoff_net.TryoffGenerator])
 def test_the_learned_path_is_portable_too(tmp_path: Path, network: type[torch.nn.Module]) -> None:
-    """warp_gmm and tryon_generator are installed from checkpoints (`fitroom models install`),
-    not by `models build`, so their source is checked."""
-    scripted = torch.jit.script(network())
+    """warp_gmm, tryon_generator and tryoff_generator are installed from checkpoints (`fitroom models install`),
+    not by `models build`, so their source is checked, as installed (averaged with the mirror image)."""
+    served = network()
+    if hasattr(served, "mirror_average"):
+        served.mirror_average = True
+    scripted = torch.jit.script(served)
     scripted.save(str(tmp_path / "learned.pt"))
     assert serialized_ops(tmp_path / "learned.pt") <= PORTABLE_OPS, sorted(
         serialized_ops(tmp_path / "learned.pt") - PORTABLE_OPS

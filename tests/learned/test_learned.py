@@ -6,6 +6,7 @@ repository) are checked at full resolution: the garment keeps its print."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -248,6 +249,7 @@ def test_checkpoint_exports_and_runs_the_same_locally_and_through_triton(
     warp = train.warp_from_checkpoint(state)
     generator = tom.TryonGenerator()
     generator.load_state_dict(state["model"])
+    generator.mirror_average = True  # as installed: averaged with its mirror image
     warp_inputs, tryon_inputs = learned_inputs()
     with torch.no_grad():
         eager_flow = warp(*(torch.from_numpy(v) for v in warp_inputs.values())).numpy()
@@ -310,9 +312,12 @@ def test_the_stages_serve_what_training_computes(tryon_checkpoint: Path) -> None
     editable = np.zeros((height, width), bool)
     editable[50:210, 30:160] = True
 
+    served_generator = copy.deepcopy(generator)
+    served_generator.mirror_average = True  # as `fitroom models install` serves it
+
     def backend(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # LocalBackend, uninstalled
         with torch.no_grad():
-            return {"layers__0": generator(*(torch.from_numpy(v) for v in inputs.values())).numpy()}
+            return {"layers__0": served_generator(*(torch.from_numpy(v) for v in inputs.values())).numpy()}
 
     served = learned_tryon(fused, garment, editable, backend, "test")
     # Training's path in torch, with the layers averaged with the mirrored inputs' as the stage serves them.
@@ -342,6 +347,27 @@ def test_pipeline_runs_the_learned_path_only_when_named(installed: Path, astrona
     assert np.abs(learned_result.image[face].astype(int) - astronaut[face]).mean() < 2
 
 
+def test_the_learned_warp_never_lays_the_garment_over_face_hair_or_hands(
+    installed: Path, astronaut: np.ndarray, tmp_path: Path
+) -> None:
+    """Whatever the flow, the learned warp leaves the photo's face, hair and hands in front of the
+    garment: a long sleeve's cuff carried past the wrist was drawn grey over a hand at the hip."""
+    from services.parser.agnostic import hands
+    from services.parser.geometry import BodyFrame
+    from services.warp.stage import learned_warp
+
+    infer = LocalBackend(installed)
+    pose, parse = Pipeline(LocalArtifactStore(tmp_path), infer).person(astronaut)
+    points = pose.landmark_array()[:, :2]
+    hand = hands(parse.labels, points, BodyFrame.from_points(points).length)
+    head = np.isin(parse.labels, (LIP["face"], LIP["hair"]))
+    assert hand.sum() > 50 and head.sum() > 500  # the astronaut's hand on the helmet is small
+    everywhere = np.ones((*parse.labels.shape, 4), np.float32)  # a garment over the whole photo
+    alpha = learned_warp(everywhere, pose, parse, infer, "test")[..., 3]
+    assert (alpha[hand | head] == 0).all()
+    assert alpha[~(hand | head)].mean() > 0.9  # the rest of the photo keeps it
+
+
 def test_naming_weights_that_are_not_installed_is_a_clean_error(
     repository: Path, astronaut: np.ndarray, tmp_path: Path
 ) -> None:
@@ -351,8 +377,10 @@ def test_naming_weights_that_are_not_installed_is_a_clean_error(
 
 
 def test_cli_train_install_and_tryon(
-    paired_data: Path, warp_checkpoint: Path, repository: Path, tmp_path: Path
+    paired_data: Path, cache: train.Cache, warp_checkpoint: Path, repository: Path, tmp_path: Path
 ) -> None:
+    # On the pairs the module prepared already (--cache): preparing them from the raw photos is
+    # test_prepare_runs_our_stages_and_resumes's, and doing it again here took 15 s of CI.
     models = tmp_path / "models"
     shutil.copytree(repository, models)
     env = {"FITROOM_MODEL_REPOSITORY": str(models), "FITROOM_DATA_DIR": str(tmp_path / "data"), "PATH": ""}
@@ -364,6 +392,8 @@ def test_cli_train_install_and_tryon(
         "tryon",
         "--data",
         str(paired_data),
+        "--cache",
+        str(cache.root),
         "--warp",
         str(warp_checkpoint),
         "--category",
@@ -494,35 +524,6 @@ def test_ssim_loss_is_exact_under_bf16_autocast() -> None:
         under_autocast = train.grey_ssim_map(a, b)
     assert under_autocast.dtype == torch.float32
     assert float((under_autocast - exact).abs().max()) < 1e-5
-
-
-def test_the_served_flow_is_averaged_with_its_mirror_image() -> None:
-    """The stage averages the learned flow with the flow of the mirrored inputs, mirrored back. A
-    network that always pushes the garment right is not mirror-consistent: its push cancels, its
-    push down stays. One that pushes towards the person's left shoulder is: it is unchanged, which
-    it is only if the mirrored person's left and right joints trade channels."""
-    rng = np.random.default_rng(0)
-    inputs = {
-        "garment__0": rng.random((1, 4, 16, 12), np.float32),
-        "person__1": rng.random((1, gmm.PERSON_CHANNELS, 16, 12), np.float32),
-    }
-
-    def constant(_: dict[str, np.ndarray]) -> np.ndarray:
-        return np.stack([np.full((4, 3), 0.1), np.full((4, 3), 0.05)]).astype(np.float32)
-
-    np.testing.assert_allclose(
-        gmm.mirror_averaged_flow(constant, inputs), np.stack([np.zeros((4, 3)), np.full((4, 3), 0.05)])
-    )
-    left, right = (3 + gmm.JOINTS.index(f"{side}_shoulder") for side in ("left", "right"))
-
-    def towards_the_left_shoulder(x: dict[str, np.ndarray]) -> np.ndarray:
-        person = x["person__1"][0]
-        push = float(person[left].sum() - person[right].sum()) / person[left].size
-        return np.stack([np.full((4, 3), push), np.zeros((4, 3))]).astype(np.float32)
-
-    expected = towards_the_left_shoulder(inputs)
-    assert abs(float(expected[0, 0, 0])) > 0.01
-    np.testing.assert_allclose(gmm.mirror_averaged_flow(towards_the_left_shoulder, inputs), expected, rtol=1e-5)
 
 
 def test_a_mirrored_batch_trades_the_left_and_right_joints(cache: train.Cache) -> None:
