@@ -24,8 +24,10 @@ from tests.redis_server import RedisProcess, redis_server
 from tests.s3_server import S3Server, seaweedfs
 from tests.triton_server import TritonProcess, _descendants, triton_process
 
-TASK_TIME_LIMIT_S = 30
-VISIBILITY_TIMEOUT_S = 35
+# Short enough that the recovery tests wait seconds, not minutes (a stage's task takes 1 to 3 s here;
+# 30 / 35 made three tests wait over a minute each), with room for a loaded machine.
+TASK_TIME_LIMIT_S = 20
+VISIBILITY_TIMEOUT_S = 25
 STALL_TIMEOUT_S = VISIBILITY_TIMEOUT_S + TASK_TIME_LIMIT_S  # Settings.stall_timeout_s: a lost task is sent again
 WORKER_READY_TIMEOUT_S = 90
 
