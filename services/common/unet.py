@@ -77,7 +77,8 @@ def mirror_mean(y: torch.Tensor) -> torch.Tensor:
     The learned networks are trained on mirrored batches as often as not, so the two are equally
     good guesses whose errors partly cancel (figures beside each network's `mirror_average`). They
     are served so (`fitroom models install` turns `mirror_average` on): one pass over a batch of
-    two, which on a 2-core CPU takes about 0.85 of two passes over one."""
+    two, which on a 2-core CPU takes about 0.8 of two passes over one (the try-on generator at
+    768x1024: 46 against 2 x 30 ms)."""
     n = y.shape[0] // 2
     return (y[:n] + y[n:].flip(3)) * 0.5
 
