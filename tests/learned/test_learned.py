@@ -380,7 +380,7 @@ def test_cli_train_install_and_tryon(
     paired_data: Path, cache: train.Cache, warp_checkpoint: Path, repository: Path, tmp_path: Path
 ) -> None:
     # On the pairs the module prepared already (--cache): preparing them from the raw photos is
-    # test_prepare_runs_our_stages_and_resumes's, and doing it again here took 15 s of CI.
+    # test_prepare_runs_our_stages_and_resumes's.
     models = tmp_path / "models"
     shutil.copytree(repository, models)
     env = {"FITROOM_MODEL_REPOSITORY": str(models), "FITROOM_DATA_DIR": str(tmp_path / "data"), "PATH": ""}
