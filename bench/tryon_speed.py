@@ -20,9 +20,9 @@ knees), and the output says so.
 tryon_generator, FITROOM_LEARNED), installed from that `fitroom train tryon` checkpoint into a
 copy of the model repository. Its cost is the architecture's, whatever the weights; the target
 is at most 1.5x the default's warm, measured in the same run: the median, over the try-ons, of
-each learned one's time over the default warm one's just before it on the same person. On a CPU that computes in bf16
-natively the learned networks run in bf16 as served (FITROOM_CPU_BF16=auto); a second row
-gives them in fp32, as Triton and other CPUs run them.
+each learned one's time over the default warm one's just before it on the same person. On a
+CPU that computes in bf16 natively the learned networks run in bf16 as served
+(FITROOM_CPU_BF16=auto); a second row gives them in fp32, as Triton and other CPUs run them.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ PORTABLE_OPS = {
     *("adaptive_avg_pool2d", "group_norm", "pop", "remainder", "round", "silu", "silu_"),  # the learned U-Nets
     *("expand", "tanh"),  # warp_gmm's identity grid and bounded flow; tryon_generator's layers
     *("max", "min"),  # garment_warp's crop of the garment image: reductions as old as sum and abs
-    *("flip", "index_select"),  # the learned networks served averaged with their mirror image
+    *("flip",),  # the learned generators served averaged with their mirror image
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
