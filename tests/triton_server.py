@@ -296,16 +296,13 @@ class TritonProcess:
         self._signal_all(signal.SIGCONT)
 
     def kill(self) -> None:
-        """SIGKILL the server and all its processes at once: an outage, not a shutdown."""
+        """SIGKILL the server and all its processes at once (an outage, not a shutdown), then remove
+        the files they would have removed on a clean exit (megabytes of /dev/shm and the stubs'
+        model folders)."""
         if self.process is None:
             return
-        processes = [self.process.pid, *_descendants(self.process.pid)]
-        self._kill_remaining(processes, _shared_memory_files(processes) + _stub_model_folders(processes))
-
-    def _kill_remaining(self, pids: list[int], leftovers: list[Path]) -> None:
-        """SIGKILL what is left of `pids` and the process group, then remove the files they would have
-        removed on a clean exit (megabytes of /dev/shm and the stubs' model folders)."""
-        assert self.process is not None
+        pids = [self.process.pid, *_descendants(self.process.pid)]
+        leftovers = _shared_memory_files(pids) + _stub_model_folders(pids)
         for pid in pids:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
