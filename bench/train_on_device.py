@@ -148,6 +148,7 @@ def _pack_part(cache: train.Cache, rows: list[int], held_out: set[str], output: 
     chosen_array = np.array(chosen)
     arrays["landmarks"] = np.asarray(cache.landmarks[chosen_array])
     arrays["category"] = np.asarray(cache.category[chosen_array])
+    arrays["one_colour"] = np.asarray(cache.one_colour[chosen_array])
     arrays["ids"] = np.array([cache.ids[r] for r in chosen])
     if with_tryoff:
         assert cache.tryoff_status is not None
@@ -195,7 +196,8 @@ def unpack(packs: list[Path], data: Path, cache_root: Path) -> None:
                 "regions": _unpack_regions(image["region_bits"], image["albedo"]),
             }
             category = train.CATEGORIES[int(pack["category"][n])]
-            cache.store(row, train.Prepared(arrays, pack["landmarks"][n], category))
+            one_colour = bool(pack["one_colour"][n])
+            cache.store(row, train.Prepared(arrays, pack["landmarks"][n], category, one_colour))
             if "tryoff_status" in pack:
                 tryoff = {
                     "flatlay": np.dstack([image["flatlay_rgb"], image["flatlay_alpha"]]),

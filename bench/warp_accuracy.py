@@ -117,9 +117,9 @@ def main() -> int:
         warped_gt = warp_stage.run(cloth, garment, pose, truth, infer)
         warp_gt.append(iou(warped_gt.rgba[..., 3] > 0.5, gt_upper))
         if args.learned:
-            learned = warp_stage.learned_warp(warped.rgba, pose, ours, infer, args.learned)
+            learned = warp_stage.learned_warp(warped.rgba, pose, ours, garment.category, infer, args.learned)
             learned_ours.append(iou(learned[..., 3] > 0.5, gt_upper))
-            learned_truth = warp_stage.learned_warp(warped_gt.rgba, pose, truth, infer, args.learned)
+            learned_truth = warp_stage.learned_warp(warped_gt.rgba, pose, truth, garment.category, infer, args.learned)
             learned_gt.append(iou(learned_truth[..., 3] > 0.5, gt_upper))
         if n < args.overlays:
             sheet.append(np.hstack([cloth[..., :3], overlay(person, warped.rgba, gt_upper)]))

@@ -58,8 +58,8 @@ from services.fusion.model import REGIONS
 Log = Callable[[str], None]
 TRAIN_SIZE = (192, 256)  # width, height: VITON's, and the generator's work height
 # Bump when what `prepare` stores changes (2: fusion's region maps; 3: arms in them; 4: armpits;
-# 5: the parser's collars and fusion's shoulders; 6: the sleeves' cap).
-CACHE_VERSION = 6
+# 5: the parser's collars and fusion's shoulders; 6: the sleeves' cap; 7: one-colour outfits).
+CACHE_VERSION = 7
 CATEGORIES: tuple[Category, ...] = get_args(Category)
 ARRAYS = {  # name: (shape after N, H, W; dtype)
     "person": (3, np.uint8),
@@ -116,6 +116,7 @@ class Prepared:
     arrays: dict[str, np.ndarray]
     landmarks: np.ndarray  # (33, 3): x, y, visibility in training-size pixels
     category: Category
+    one_colour_outfit: bool  # ParseResult.one_colour_outfit
 
 
 _worker_pipeline = None
@@ -160,7 +161,7 @@ def prepare_pair(pair: tuple[Path, Path], category: Category | None, size: tuple
         "regions": np.round(region_maps.transpose(1, 2, 0) * 255).astype(np.uint8),
     }
     landmarks = pose.landmark_array()[:, [0, 1, 3]]
-    return Prepared(arrays, landmarks.astype(np.float32), warped.category)
+    return Prepared(arrays, landmarks.astype(np.float32), warped.category, parse.one_colour_outfit)
 
 
 def _prepare_one(job: tuple[int, tuple[Path, Path], Category | None, tuple[int, int]]) -> tuple[int, Prepared | str]:
@@ -212,6 +213,7 @@ class Cache:
         self.arrays = {name: np.load(root / f"{name}.npy", mmap_mode=mode) for name in ARRAYS}
         self.landmarks = np.load(root / "landmarks.npy", mmap_mode=mode)
         self.category = np.load(root / "category.npy", mmap_mode=mode)
+        self.one_colour = np.load(root / "one_colour.npy", mmap_mode=mode)
         self.status = np.load(root / "status.npy", mmap_mode=mode)
         self.ids: list[str] = self.meta["ids"]
         self.tryoff: dict[str, np.ndarray] = {}
@@ -244,6 +246,7 @@ class Cache:
             np.lib.format.open_memmap(root / f"{name}.npy", "w+", dtype, shape).flush()
         np.save(root / "landmarks.npy", np.zeros((n, 33, 3), np.float32))
         np.save(root / "category.npy", np.zeros(n, np.int8))
+        np.save(root / "one_colour.npy", np.zeros(n, np.int8))
         np.save(root / "status.npy", np.zeros(n, np.int8))
         (root / "meta.json").write_text(json.dumps(meta))  # last: a cache without it is not one
         return cls(root)
@@ -296,10 +299,11 @@ class Cache:
             self.arrays[name][index] = array
         self.landmarks[index] = prepared.landmarks
         self.category[index] = CATEGORIES.index(prepared.category)
+        self.one_colour[index] = prepared.one_colour_outfit
         self.status[index] = 1
 
     def flush(self) -> None:
-        for array in (*self.arrays.values(), self.landmarks, self.category, self.status):
+        for array in (*self.arrays.values(), self.landmarks, self.category, self.one_colour, self.status):
             array.flush()
         for array in self.tryoff.values():
             array.flush()
@@ -454,8 +458,7 @@ class Batch:
 
 
 def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
-    from services.fusion.stage import OLD_GARMENT
-    from services.parser.agnostic import any_of
+    from services.parser.agnostic import OLD_GARMENT, any_of
     from services.warp.gmm import person_representation
 
     rows = np.sort(rows)  # memory-mapped reads in file order
@@ -464,7 +467,10 @@ def load_batch(cache: Cache, rows: np.ndarray) -> Batch:
     categories = [CATEGORIES[c] for c in np.asarray(cache.category[rows])]
     worn = np.stack([any_of(lab, OLD_GARMENT[c]) for lab, c in zip(labels, categories, strict=True)])
     landmarks = np.asarray(cache.landmarks[rows])
-    representation = np.stack([person_representation(lab, lm) for lab, lm in zip(labels, landmarks, strict=True)])
+    one_colour = np.asarray(cache.one_colour[rows]).astype(bool)
+    representation = np.stack(
+        [person_representation(*row) for row in zip(labels, landmarks, categories, one_colour.tolist(), strict=True)]
+    )
     editable = torch.from_numpy(np.asarray(cache.arrays["editable"][rows]))[:, None].float()
     return Batch(
         as_nchw("person"),
@@ -898,6 +904,19 @@ def tryon_input_of(state: dict) -> int:
     return state.get("input", 1)
 
 
+def widened(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`saved` weights for `model`'s shapes, where a layer gained input channels (a person
+    representation with channels appended): the new channels' weights start at zero, so the
+    network starts as it was trained and learns to use them."""
+    out = {}
+    for name, weight in saved.items():
+        shape = model[name].shape
+        if weight.shape != shape and weight.dim() > 1 and weight.shape[0] == shape[0] and weight.shape[2:] == shape[2:]:
+            weight = torch.cat([weight, weight.new_zeros(shape[0], shape[1] - weight.shape[1], *shape[2:])], dim=1)
+        out[name] = weight
+    return out
+
+
 def warp_from_checkpoint(state: dict) -> torch.nn.Module:
     """The GMM a checkpoint holds (a warp checkpoint, or a try-on one, which carries its warp)."""
     from services.warp.gmm import WarpGMM
@@ -1049,8 +1068,11 @@ def train(run: Run, log: Log = print) -> dict:
     )
     step, samples, minutes_before, curve, best = 0, 0, 0.0, [], None
     if state is not None:
-        model.load_state_dict(state["model"])
-        if "optimiser" in state:  # a weights-only checkpoint starts a fresh optimiser (fine-tuning)
+        # A warp of an older person representation goes on with the new channels at zero, a
+        # fresh optimiser and no best score yet (it was scored on other inputs).
+        stale = run.kind == "warp" and representation_of(state) != REPRESENTATION
+        model.load_state_dict(widened(state["model"], model.state_dict()) if stale else state["model"])
+        if "optimiser" in state and not stale:  # weights only: a fresh optimiser (fine-tuning)
             optimiser.load_state_dict(state["optimiser"])
         if discriminator is not None and "discriminator" in state:
             discriminator.load_state_dict(state["discriminator"])
@@ -1059,7 +1081,7 @@ def train(run: Run, log: Log = print) -> dict:
         step, samples, minutes_before, curve = state["step"], state["samples"], state["minutes"], state["curve"]
         # The best held-out score so far, where it was kept; a try-on given another warp starts
         # its own (its held-out SSIM is over that warp).
-        best = None if run.kind == "tryon" and run.warp else state.get("best")
+        best = None if (run.kind == "tryon" and run.warp) or stale else state.get("best")
         if run.kind == "warp" and representation_of(state) != REPRESENTATION:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
         if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:

@@ -132,6 +132,9 @@ class ParseResult(BaseModel):
     category: Category | None = None
     # HxW bool: where a garment of `category` may repaint; None when no category was asked for.
     agnostic: np.ndarray | None = Field(default=None, exclude=True, repr=False)
+    # The top and the trousers (or skirt) are one colour: where one ends is the parser's prior,
+    # not the photo's, so the learned warp is not shown the lower garment (services/warp/gmm.py).
+    one_colour_outfit: bool = False
 
 
 class GarmentAnalysis(BaseModel):

@@ -43,7 +43,7 @@ from services.fusion.model import NAME as MODEL_NAME
 from services.fusion.tom import compose
 from services.learned import tryon_model, unavailable
 from services.parser import colour
-from services.parser.agnostic import agnostic_mask, any_of
+from services.parser.agnostic import OLD_GARMENT, agnostic_mask, any_of
 from services.parser.geometry import ARM_TAPER, BodyFrame, arm_chain, arm_seen, landmark, leg_chain, torso_corners
 from services.warp.gmm import alpha_box, pooled, premultiply, work_size
 
@@ -65,11 +65,6 @@ CHROMA_MIN_STD = np.array([1.0, 3.0, 3.0])  # Lab spread floors; L is zeroed, it
 ALBEDO_SCALE = 4  # the dye map is worked out at this fraction of the resolution
 MIN_LOWER_GARMENT = 0.002  # of the image: with fewer lower-garment pixels than this, no lower fill
 
-OLD_GARMENT = {
-    "upper": (LIP["upper_clothes"], LIP["dress"], LIP["coat"]),
-    "lower": (LIP["pants"], LIP["skirt"]),
-    "dress": (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"]),
-}
 BODY_SKIN = (LIP["torso_skin"], LIP["left_arm"], LIP["right_arm"], LIP["left_leg"], LIP["right_leg"])
 LOWER_GARMENT = (LIP["pants"], LIP["skirt"])
 

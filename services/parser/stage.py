@@ -103,9 +103,10 @@ def _face_mask(
 
 def label_pixels(
     rgb: np.ndarray, person_prob: np.ndarray, pts: np.ndarray, visible: np.ndarray, oval: np.ndarray | None
-) -> np.ndarray:
+) -> tuple[np.ndarray, bool]:
     """LIP labels at working resolution from an RGB image, the pose's person probability and
-    the landmarks (both in working-resolution pixels)."""
+    the landmarks (both in working-resolution pixels), and whether the top and the lower
+    garment are one colour (their boundary is then the priors' guess)."""
     h, w = person_prob.shape
     lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -289,7 +290,7 @@ def label_pixels(
     labels[leg_skin & (left_leg >= right_leg)] = LIP["right_leg"]
     labels[torso_skin & ~below_hips] = LIP["torso_skin"]
     labels[face | (skin & above_chin)] = LIP["face"]
-    return labels
+    return labels, bool(one_colour)
 
 
 def run(image: np.ndarray, pose: PoseResult, infer: Infer, category: Category | None = None) -> ParseResult:
@@ -303,7 +304,7 @@ def run(image: np.ndarray, pose: PoseResult, infer: Infer, category: Category | 
     pts = landmarks[:, :2] * scale
     mesh = face_mesh(image, pose, infer)
     oval = face_oval(mesh) * scale if mesh is not None else None
-    labels_small = label_pixels(small, person_small, pts, landmarks[:, 3], oval)
+    labels_small, one_colour = label_pixels(small, person_small, pts, landmarks[:, 3], oval)
 
     # Snap boundaries to the photo, then bring the class maps (background included) to full size.
     present = np.unique(labels_small)
@@ -315,4 +316,11 @@ def run(image: np.ndarray, pose: PoseResult, infer: Infer, category: Category | 
         smooth = cv2.resize(smooth, (width, height), interpolation=cv2.INTER_LINEAR)
     labels = present[np.argmax(smooth.reshape(height, width, -1), axis=2)].astype(np.uint8)
     agnostic = agnostic_mask(labels, pose, category) if category else None
-    return ParseResult(image_width=width, image_height=height, labels=labels, category=category, agnostic=agnostic)
+    return ParseResult(
+        image_width=width,
+        image_height=height,
+        labels=labels,
+        category=category,
+        agnostic=agnostic,
+        one_colour_outfit=one_colour,
+    )

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from services import learned
-from services.common.contracts import LIP, GarmentAnalysis, ParseResult, PoseResult, WarpResult
+from services.common.contracts import LIP, Category, GarmentAnalysis, ParseResult, PoseResult, WarpResult
 from services.common.errors import ModelUnavailable
 from services.common.inference import Infer
 from services.parser.agnostic import any_of, hands
@@ -672,17 +672,21 @@ def run(
     )
     rgba = outputs["warped__0"][0].transpose(1, 2, 0)
     if learned:
-        rgba = learned_warp(rgba, pose, parse, infer, learned)
+        rgba = learned_warp(rgba, pose, parse, garment.category, infer, learned)
     return WarpResult(image_width=width, image_height=height, category=garment.category, rgba=rgba)
 
 
-def learned_warp(geometric: np.ndarray, pose: PoseResult, parse: ParseResult, infer: Infer, weights: str) -> np.ndarray:
-    """The geometric warp (HxWx4) resampled through the learned flow of warp_gmm-`weights`
-    (services/warp/gmm.py); face and hair stay in front of it, as in the geometric warp."""
+def learned_warp(
+    geometric: np.ndarray, pose: PoseResult, parse: ParseResult, category: Category, infer: Infer, weights: str
+) -> np.ndarray:
+    """The geometric warp (HxWx4) of a garment of `category` resampled through the learned flow of
+    warp_gmm-`weights` (services/warp/gmm.py); face and hair stay in front of it, as in the
+    geometric warp."""
     premult = gmm.premultiply(geometric)
+    person = gmm.person_representation(parse.labels, pose.landmark_array(), category, parse.one_colour_outfit)
     inputs = {
         "garment__0": gmm.pooled(premult, gmm.work_size(*geometric.shape[:2]), gmm.alpha_box(premult[..., 3])),
-        "person__1": gmm.person_representation(parse.labels, pose.landmark_array())[None],
+        "person__1": person[None],
     }
     try:
         flow = infer(learned.warp_model(weights), inputs)["flow__0"][0]

@@ -363,7 +363,7 @@ def test_the_learned_warp_never_lays_the_garment_over_face_hair_or_hands(
     head = np.isin(parse.labels, (LIP["face"], LIP["hair"]))
     assert hand.sum() > 50 and head.sum() > 500  # the astronaut's hand on the helmet is small
     everywhere = np.ones((*parse.labels.shape, 4), np.float32)  # a garment over the whole photo
-    alpha = learned_warp(everywhere, pose, parse, infer, "test")[..., 3]
+    alpha = learned_warp(everywhere, pose, parse, "upper", infer, "test")[..., 3]
     assert (alpha[hand | head] == 0).all()
     assert alpha[~(hand | head)].mean() > 0.9  # the rest of the photo keeps it
 
@@ -546,8 +546,8 @@ def test_the_person_representation_does_not_show_the_worn_sleeves(cache: train.C
     arms = np.isin(labels, [LIP["left_arm"], LIP["right_arm"]])
     assert arms.any(), "the drawn person shows bare arms"
     sleeved[arms] = LIP["upper_clothes"]
-    drawn_bare = gmm.person_representation(bare, landmarks)
-    drawn_sleeved = gmm.person_representation(sleeved, landmarks)
+    drawn_bare = gmm.person_representation(bare, landmarks, "upper", False)
+    drawn_sleeved = gmm.person_representation(sleeved, landmarks, "upper", False)
     np.testing.assert_array_equal(drawn_bare[1], drawn_sleeved[1])
     small = cv2.resize(arms.astype(np.uint8), drawn_bare.shape[:0:-1], interpolation=cv2.INTER_NEAREST) > 0
     assert drawn_bare[1][small].mean() > 0.5, "the arms channel covers the arms"
@@ -566,8 +566,50 @@ def test_a_checkpoint_of_an_older_person_representation_is_refused_at_install_an
     assert not (repository / learned.warp_model("stale")).exists()
     # Nor does a try-on train over it: the generator would learn on a warp fed the wrong arms.
     run = train.Run("tryon", cache, tmp_path / "tryon.pt", set(), max_steps=1, batch_size=4, warp=stale)
-    with pytest.raises(ValueError, match=r"representation 1, not 2: fine-tune it first"):
+    with pytest.raises(ValueError, match=rf"representation 1, not {gmm.REPRESENTATION}: fine-tune it first"):
         train.train(run, log=lambda _: None)
+
+
+def test_the_person_representation_shows_what_the_new_garment_leaves_worn(cache: train.Cache) -> None:
+    """A top over trousers: the warp is shown the trousers (where a hem ends), a lower garment is
+    shown the top, a dress nothing; nor is a top shown the trousers of a one-colour outfit, whose
+    boundary with the top is the parser's guess."""
+    landmarks = np.asarray(cache.landmarks[cache.ready()[:1]])[0]
+    labels = np.zeros((256, 192), np.uint8)
+    labels[40:130, 50:140] = LIP["upper_clothes"]
+    labels[130:256, 55:135] = LIP["pants"]
+    small = lambda mask: cv2.resize(mask.astype(np.uint8), (96, 128), interpolation=cv2.INTER_NEAREST) > 0  # noqa: E731
+    trousers, top = small(labels == LIP["pants"]), small(labels == LIP["upper_clothes"])
+    shown = {
+        (category, one_colour): gmm.person_representation(labels, landmarks, category, one_colour)[-1]
+        for category, one_colour in (("upper", False), ("lower", False), ("dress", False), ("upper", True))
+    }
+    np.testing.assert_array_equal(shown["upper", False], trousers)
+    np.testing.assert_array_equal(shown["lower", False], top)
+    assert not shown["dress", False].any() and not shown["upper", True].any()
+
+
+def test_a_warp_of_the_previous_person_representation_goes_on_training(
+    cache: train.Cache, warp_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A warp trained before the garments left worn were drawn resumes with their weights at zero:
+    it starts as it was (the new channel adds nothing) and trains on."""
+    state = train.load_checkpoint(warp_checkpoint)
+    first = "unet.down.0.layers.0.weight"
+    state["model"][first] = state["model"][first][:, :-1].clone()
+    state["representation"] = 2
+    older = tmp_path / "older.pt"
+    torch.save(state, older)
+    widened = train.widened(state["model"], gmm.WarpGMM().state_dict())
+    torch.testing.assert_close(widened[first][:, :-1], state["model"][first])
+    assert not widened[first][:, -1].any()
+    lines: list[str] = []
+    run = train.Run("warp", cache, tmp_path / "warp.pt", set(), max_steps=state["step"] + 2, batch_size=4, resume=older)
+    train.train(run, log=lines.append)
+    assert any(f"trained on representation 2, going on with {gmm.REPRESENTATION}" in line for line in lines)
+    resumed = train.load_checkpoint(tmp_path / "warp.pt")
+    assert resumed["step"] == state["step"] + 2 and train.representation_of(resumed) == gmm.REPRESENTATION
+    assert resumed["model"][first][:, -1].abs().sum() > 0  # the new channel's weights trained
 
 
 def test_a_try_on_trained_on_fusion_over_the_geometric_warp_is_refused_at_install(

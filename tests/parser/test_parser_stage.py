@@ -264,6 +264,18 @@ def test_same_colour_top_and_trousers_keep_their_sleeves(shared_person_photos: l
         assert result.agnostic[on_arm].mean() >= 0.95, side
 
 
+@pytest.mark.parametrize(
+    ("name", "one_colour"), [(TRACKSUIT_PHOTO, True), (HEELS_PHOTO, True), (HALF_BODY_PHOTO, False)]
+)
+def test_a_one_colour_outfit_is_told(
+    name: str, one_colour: bool, shared_person_photos: list[Path], parse: Parse
+) -> None:
+    """A red tracksuit, a black top over a black skirt; a white tee over a tan corduroy skirt.
+    The learned warp is not shown the parse's trousers where they are the top's colour."""
+    image = shared_photo(shared_person_photos, name)
+    assert parse(name, image)[1].one_colour_outfit is one_colour
+
+
 @pytest.mark.parametrize("name", [TRACKSUIT_PHOTO, HEELS_PHOTO])
 def test_same_colour_top_and_trousers_keep_their_forearms(
     name: str, shared_person_photos: list[Path], parse: Parse
