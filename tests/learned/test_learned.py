@@ -144,7 +144,7 @@ def test_bf16_autocast_trains_as_fp32_does(cache: train.Cache, tmp_path: Path) -
     losses = {}
     for precision in ("fp32", "bf16"):
         path = tmp_path / f"{precision}.pt"
-        run = train.Run("warp", cache, path, set(), max_steps=10, batch_size=4, lr=3e-3, precision=precision)
+        run = train.Run("warp", cache, path, set(), max_steps=30, batch_size=4, lr=3e-3, precision=precision)
         train.train(run, log=lambda _: None)
         losses[precision] = fixed_batch_loss("warp", path, cache)
     untrained = fixed_batch_loss("warp", None, cache)
