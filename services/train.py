@@ -911,7 +911,8 @@ def widened(saved: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> d
     out = {}
     for name, weight in saved.items():
         shape = model[name].shape
-        if weight.shape != shape and weight.dim() > 1 and weight.shape[0] == shape[0] and weight.shape[2:] == shape[2:]:
+        same_otherwise = weight.shape[:1] + weight.shape[2:] == shape[:1] + shape[2:]
+        if weight.dim() > 1 and weight.shape[1] < shape[1] and same_otherwise:
             weight = torch.cat([weight, weight.new_zeros(shape[0], shape[1] - weight.shape[1], *shape[2:])], dim=1)
         out[name] = weight
     return out
@@ -1082,7 +1083,7 @@ def train(run: Run, log: Log = print) -> dict:
         # The best held-out score so far, where it was kept; a try-on given another warp starts
         # its own (its held-out SSIM is over that warp).
         best = None if (run.kind == "tryon" and run.warp) or stale else state.get("best")
-        if run.kind == "warp" and representation_of(state) != REPRESENTATION:
+        if stale:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
         if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:
             log(f"{run.resume}: trained on fused input {tryon_input_of(state)}, going on with {TRYON_INPUT}")

@@ -20,11 +20,12 @@ MARGIN = 0.09  # growth of the repaint region, in torso lengths
 NECK_KEPT_ABOVE = 0.0  # torso-skin above this body-frame line (the shoulder line) is kept
 LOWER_KEPT_BELOW = 1.3  # for "upper", the lower garment is kept below this line (hips: 1)
 SLIVER = 0.015  # in torso lengths: for "lower", parts of the top thinner than this are parse noise
+GARMENTS = (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"])
 # The worn garments a new one of each category takes off (fusion repaints them); the others stay worn.
 OLD_GARMENT = {
     "upper": (LIP["upper_clothes"], LIP["dress"], LIP["coat"]),
     "lower": (LIP["pants"], LIP["skirt"]),
-    "dress": (LIP["upper_clothes"], LIP["dress"], LIP["coat"], LIP["pants"], LIP["skirt"]),
+    "dress": GARMENTS,
 }
 
 
@@ -40,7 +41,7 @@ def any_of(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
 
 def left_worn(labels: np.ndarray, category: Category) -> np.ndarray:
     """HxW bool: the garments a new one of `category` leaves on the person (a top's trousers or skirt)."""
-    return any_of(labels, tuple(sorted(set(OLD_GARMENT["dress"]) - set(OLD_GARMENT[category]))))
+    return any_of(labels, tuple(g for g in GARMENTS if g not in OLD_GARMENT[category]))
 
 
 def _px(points: np.ndarray, *names: str) -> list[tuple[int, int]]:
