@@ -40,7 +40,7 @@ from services.warp.cache import cached_analysis
 
 STAGES = ("pose", "parser", "garment", "warp", "fusion")
 # Bump when a stage's output changes: person entries of older versions are then ignored.
-PERSON_VERSION = 5
+PERSON_VERSION = 6
 VISIBLE = 0.5
 # The joints a category's warp and agnostic mask stand on; a photo where they are not seen
 # cannot wear that category (a half-body photo and trousers, say).

@@ -58,8 +58,9 @@ from services.fusion.model import REGIONS
 Log = Callable[[str], None]
 TRAIN_SIZE = (192, 256)  # width, height: VITON's, and the generator's work height
 # Bump when what `prepare` stores changes (2: fusion's region maps; 3: arms in them; 4: armpits;
-# 5: the parser's collars and fusion's shoulders; 6: the sleeves' cap; 7: one-colour outfits).
-CACHE_VERSION = 7
+# 5: the parser's collars and fusion's shoulders; 6: the sleeves' cap; 7: one-colour outfits;
+# 8: the lower garment of photos cut at the hips).
+CACHE_VERSION = 8
 CATEGORIES: tuple[Category, ...] = get_args(Category)
 ARRAYS = {  # name: (shape after N, H, W; dtype)
     "person": (3, np.uint8),

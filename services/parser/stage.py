@@ -10,7 +10,8 @@ colour, all on the photo at hand:
    line, 1 on the hip line) says what is above or below the waist; capsules along the arm
    and leg bones hold arms, sleeves and legs; a head zone holds hair; a neck zone, skin.
 3. Colour decides within those zones, from models fitted on this photo: skin from the face,
-   upper garment from the torso core, lower garment from below the hips, hair from around
+   upper garment from the torso core, lower garment from below the hips (below the waist, in
+   colours the top's do not explain, when the photo ends at the hips), hair from around
    the head, background from around the person. Each pixel takes its cheapest class.
 4. Boundaries follow the photo: the class maps are guided-filtered with the image as guide,
    then brought to full resolution, where each pixel takes its most likely class.
@@ -65,6 +66,15 @@ MAX_COLOUR_COST = 40.0
 UNEXPLAINED = 16.0  # a colour cost (nats) above which no class's colour model explains a pixel
 NEUTRAL_CHROMA = 8.0  # Lab chroma under which a colour has no hue: white, greys, black
 HAIR_HUE_PERCENTILE = 2  # below the chin, hair has at least the hue of all but this share of the head's hair
+# A photo cut at the hips (VITON's are, about one in twelve with nothing below them) leaves no
+# seed for the lower garment, and jeans or a skirt under a tucked-in top were all taken for the
+# top. There the seed is what lies below the waist (WAIST_T) that the top's colours do not
+# explain as well as they explain the top's own seed (its TOP_TYPICAL percentile), when that is
+# at least LOWER_SHARE of it: otherwise the top reaches the photo's edge. Not in a portrait cut
+# above the hips: there the top's folds and what is held (the astronaut's helmet) lie below the waist.
+WAIST_T = 0.75
+TOP_TYPICAL = 90
+LOWER_SHARE = 0.3
 
 
 def guided_filter(guide: np.ndarray, maps: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -160,6 +170,12 @@ def label_pixels(
     upper_model = colour.fit(upper_seed, 3, GARMENT_MIN_STD)
     below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
     lower_model = colour.fit(lab[not_skin(below)], 2, GARMENT_MIN_STD)
+    hips_in_photo = max(landmark(pts, "left_hip")[1], landmark(pts, "right_hip")[1]) < h
+    if lower_model is None and upper_model is not None and hips_in_photo:
+        under_waist = not_skin(sure & ~arm_zone & (t > WAIST_T) & (np.abs(across) * body.length < 0.35 * sw))
+        unlike_top = upper_model.nll(lab[under_waist]) > np.percentile(upper_model.nll(upper_seed), TOP_TYPICAL)
+        if unlike_top.sum() >= LOWER_SHARE * max(1, under_waist.sum()):
+            lower_model = colour.fit(lab[under_waist][unlike_top], 2, GARMENT_MIN_STD)
     one_colour = (
         upper_model is not None
         and lower_model is not None
