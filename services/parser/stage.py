@@ -168,11 +168,11 @@ def label_pixels(
 
     upper_seed = lab[not_skin(core)]
     upper_model = colour.fit(upper_seed, 3, GARMENT_MIN_STD)
-    below = sure & ~arm_zone & (t > 1.15) & (t < 1.7) & (np.abs(across) * body.length < 0.35 * sw)
-    lower_model = colour.fit(lab[not_skin(below)], 2, GARMENT_MIN_STD)
+    centre_column = sure & ~arm_zone & (np.abs(across) * body.length < 0.35 * sw)  # the hips' width, down the body
+    lower_model = colour.fit(lab[not_skin(centre_column & (t > 1.15) & (t < 1.7))], 2, GARMENT_MIN_STD)
     hips_in_photo = max(landmark(pts, "left_hip")[1], landmark(pts, "right_hip")[1]) < h
     if lower_model is None and upper_model is not None and hips_in_photo:
-        under_waist = not_skin(sure & ~arm_zone & (t > WAIST_T) & (np.abs(across) * body.length < 0.35 * sw))
+        under_waist = not_skin(centre_column & (t > WAIST_T))
         unlike_top = upper_model.nll(lab[under_waist]) > np.percentile(upper_model.nll(upper_seed), TOP_TYPICAL)
         if unlike_top.sum() >= LOWER_SHARE * max(1, under_waist.sum()):
             lower_model = colour.fit(lab[under_waist][unlike_top], 2, GARMENT_MIN_STD)
