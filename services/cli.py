@@ -523,6 +523,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trained_on=args.trained_on,
         seed=args.seed,
         precision=args.precision,
+        shape_steps=args.shape_steps,
     )
     log(f"{len(pairs)} pairs in {data}; cache {cache_root} ({len(cache.ready())} ready)")
     try:
@@ -672,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.add_argument("--mask-weight", type=float, help="loss weight (default: services/train.py Weights)")
     train_command.add_argument(
         "--alpha-weight", type=float, help="tryoff: the mask's BCE weight (default: services/train.py Weights)"
+    )
+    train_command.add_argument(
+        "--shape-steps",
+        type=int,
+        default=3000,
+        help="tryoff: batches the shape prior trains on alone first where it is new (a fresh run, an older checkpoint)",
     )
     train_command.add_argument("--trained-on", default="", help="what the data is and its licence (kept with it)")
     train_command.add_argument("--seed", type=int, default=0)

@@ -72,6 +72,12 @@ def install(checkpoint: Path, repository: Path, weights: str) -> list[str]:
             f"gives version {tom.INPUT} (services/fusion/tom.py INPUT): go on training it first, "
             f"`fitroom train tryon --resume {checkpoint} ...` (docs/TRAINING.md)"
         )
+    if state["kind"] == "tryoff" and state.get("net_version", 1) != tryoff_net.NET_VERSION:
+        raise ModelUnavailable(
+            f"{checkpoint} is a try-off of network version {state.get('net_version', 1)}; this Fitroom's is "
+            f"version {tryoff_net.NET_VERSION} (services/warp/tryoff_net.py NET_VERSION, the shape prior): go on "
+            f"training it first, `fitroom train tryoff --resume {checkpoint} ...` (docs/TRAINING.md)"
+        )
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
     networks: list[tuple[str, torch.nn.Module, object]] = []
     if state["kind"] == "tryoff":

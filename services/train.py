@@ -790,13 +790,16 @@ def tryoff_loss(
     white (the canvas it is scored on), BCE of its mask, perceptual and PatchGAN terms."""
     from services.warp.tryoff_net import on_white
 
-    out = generator.logits(batch.person, batch.worn, batch.default)
+    out, prior = generator.logits(batch.person, batch.worn, batch.default)
     alpha = torch.sigmoid(out[:, 3:4])
     output = on_white(torch.cat([out[:, 0:3], alpha], dim=1))
     target = batch.flatlay[:, 0:3]
     loss = (output - target).abs().mean() + (1.0 - grey_ssim_map(output, target)).mean()
     with torch.autocast(output.device.type, enabled=False):
-        loss = loss + weights.alpha * F.binary_cross_entropy_with_logits(out[:, 3:4].float(), batch.flatlay[:, 3:4])
+        mask = batch.flatlay[:, 3:4]
+        loss = loss + weights.alpha * F.binary_cross_entropy_with_logits(out[:, 3:4].float(), mask)
+        # the shape prior scored on its own too, so that it stays the outline and the U-Net the detail
+        loss = loss + weights.alpha * F.binary_cross_entropy(prior.float().clamp(1e-4, 1 - 1e-4), mask)
     if perceptual is not None and weights.perceptual:
         loss = loss + weights.perceptual * perceptual(output, target)
     if discriminator is not None and weights.adversarial:
@@ -930,6 +933,58 @@ def warp_from_checkpoint(state: dict) -> torch.nn.Module:
     return gmm.eval()
 
 
+SHAPE_BATCH = 64  # the shape prior's batches: it sees many more samples than the U-Net (train_shape_prior)
+SHAPE_LR = 2e-3
+
+
+def train_shape_prior(
+    prior: torch.nn.Module, cache: Cache, rows: np.ndarray, run: Run, device: torch.device, log: Log
+) -> None:
+    """The try-off's shape prior (services/warp/tryoff_net.py ShapePrior) trained on its own
+    before the rest: run.shape_steps batches of SHAPE_BATCH at half the canvas, its outlines
+    started at k-means clusters of the training flat-lays' masks, the learning rate falling from
+    SHAPE_LR along a cosine. The rows are read once into memory at that size (13,000 pairs: 1.3 GB)."""
+    from services.warp.tryoff_net import SHAPE_SIZE, SHAPES
+
+    inputs, masks = [], []
+    for start in range(0, len(rows), 256):
+        batch = load_tryoff_batch(cache, rows[start : start + 256])
+        x = F.avg_pool2d(torch.cat([batch.person, batch.worn, batch.default], dim=1), 2)
+        inputs.append((x * 255).round().to(torch.uint8))
+        masks.append(F.interpolate(batch.flatlay[:, 3:4], size=SHAPE_SIZE[::-1], mode="area"))
+    x_all, mask_all = torch.cat(inputs), torch.cat(masks)
+    flat = mask_all.flatten(1).numpy()
+    shapes = min(SHAPES, len(flat))
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-3)
+    _, cluster, _ = cv2.kmeans(flat, shapes, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    centres = [flat[cluster.ravel() == k].mean(0) for k in range(shapes)]
+    centres += [flat.mean(0)] * (SHAPES - shapes)  # fewer rows than outlines (tests)
+    with torch.no_grad():
+        prior.outlines.copy_(torch.logit(torch.from_numpy(np.stack(centres)).clamp(0.02, 0.98)))
+    optimiser = torch.optim.AdamW(prior.parameters(), lr=SHAPE_LR, weight_decay=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16(device, run.precision))
+    rng = np.random.default_rng(run.seed)
+    started, running = time.perf_counter(), []
+    for step in range(run.shape_steps):
+        for group in optimiser.param_groups:
+            group["lr"] = SHAPE_LR * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / run.shape_steps)))
+        pick = torch.from_numpy(rng.choice(len(x_all), min(SHAPE_BATCH, len(x_all)), replace=False))
+        x, target = x_all[pick].to(device).float() / 255, mask_all[pick].to(device)
+        if rng.random() < 0.5:
+            x, target = x.flip(-1), target.flip(-1)
+        with autocast:
+            mix = prior.small(x)
+        loss = F.binary_cross_entropy(mix.float().clamp(1e-4, 1 - 1e-4), target)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        running.append(float(loss.detach()))
+        rate = (step + 1) * len(pick) / max(time.perf_counter() - started, 1e-6)
+        line = f"shape prior step {step + 1}/{run.shape_steps}  loss {np.mean(running[-50:]):.4f}  {rate:.0f} samples/s"
+        print("\r" + line, end="", file=sys.stderr, flush=True)
+    log(f"\nshape prior: {run.shape_steps} steps of {SHAPE_BATCH} in {(time.perf_counter() - started) / 60:.1f} min")
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -954,6 +1009,7 @@ class Run:
     trained_on: str = ""
     seed: int = 0
     precision: str = "auto"  # "bf16" (autocast), "fp32", or "auto": bf16 where the hardware computes in it
+    shape_steps: int = 3000  # tryoff: steps of the shape prior on its own where it is new (train_shape_prior)
 
 
 def bf16(device: torch.device, precision: str = "auto") -> bool:
@@ -1020,6 +1076,7 @@ def train(run: Run, log: Log = print) -> dict:
     from services.fusion.tom import INPUT as TRYON_INPUT
     from services.fusion.tom import TryonGenerator
     from services.warp.gmm import REPRESENTATION, WarpGMM
+    from services.warp.tryoff_net import NET_VERSION as TRYOFF_VERSION
     from services.warp.tryoff_net import TryoffGenerator
 
     rank, world = _distributed()
@@ -1069,11 +1126,20 @@ def train(run: Run, log: Log = print) -> dict:
         torch.optim.AdamW(discriminator.parameters(), lr=run.lr, betas=(0.5, 0.999)) if discriminator else None
     )
     step, samples, minutes_before, curve, best = 0, 0, 0.0, [], None
+    new_shape_prior = tryoff and (state is None or state.get("net_version", 1) != TRYOFF_VERSION)
     if state is not None:
         # A warp of an older person representation goes on with the new channels at zero, a
-        # fresh optimiser and no best score yet (it was scored on other inputs).
-        stale = run.kind == "warp" and representation_of(state) != REPRESENTATION
-        model.load_state_dict(widened(state["model"], model.state_dict()) if stale else state["model"])
+        # fresh optimiser and no best score yet (it was scored on other inputs). So does a
+        # try-off from before the shape prior: the prior is new and its U-Net's mask residual,
+        # learnt over the default's outline, starts again at zero over the prior's.
+        stale = (run.kind == "warp" and representation_of(state) != REPRESENTATION) or new_shape_prior
+        model.load_state_dict(
+            widened(state["model"], model.state_dict()) if stale else state["model"], strict=not new_shape_prior
+        )
+        if new_shape_prior:
+            with torch.no_grad():
+                model.unet.head.weight[3].zero_()
+                model.unet.head.bias[3].zero_()
         if "optimiser" in state and not stale:  # weights only: a fresh optimiser (fine-tuning)
             optimiser.load_state_dict(state["optimiser"])
         if discriminator is not None and "discriminator" in state:
@@ -1084,10 +1150,14 @@ def train(run: Run, log: Log = print) -> dict:
         # The best held-out score so far, where it was kept; a try-on given another warp starts
         # its own (its held-out SSIM is over that warp).
         best = None if (run.kind == "tryon" and run.warp) or stale else state.get("best")
-        if stale:
+        if new_shape_prior:
+            log(f"{run.resume}: a try-off from before the shape prior, going on with it (NET_VERSION {TRYOFF_VERSION})")
+        elif stale:
             log(f"{run.resume}: trained on representation {representation_of(state)}, going on with {REPRESENTATION}")
         if run.kind == "tryon" and tryon_input_of(state) != TRYON_INPUT:
             log(f"{run.resume}: trained on fused input {tryon_input_of(state)}, going on with {TRYON_INPUT}")
+    if new_shape_prior and run.shape_steps:
+        train_shape_prior(model.shape, run.cache, training, run, device, log)
     model.train()
 
     def checkpoint() -> dict:
@@ -1120,6 +1190,8 @@ def train(run: Run, log: Log = print) -> dict:
         }
         if run.kind in ("warp", "tryon"):
             new["representation"] = REPRESENTATION
+        if tryoff:
+            new["net_version"] = TRYOFF_VERSION
         if run.kind == "tryon":
             new["warp"] = gmm.state_dict()
             new["input"] = TRYON_INPUT

@@ -58,6 +58,7 @@ PORTABLE_OPS = {
     *("expand", "tanh"),  # warp_gmm's identity grid and bounded flow; tryon_generator's layers
     *("max", "min"),  # garment_warp's crop of the garment image: reductions as old as sum and abs
     *("flip",),  # the learned generators served averaged with their mirror image
+    *("linear", "mean", "softmax"),  # tryoff_generator's shape prior: pooled, a linear choice, its softmax
 }
 _TORCH_CALL = re.compile(rb"\btorch\.(\w+)\(")
 
